@@ -1,0 +1,637 @@
+"""Tests of every formula written in losses.py: closed forms, reductions, gradients, stability, no leaks.
+
+Run: pytest -q test_losses.py   (a few seconds, CPU only)
+
+Conventions: values worked out by hand have the arithmetic in a comment above the assert; softplus(1) =
+log(1 + e) = 1.313262, softplus(-1) = log(1 + 1/e) = 0.313262, log 2 = 0.693147. Gradient checks use float64.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import losses as L
+from losses import (LOSSES, cdpo_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss, focal_preference_loss,
+                    hinge_loss, ipo_loss, log1mexp, oracle_loss, orpo_loss, pdpo_loss, rdpo_loss,
+                    sequence_logps, simpo_loss)
+
+LN2 = math.log(2.0)
+SP1, SPM1 = math.log1p(math.e), math.log1p(math.exp(-1.0))   # softplus(1), softplus(-1)
+REF_LOSSES = [dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss, pdpo_loss]   # take the same four inputs
+
+
+def t(*values, dtype=torch.float64, grad=False):
+    return torch.tensor(values, dtype=dtype, requires_grad=grad)
+
+
+def margin_inputs(h, dtype=torch.float64):
+    """Four log-prob tensors whose pair margin is exactly h (policy_chosen carries it); leaf = policy_chosen."""
+    h = torch.as_tensor(h, dtype=dtype).reshape(-1)
+    pc = h.clone().requires_grad_(True)
+    zeros = torch.zeros_like(h)
+    return pc, zeros.clone(), zeros.clone(), zeros.clone()
+
+
+def grad_wrt(loss_fn, leaf, *args, **kw):
+    losses, _ = loss_fn(*args, **kw)
+    (g,) = torch.autograd.grad(losses.sum(), leaf)
+    return g
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DPO
+# ------------------------------------------------------------------------------------------------------------
+def test_dpo_closed_forms():
+    # h = 0 -> softplus(0) = log 2, for every beta
+    for beta in (0.01, 0.1, 1.0, 5.0):
+        losses, _ = dpo_loss(*margin_inputs([0.0]), beta=beta)
+        torch.testing.assert_close(losses, t(LN2))
+    # beta = 0.1, h = 10 -> softplus(-1) = log(1 + e^-1) = 0.313262
+    losses, _ = dpo_loss(*margin_inputs([10.0]), beta=0.1)
+    torch.testing.assert_close(losses, t(0.313262), atol=1e-6, rtol=0)
+    # beta = 0.1, h = -10 -> softplus(1) = 1.313262
+    losses, _ = dpo_loss(*margin_inputs([-10.0]), beta=0.1)
+    torch.testing.assert_close(losses, t(1.313262), atol=1e-6, rtol=0)
+
+
+def test_dpo_policy_equals_reference_gives_log2_and_zero_rewards():
+    logps = torch.randn(2, 6, dtype=torch.float64) * 30 - 50       # arbitrary summed log-probs
+    losses, m = dpo_loss(logps[0], logps[1], logps[0].clone(), logps[1].clone(), beta=0.3)
+    torch.testing.assert_close(losses, torch.full((6,), LN2, dtype=torch.float64))
+    assert torch.all(m["chosen_rewards"] == 0) and torch.all(m["rejected_rewards"] == 0)
+
+
+def test_dpo_swap_symmetry():
+    # softplus(-u) - softplus(u) = -u, so loss(h) - loss(-h) = -beta * h exactly
+    h = torch.linspace(-30, 30, 13, dtype=torch.float64)
+    a, _ = dpo_loss(*margin_inputs(h), beta=0.2)
+    b, _ = dpo_loss(*margin_inputs(-h), beta=0.2)
+    torch.testing.assert_close(a - b, -0.2 * h)
+
+
+def test_dpo_gradient_matches_comment():
+    h = torch.linspace(-20, 20, 9, dtype=torch.float64)
+    inputs = margin_inputs(h)
+    g = grad_wrt(dpo_loss, inputs[0], *inputs, beta=0.1)
+    torch.testing.assert_close(g, -0.1 * torch.sigmoid(-0.1 * h))
+
+
+def test_dpo_reward_metrics():
+    pc, pr, rc, rr = t(-10.0), t(-20.0), t(-12.0), t(-15.0)
+    _, m = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    # chosen = 0.5 * (-10 + 12) = 1; rejected = 0.5 * (-20 + 15) = -2.5; margin 3.5; accuracy 1
+    torch.testing.assert_close(m["chosen_rewards"], t(1.0))
+    torch.testing.assert_close(m["rejected_rewards"], t(-2.5))
+    torch.testing.assert_close(m["margins"], t(3.5))
+    torch.testing.assert_close(m["accuracies"], t(1.0))
+
+
+def test_naive_dpo_overflows_but_ours_does_not():
+    # beta * h = -1000: the loss is softplus(1000) = 1000. -log(sigmoid(-1000)) in float32 is inf.
+    naive = -torch.log(torch.sigmoid(torch.tensor(-1000.0)))
+    assert torch.isinf(naive)
+    losses, _ = dpo_loss(*margin_inputs([-10000.0], dtype=torch.float32), beta=0.1)
+    torch.testing.assert_close(losses, torch.tensor([1000.0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cDPO and rDPO
+# ------------------------------------------------------------------------------------------------------------
+def test_cdpo_and_rdpo_reduce_to_dpo_at_eps_zero():
+    h = torch.randn(16, dtype=torch.float64) * 20
+    base, _ = dpo_loss(*margin_inputs(h), beta=0.1)
+    for fn in (cdpo_loss, rdpo_loss):
+        got, _ = fn(*margin_inputs(h), beta=0.1, label_smoothing=0.0)
+        torch.testing.assert_close(got, base)
+
+
+def test_cdpo_closed_form_and_minimiser():
+    # beta = 0.1, h = 10, eps = 0.1 -> 0.9 * softplus(-1) + 0.1 * softplus(1) = 0.281936 + 0.131326 = 0.413262
+    losses, _ = cdpo_loss(*margin_inputs([10.0]), beta=0.1, label_smoothing=0.1)
+    torch.testing.assert_close(losses, t(0.9 * SPM1 + 0.1 * SP1))
+    torch.testing.assert_close(losses, t(0.413262), atol=1e-6, rtol=0)
+    # minimiser beta * h* = log((1 - eps) / eps) = log 9 -> gradient exactly 0 there
+    inputs = margin_inputs([math.log(9.0) / 0.1])
+    g = grad_wrt(cdpo_loss, inputs[0], *inputs, beta=0.1, label_smoothing=0.1)
+    torch.testing.assert_close(g, t(0.0))
+
+
+def test_cdpo_gradient_matches_comment():
+    h, beta, eps = torch.linspace(-30, 30, 11, dtype=torch.float64), 0.1, 0.2
+    inputs = margin_inputs(h)
+    g = grad_wrt(cdpo_loss, inputs[0], *inputs, beta=beta, label_smoothing=eps)
+    expected = -beta * ((1 - eps) * torch.sigmoid(-beta * h) - eps * torch.sigmoid(beta * h))
+    torch.testing.assert_close(g, expected)
+
+
+def test_rdpo_closed_form_and_unbiasedness():
+    # beta = 0.1, h = 10, eps = 0.1 -> (0.9 * 0.313262 - 0.1 * 1.313262) / 0.8 = 0.188262
+    losses, _ = rdpo_loss(*margin_inputs([10.0]), beta=0.1, label_smoothing=0.1)
+    torch.testing.assert_close(losses, t(0.188262), atol=1e-6, rtol=0)
+    # averaged over the label noise, rDPO equals clean DPO: (1-eps) loss(h) + eps loss(-h) = dpo(h)
+    h, eps = torch.randn(32, dtype=torch.float64) * 15, 0.3
+    keep, _ = rdpo_loss(*margin_inputs(h), beta=0.1, label_smoothing=eps)
+    flip, _ = rdpo_loss(*margin_inputs(-h), beta=0.1, label_smoothing=eps)
+    clean, _ = dpo_loss(*margin_inputs(h), beta=0.1)
+    torch.testing.assert_close((1 - eps) * keep + eps * flip, clean)
+
+
+def test_rdpo_gradient_matches_comment():
+    h, beta, eps = torch.linspace(-30, 30, 11, dtype=torch.float64), 0.1, 0.2
+    inputs = margin_inputs(h)
+    g = grad_wrt(rdpo_loss, inputs[0], *inputs, beta=beta, label_smoothing=eps)
+    expected = -beta * ((1 - eps) * torch.sigmoid(-beta * h) + eps * torch.sigmoid(beta * h)) / (1 - 2 * eps)
+    torch.testing.assert_close(g, expected)
+
+
+@pytest.mark.parametrize("fn", [cdpo_loss, rdpo_loss])
+def test_label_smoothing_out_of_range_is_a_clear_error(fn):
+    with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 0.5\)"):
+        fn(*margin_inputs([1.0]), label_smoothing=0.5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# IPO and hinge
+# ------------------------------------------------------------------------------------------------------------
+def test_ipo_closed_forms_and_gradient():
+    # beta = 0.1 -> target 1/(2 * 0.1) = 5: loss 0 at h = 5, (0 - 5)^2 = 25 at h = 0
+    losses, _ = ipo_loss(*margin_inputs([5.0, 0.0]), beta=0.1)
+    torch.testing.assert_close(losses, t(0.0, 25.0))
+    h = torch.linspace(-10, 10, 7, dtype=torch.float64)
+    inputs = margin_inputs(h)
+    torch.testing.assert_close(grad_wrt(ipo_loss, inputs[0], *inputs, beta=0.1), 2 * (h - 5.0))
+
+
+def test_ipo_is_fed_averaged_logps_by_the_registry():
+    assert LOSSES["ipo"].average_logps is True
+
+
+def test_hinge_closed_forms_and_gradient():
+    # h = 0 -> 1;  beta = 0.1, h = 5 -> 1 - 0.5 = 0.5;  h = 20 -> relu(-1) = 0
+    losses, _ = hinge_loss(*margin_inputs([0.0, 5.0, 20.0]), beta=0.1)
+    torch.testing.assert_close(losses, t(1.0, 0.5, 0.0))
+    inputs = margin_inputs([0.0, 5.0, 20.0])
+    torch.testing.assert_close(grad_wrt(hinge_loss, inputs[0], *inputs, beta=0.1), t(-0.1, -0.1, 0.0))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SimPO and ORPO
+# ------------------------------------------------------------------------------------------------------------
+def test_simpo_closed_forms():
+    # equal averaged log-probs -> u = -gamma -> softplus(gamma); gamma = 1: 1.313262
+    losses, m = simpo_loss(t(-1.0), t(-1.0), beta=2.0, gamma=1.0)
+    torch.testing.assert_close(losses, t(SP1))
+    # beta = 2, gamma = 1, gap 0.5 -> u = 2 * 0.5 - 1 = 0 -> log 2; rewards 2 * Sbar
+    losses, m = simpo_loss(t(-0.5), t(-1.0), beta=2.0, gamma=1.0)
+    torch.testing.assert_close(losses, t(LN2))
+    torch.testing.assert_close(m["chosen_rewards"], t(-1.0))
+    torch.testing.assert_close(m["rejected_rewards"], t(-2.0))
+
+
+def test_simpo_gradient_matches_comment():
+    sw, sl = torch.rand(8, dtype=torch.float64) * -3, torch.rand(8, dtype=torch.float64) * -3
+    sw.requires_grad_(True)
+    sl.requires_grad_(True)
+    losses, _ = simpo_loss(sw, sl, beta=2.5, gamma=1.2)
+    gw, gl = torch.autograd.grad(losses.sum(), (sw, sl))
+    u = 2.5 * (sw - sl).detach() - 1.2
+    torch.testing.assert_close(gw, -2.5 * torch.sigmoid(-u))
+    torch.testing.assert_close(gl, 2.5 * torch.sigmoid(-u))
+
+
+def test_orpo_closed_form():
+    # Sbar_w = Sbar_l = log 0.5 -> odds 1 each, v = 0 -> loss = -log 0.5 + beta * log 2 = (1 + beta) log 2
+    s = math.log(0.5)
+    losses, m = orpo_loss(t(s), t(s), beta=0.1)
+    torch.testing.assert_close(losses, t(1.1 * LN2))
+    torch.testing.assert_close(m["log_odds_ratio"], t(0.0))
+    # Sbar_w = log 0.8 (odds 4), Sbar_l = log 0.2 (odds 1/4): v = log 16; loss = -log 0.8 + beta * softplus(-log 16)
+    losses, m = orpo_loss(t(math.log(0.8)), t(math.log(0.2)), beta=0.1)
+    torch.testing.assert_close(m["log_odds_ratio"], t(math.log(16.0)))
+    torch.testing.assert_close(losses, t(-math.log(0.8) + 0.1 * math.log1p(1 / 16)))
+
+
+def test_orpo_gradient_matches_comment():
+    sw = (torch.rand(8, dtype=torch.float64) * -3 - 0.01).requires_grad_(True)
+    sl = torch.rand(8, dtype=torch.float64) * -3 - 0.01
+    losses, _ = orpo_loss(sw, sl, beta=0.3)
+    (g,) = torch.autograd.grad(losses.sum(), sw)
+    s, q = sw.detach(), sl
+    v = (s - torch.log1p(-torch.exp(s))) - (q - torch.log1p(-torch.exp(q)))
+    torch.testing.assert_close(g, -1 - 0.3 * torch.sigmoid(-v) / (1 - torch.exp(s)))
+
+
+def test_log1mexp_matches_naive_in_float64_and_stays_finite():
+    s = -torch.logspace(-5, 3, 50, dtype=torch.float64)
+    torch.testing.assert_close(log1mexp(s), torch.log(1 - torch.exp(s)))
+    # in float32 the naive form loses everything near 0 (1 - exp(-1e-7) rounds to 0 -> -inf)
+    assert torch.isinf(torch.log(1 - torch.exp(torch.tensor(-1e-8))))
+    assert torch.isfinite(log1mexp(torch.tensor([-1e-8, 0.0, -1000.0]))).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Distillation, e-DPO, p-DPO
+# ------------------------------------------------------------------------------------------------------------
+def test_distill_closed_forms_and_gradient():
+    # beta * h = dR -> 0;  dR = 1, h = 0 -> 1
+    pc, pr, rc, rr = margin_inputs([20.0, 0.0])
+    losses, m = distill_loss(pc, pr, rc, rr, t(3.0, 1.0), t(1.0, 0.0), beta=0.1)
+    torch.testing.assert_close(losses, t(0.0, 1.0))
+    torch.testing.assert_close(m["oracle_margin"], t(2.0, 1.0))
+    h, dR = torch.randn(10, dtype=torch.float64) * 10, torch.randn(10, dtype=torch.float64)
+    inputs = margin_inputs(h)
+    g = grad_wrt(distill_loss, inputs[0], *inputs, dR, torch.zeros_like(dR), beta=0.2)
+    torch.testing.assert_close(g, -2 * 0.2 * (dR - 0.2 * h))
+
+
+def test_edpo_reduces_to_distill_with_one_member_and_no_kl():
+    h, Rw, Rl = (torch.randn(10, dtype=torch.float64) for _ in range(3))
+    base, _ = distill_loss(*margin_inputs(h), Rw, Rl, beta=0.1)
+    for aggregate in ("batch_min", "example_min", "mean"):
+        got, _ = edpo_loss(*margin_inputs(h), Rw[None], Rl[None], beta=0.1, kl_coef=0.0, aggregate=aggregate)
+        torch.testing.assert_close(got, base)
+
+
+def test_edpo_aggregates():
+    # two pairs with h = 0 (beta * h = 0), so member k's per-pair loss is dR_k^2.
+    # member 0 margins (1, 3) -> losses (1, 9), mean 5; member 1 margins (2, 2) -> (4, 4), mean 4
+    Rw = t([1.0, 3.0], [2.0, 2.0])
+    Rl = torch.zeros(2, 2, dtype=torch.float64)
+    batch_min, m = edpo_loss(*margin_inputs([0.0, 0.0]), Rw, Rl, kl_coef=0.0, aggregate="batch_min")
+    torch.testing.assert_close(batch_min, t(4.0, 4.0))            # member 1 for both pairs
+    torch.testing.assert_close(m["member"], t(1.0, 1.0))
+    example_min, m = edpo_loss(*margin_inputs([0.0, 0.0]), Rw, Rl, kl_coef=0.0, aggregate="example_min")
+    torch.testing.assert_close(example_min, t(1.0, 4.0))          # member 0 on pair 0, member 1 on pair 1
+    torch.testing.assert_close(m["oracle_margin"], t(1.0, 2.0))
+    mean, _ = edpo_loss(*margin_inputs([0.0, 0.0]), Rw, Rl, kl_coef=0.0, aggregate="mean")
+    torch.testing.assert_close(mean, t(2.5, 6.5))                 # (1 + 4) / 2, (9 + 4) / 2
+
+
+def test_edpo_forward_kl_term_and_gradient():
+    # KL estimate per pair = ((S_ref_w - S_w) + (S_ref_l - S_l)) / 2 = ((-5 + 3) + (-9 + 4)) / 2 = -3.5
+    pc, pr, rc, rr = t(-3.0, grad=True), t(-4.0), t(-5.0), t(-9.0)
+    losses, m = edpo_loss(pc, pr, rc, rr, t(0.0)[None], t(0.0)[None], beta=0.1, kl_coef=0.2)
+    torch.testing.assert_close(m["forward_kl"], t(-3.5))
+    # h = (-3 + 5) - (-4 + 9) = -3: distill = (0 - 0.1 * -3)^2 = 0.09; + 0.2 * -3.5 = -0.61
+    torch.testing.assert_close(losses, t(0.09 - 0.7))
+    # example_min gradient: -2 beta (dR - beta h) - kl_coef / 2, random inputs, K = 3
+    h = torch.randn(6, dtype=torch.float64) * 10
+    Rw, Rl = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    inputs = margin_inputs(h)
+    g = grad_wrt(edpo_loss, inputs[0], *inputs, Rw, Rl, beta=0.1, kl_coef=0.3, aggregate="example_min")
+    member_losses = ((Rw - Rl) - 0.1 * h) ** 2
+    k = member_losses.argmin(0)
+    dR = (Rw - Rl).gather(0, k[None])[0]
+    torch.testing.assert_close(g, -2 * 0.1 * (dR - 0.1 * h) - 0.3 / 2)
+
+
+def test_edpo_bad_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="aggregate must be"):
+        edpo_loss(*margin_inputs([0.0]), t(0.0)[None], t(0.0)[None], aggregate="max")
+    with pytest.raises(ValueError, match=r"shape \(K, B\)"):
+        edpo_loss(*margin_inputs([0.0, 1.0]), torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_pdpo_reduces_to_dpo_and_gradient():
+    h = torch.randn(10, dtype=torch.float64) * 10
+    base, _ = dpo_loss(*margin_inputs(h), beta=0.1)
+    got, _ = pdpo_loss(*margin_inputs(h), beta=0.1, kl_coef=0.0)
+    torch.testing.assert_close(got, base)
+    inputs = margin_inputs(h)
+    g = grad_wrt(pdpo_loss, inputs[0], *inputs, beta=0.1, kl_coef=0.4)
+    torch.testing.assert_close(g, -0.1 * torch.sigmoid(-0.1 * h) - 0.2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DRDO: Oracle, focal term, student loss
+# ------------------------------------------------------------------------------------------------------------
+def test_oracle_loss_closed_form_and_gradient():
+    # R_w = R_l, NLL = 2, alpha = 0.1 -> log 2 + 0.2 = 0.893147
+    losses, m = oracle_loss(t(0.3), t(0.3), t(2.0), alpha=0.1)
+    torch.testing.assert_close(losses, t(LN2 + 0.2))
+    torch.testing.assert_close(m["bt_loss"], t(LN2))
+    rw, rl, nll = (torch.randn(8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    losses, _ = oracle_loss(rw, rl, nll, alpha=0.05)
+    gw, gl, gn = torch.autograd.grad(losses.sum(), (rw, rl, nll))
+    torch.testing.assert_close(gw, -torch.sigmoid(-(rw - rl)).detach())
+    torch.testing.assert_close(gl, torch.sigmoid(-(rw - rl)).detach())
+    torch.testing.assert_close(gn, torch.full_like(gn, 0.05))
+
+
+# PAPER_NOTES A.5.3: loss and dF/dz for gamma in {0, 0.5, 1, 2, 5} and z in {-4, -2, -1, 0, 1, 2, 4}
+FOCAL_Z = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+FOCAL_LOSS = {
+    0.0: [4.0181, 2.1269, 1.3133, 0.6931, 0.3133, 0.1269, 0.0181],
+    0.5: [3.9819, 1.9961, 1.1229, 0.4901, 0.1625, 0.0438, 0.0024],
+    1.0: [3.9459, 1.8734, 0.9601, 0.3466, 0.0842, 0.0151, 0.0003],
+    2.0: [3.8749, 1.6501, 0.7019, 0.1733, 0.0227, 0.0018, 0.0000],
+    5.0: [3.6696, 1.1275, 0.2742, 0.0217, 0.0004, 0.0000, 0.0000],
+}
+FOCAL_GRAD = {
+    0.0: [-0.9820, -0.8808, -0.7311, -0.5000, -0.2689, -0.1192, -0.0180],
+    0.5: [-1.0090, -0.9456, -0.7761, -0.4761, -0.1989, -0.0605, -0.0036],
+    1.0: [-1.0353, -0.9991, -0.7926, -0.4233, -0.1339, -0.0275, -0.0006],
+    2.0: [-1.0864, -1.0767, -0.7682, -0.2983, -0.0526, -0.0049, -0.0000],
+    5.0: [-1.2268, -1.1390, -0.5214, -0.0698, -0.0020, -0.0000, -0.0000],
+}
+
+
+@pytest.mark.parametrize("gamma", sorted(FOCAL_LOSS))
+def test_focal_table_from_paper_notes(gamma):
+    z = t(*FOCAL_Z, grad=True)
+    loss = focal_preference_loss(z, gamma=gamma)
+    (g,) = torch.autograd.grad(loss.sum(), z)
+    torch.testing.assert_close(loss, t(*FOCAL_LOSS[gamma]), atol=1e-4, rtol=0)   # table has 4 decimals
+    torch.testing.assert_close(g, t(*FOCAL_GRAD[gamma]), atol=1e-4, rtol=0)
+
+
+def test_focal_gradient_formula_and_gamma_zero():
+    z = (torch.randn(50, dtype=torch.float64) * 4).requires_grad_(True)
+    for gamma in (0.0, 0.7, 2.0, 3.5):
+        (g,) = torch.autograd.grad(focal_preference_loss(z, gamma=gamma).sum(), z)
+        p = torch.sigmoid(z.detach())
+        torch.testing.assert_close(g, (1 - p) ** gamma * (gamma * p * torch.log(p) - (1 - p)))
+    torch.testing.assert_close(focal_preference_loss(z, gamma=0.0), F.softplus(-z))
+
+
+def test_focal_is_stable_at_plus_minus_1000():
+    z = torch.tensor([-1000.0, -50.0, 0.0, 50.0, 1000.0], requires_grad=True)
+    for gamma in (0.0, 2.0, 5.0):
+        loss = focal_preference_loss(z, gamma=gamma)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+        # z = -1000: (1-p)^gamma = 1 and -log p = 1000; dF/dz -> -(1 - p) = -1 (the bracket at p = 0)
+        torch.testing.assert_close(loss[0], torch.tensor(1000.0))
+        torch.testing.assert_close(g[0], torch.tensor(-1.0))
+        assert loss[-1] == 0.0
+
+
+def test_drdo_alpha_zero_is_pure_reward_regression():
+    rw, rl, Rw, Rl = (torch.randn(8, dtype=torch.float64) for _ in range(4))
+    sw, sl = -torch.rand(8, dtype=torch.float64) - 0.1, -torch.rand(8, dtype=torch.float64) - 0.1
+    losses, m = drdo_loss(rw, rl, Rw, Rl, sw, sl, alpha=0.0, gamma=2.0)
+    torch.testing.assert_close(losses, ((Rw - Rl) - (rw - rl)) ** 2)
+    torch.testing.assert_close(m["distill_loss"], losses)
+    # student gap equal to the Oracle gap and alpha = 0 -> exactly 0
+    losses, _ = drdo_loss(rw, rl, rw + 1.0, rl + 1.0, sw, sl, alpha=0.0)
+    torch.testing.assert_close(losses, torch.zeros(8, dtype=torch.float64))
+
+
+def test_drdo_closed_form():
+    # dR = 2, dr = 1 -> (2 - 1)^2 = 1. Sbar_w = log 0.5, Sbar_l = log 0.75:
+    # unlikelihood z = log(1 - 0.75) - log(1 - 0.5) = log(0.25 / 0.5) = -log 2
+    # gamma = 0 -> focal = softplus(log 2) = log 3 ; alpha = 0.5 -> loss = 1 + 0.5 log 3
+    losses, m = drdo_loss(t(1.0), t(0.0), t(3.0), t(1.0), t(math.log(0.5)), t(math.log(0.75)),
+                          alpha=0.5, gamma=0.0, score="unlikelihood")
+    torch.testing.assert_close(m["pref_logit"], t(-LN2))
+    torch.testing.assert_close(losses, t(1.0 + 0.5 * math.log(3.0)))
+    torch.testing.assert_close(m["oracle_margin"], t(2.0))
+    torch.testing.assert_close(m["student_margin"], t(1.0))
+    # focal weight (1 - p)^gamma at gamma = 2, z = -log 2: p = 1/3, (2/3)^2 = 4/9
+    _, m = drdo_loss(t(1.0), t(0.0), t(3.0), t(1.0), t(math.log(0.5)), t(math.log(0.75)), gamma=2.0)
+    torch.testing.assert_close(m["focal_weight"], t(4.0 / 9.0))
+
+
+def test_drdo_scores_odds_is_likelihood_plus_unlikelihood():
+    sw, sl = -torch.rand(8, dtype=torch.float64) * 3 - 0.01, -torch.rand(8, dtype=torch.float64) * 3 - 0.01
+    zero = torch.zeros(8, dtype=torch.float64)
+    z = {s: drdo_loss(zero, zero, zero, zero, sw, sl, score=s)[1]["pref_logit"]
+         for s in ("unlikelihood", "likelihood", "odds")}
+    torch.testing.assert_close(z["likelihood"], sw - sl)
+    torch.testing.assert_close(z["odds"], z["likelihood"] + z["unlikelihood"])
+
+
+@pytest.mark.parametrize("score", ["unlikelihood", "likelihood", "odds"])
+def test_drdo_gradients_match_comment(score):
+    B, alpha, gamma = 8, 0.7, 2.0
+    rw, rl = torch.randn(B, dtype=torch.float64, requires_grad=True), torch.randn(B, dtype=torch.float64)
+    Rw, Rl = torch.randn(B, dtype=torch.float64), torch.randn(B, dtype=torch.float64)
+    sw = (-torch.rand(B, dtype=torch.float64) * 3 - 0.01).requires_grad_(True)
+    sl = -torch.rand(B, dtype=torch.float64) * 3 - 0.01
+    losses, m = drdo_loss(rw, rl, Rw, Rl, sw, sl, alpha=alpha, gamma=gamma, score=score)
+    g_r, g_s = torch.autograd.grad(losses.sum(), (rw, sw))
+    torch.testing.assert_close(g_r, -2 * ((Rw - Rl) - (rw - rl)).detach())
+    z, p, s = m["pref_logit"], torch.sigmoid(m["pref_logit"]), sw.detach()
+    dF = (1 - p) ** gamma * (gamma * p * torch.log(p) - (1 - p))
+    dz = {"unlikelihood": torch.exp(s) / (1 - torch.exp(s)), "likelihood": torch.ones_like(s),
+          "odds": 1 / (1 - torch.exp(s))}[score]
+    torch.testing.assert_close(g_s, alpha * dF * dz)
+
+
+def test_drdo_bad_score_is_a_clear_error():
+    zero = torch.zeros(2)
+    with pytest.raises(ValueError, match="score must be"):
+        drdo_loss(zero, zero, zero, zero, zero - 1, zero - 1, score="logodds")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every loss: independent re-derivation, stability, no leaks, shapes
+# ------------------------------------------------------------------------------------------------------------
+def _random_case(B=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    summed = lambda: -torch.rand(B, generator=g, dtype=torch.float64) * 60 - 1      # S in [-61, -1]
+    avg = lambda: -torch.rand(B, generator=g, dtype=torch.float64) * 4 - 0.05       # Sbar in [-4.05, -0.05]
+    return dict(pc=summed(), pr=summed(), rc=summed(), rr=summed(), ac=avg(), ar=avg(),
+                Rw=torch.randn(B, generator=g, dtype=torch.float64),
+                Rl=torch.randn(B, generator=g, dtype=torch.float64),
+                Rk=torch.randn(3, B, generator=g, dtype=torch.float64),
+                rw=torch.randn(B, generator=g, dtype=torch.float64),
+                rl=torch.randn(B, generator=g, dtype=torch.float64))
+
+
+def test_every_loss_against_a_fresh_rederivation():
+    """Each line re-derives a loss from its formula with naive float64 operations (written for this test)."""
+    c = _random_case()
+    sig = torch.sigmoid
+    h = (c["pc"] - c["rc"]) - (c["pr"] - c["rr"])
+    ha = (c["ac"] - c["rc"] / 30) - (c["ar"] - c["rr"] / 30)       # averaged-scale margin for IPO
+    b, e, k = 0.1, 0.15, 0.25
+    fkl = ((c["rc"] - c["pc"]) + (c["rr"] - c["pr"])) / 2
+    odds = lambda s: torch.exp(s) / (1 - torch.exp(s))
+    cases = {
+        "dpo": (dpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=b)[0], -torch.log(sig(b * h))),
+        "cdpo": (cdpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=b, label_smoothing=e)[0],
+                 -(1 - e) * torch.log(sig(b * h)) - e * torch.log(sig(-b * h))),
+        "rdpo": (rdpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=b, label_smoothing=e)[0],
+                 ((1 - e) * -torch.log(sig(b * h)) - e * -torch.log(sig(-b * h))) / (1 - 2 * e)),
+        "ipo": (ipo_loss(c["ac"], c["ar"], c["rc"] / 30, c["rr"] / 30, beta=b)[0], (ha - 1 / (2 * b)) ** 2),
+        "hinge": (hinge_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=b)[0], torch.clamp(1 - b * h, min=0)),
+        "simpo": (simpo_loss(c["ac"], c["ar"], beta=2.0, gamma=0.8)[0],
+                  -torch.log(sig(2.0 * c["ac"] - 2.0 * c["ar"] - 0.8))),
+        "orpo": (orpo_loss(c["ac"], c["ar"], beta=b)[0],
+                 -c["ac"] - b * torch.log(sig(torch.log(odds(c["ac"]) / odds(c["ar"]))))),
+        "distill": (distill_loss(c["pc"], c["pr"], c["rc"], c["rr"], c["Rw"], c["Rl"], beta=b)[0],
+                    ((c["Rw"] - c["Rl"]) - b * h) ** 2),
+        "edpo": (edpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], c["Rk"], torch.zeros_like(c["Rk"]), beta=b,
+                           kl_coef=k, aggregate="example_min")[0],
+                 torch.stack([(c["Rk"][i] - b * h) ** 2 for i in range(3)]).min(0).values + k * fkl),
+        "pdpo": (pdpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=b, kl_coef=k)[0],
+                 -torch.log(sig(b * h)) + k * fkl),
+    }
+    p_u = sig(torch.log(1 - torch.exp(c["ar"])) - torch.log(1 - torch.exp(c["ac"])))
+    cases["drdo"] = (drdo_loss(c["rw"], c["rl"], c["Rw"], c["Rl"], c["ac"], c["ar"], alpha=0.6, gamma=1.5)[0],
+                     ((c["Rw"] - c["Rl"]) - (c["rw"] - c["rl"])) ** 2 - 0.6 * (1 - p_u) ** 1.5 * torch.log(p_u))
+    assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
+    for name, (ours, fresh) in cases.items():
+        torch.testing.assert_close(ours, fresh, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl):
+    """Call a registered loss with the inputs its metadata asks for."""
+    info = LOSSES[name]
+    c_, r_ = (ac, ar) if info.average_logps else (pc, pr)
+    if name == "drdo":
+        return info.fn(rw, rl, Rw, Rl, ac, ar)
+    if name in ("simpo", "orpo"):
+        return info.fn(c_, r_)
+    if info.needs_oracle:
+        Rw_, Rl_ = (Rw[None].expand(2, -1), Rl[None].expand(2, -1)) if name == "edpo" else (Rw, Rl)
+        return info.fn(c_, r_, rc, rr, Rw_, Rl_)
+    return info.fn(c_, r_, rc, rr)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_metrics_detached_and_frozen_inputs_get_no_gradient(name):
+    c = {k: v.float().requires_grad_(True) for k, v in _random_case(B=4).items() if k != "Rk"}
+    losses, metrics = _call(name, **c)
+    assert losses.shape == (4,)
+    assert {"chosen_rewards", "rejected_rewards"} <= set(metrics)
+    for key, value in metrics.items():
+        assert not value.requires_grad, f"{name}: metrics[{key!r}] is not detached"
+        assert value.shape == (4,), f"{name}: metrics[{key!r}] has shape {tuple(value.shape)}"
+    losses.sum().backward()
+    for frozen in ("rc", "rr", "Rw", "Rl"):                # reference log-probs and Oracle rewards
+        assert c[frozen].grad is None, f"{name}: gradient reached frozen input {frozen}"
+    policy = ("ac", "ar") if LOSSES[name].average_logps else ("pc", "pr")
+    assert c[policy[0]].grad is not None and c[policy[0]].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("extreme", ["beta_h_plus_1000", "beta_h_minus_1000", "logps_near_0", "logps_near_-1000"])
+def test_every_loss_is_finite_at_extremes(name, extreme):
+    B = 3
+    base = {k: v.float() for k, v in _random_case(B=B).items() if k != "Rk"}
+    if extreme.startswith("beta_h"):
+        # h = +-10000 with the default beta = 0.1, so beta * h = +-1000; averaged log-probs as far apart
+        # as they can be (near 0 against -1000), which is the same extreme for SimPO, ORPO and DRDO's z.
+        good, bad = torch.full((B,), -10.0), torch.full((B,), -10010.0)
+        near0, far = torch.full((B,), -1e-3), torch.full((B,), -1000.0)
+        if extreme == "beta_h_plus_1000":
+            base["pc"], base["pr"], base["ac"], base["ar"] = good, bad, near0, far
+        else:
+            base["pc"], base["pr"], base["ac"], base["ar"] = bad, good, far, near0
+        base["rc"], base["rr"] = torch.full((B,), -10.0), torch.full((B,), -10.0)
+    elif extreme == "logps_near_0":
+        for k in ("pc", "pr", "rc", "rr", "ac", "ar"):
+            base[k] = torch.tensor([-1e-7, -1e-4, 0.0])
+    else:
+        for k in ("pc", "pr", "rc", "rr", "ac", "ar"):
+            base[k] = torch.tensor([-1000.0, -999.0, -1001.0])
+    leaves = {k: v.clone().requires_grad_(True) for k, v in base.items()}
+    losses, _ = _call(name, **leaves)
+    losses.sum().backward()
+    assert torch.isfinite(losses).all(), f"{name} at {extreme}: loss {losses}"
+    for k, v in leaves.items():
+        if v.grad is not None:
+            assert torch.isfinite(v.grad).all(), f"{name} at {extreme}: grad of {k} {v.grad}"
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"same shape \(B,\)"):
+        dpo_loss(torch.zeros(3), torch.zeros(3), torch.zeros(2), torch.zeros(3))
+
+
+def test_registry_metadata():
+    reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
+    assert reference_free == {"simpo", "orpo", "drdo"}
+    assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
+    assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# sequence_logps
+# ------------------------------------------------------------------------------------------------------------
+def logits_from_probs(rows):
+    """(B, T, V) logits whose log-softmax is log(p) exactly: logits = log p."""
+    return torch.log(torch.tensor(rows, dtype=torch.float64))
+
+
+A, Bq, C = [0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.1, 0.1, 0.8]   # next-token distributions over V = 3
+
+
+def test_sequence_logps_hand_written_right_padding():
+    # vocabulary {0, 1, 2}; T = 4; position t predicts token t+1
+    logits = logits_from_probs([
+        [A, Bq, C, A],      # row 0: prompt [0], completion [1, 2, 0]
+        [A, A, C, Bq],      # row 1: prompt [2, 1], completion [2], then 1 pad (id 0)
+    ])
+    labels = torch.tensor([[0, 1, 2, 0],
+                           [2, 1, 2, 0]])
+    mask = torch.tensor([[0, 1, 1, 1],
+                         [0, 0, 1, 0]])
+    # row 0: log A[1] + log Bq[2] + log C[0] = log 0.25 + log 0.25 + log 0.1
+    # row 1: token 2 at t=2 is predicted at t=1 by A: log A[2] = log 0.25 (the pad and the last logit unused)
+    row0 = math.log(0.25) + math.log(0.25) + math.log(0.1)
+    row1 = math.log(0.25)
+    torch.testing.assert_close(sequence_logps(logits, labels, mask), t(row0, row1))
+    torch.testing.assert_close(sequence_logps(logits, labels, mask, average=True), t(row0 / 3, row1 / 1))
+
+
+def test_sequence_logps_hand_written_left_padding():
+    # the same row 1 as above, left-padded: [pad, 2, 1, 2]; mask [0, 0, 0, 1]
+    logits = logits_from_probs([
+        [C, C, A, A],       # the logits at the pad and prompt positions before t=2 are irrelevant
+    ])
+    labels = torch.tensor([[0, 2, 1, 2]])
+    mask = torch.tensor([[0, 0, 0, 1]])
+    # token 2 at t=3 is predicted at t=2 by A: log 0.25
+    torch.testing.assert_close(sequence_logps(logits, labels, mask), t(math.log(0.25)))
+    # a masked label of -100 (HF's ignore index) must not break the gather
+    labels_ignore = torch.tensor([[-100, 2, 1, 2]])
+    torch.testing.assert_close(sequence_logps(logits, labels_ignore, mask), t(math.log(0.25)))
+
+
+def test_sequence_logps_three_rows_of_five():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 7, (3, 5), generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1],    # right-aligned completion of 3
+                         [0, 1, 1, 0, 0],    # completion of 2, then 2 pads
+                         [0, 0, 0, 0, 1]])   # completion of 1 (last token)
+    logp = torch.log_softmax(logits, -1)
+    expected_sum = t(
+        logp[0, 1, labels[0, 2]] + logp[0, 2, labels[0, 3]] + logp[0, 3, labels[0, 4]],
+        logp[1, 0, labels[1, 1]] + logp[1, 1, labels[1, 2]],
+        logp[2, 3, labels[2, 4]])
+    torch.testing.assert_close(sequence_logps(logits, labels, mask), expected_sum)
+    torch.testing.assert_close(sequence_logps(logits, labels, mask, average=True), expected_sum / t(3, 2, 1))
+
+
+def test_sequence_logps_matches_plain_rederivation_on_random_inputs():
+    g = torch.Generator().manual_seed(2)
+    B, T, V = 4, 9, 11
+    logits = torch.randn(B, T, V, generator=g) * 3
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.4).long()
+    plain = (torch.log_softmax(logits[:, :-1], -1).gather(2, labels[:, 1:, None])[..., 0] * mask[:, 1:]).sum(-1)
+    torch.testing.assert_close(sequence_logps(logits, labels, mask), plain)
+
+
+def test_sequence_logps_bf16_path_matches_fp32_including_gradient():
+    g = torch.Generator().manual_seed(3)
+    logits16 = (torch.randn(3, 6, 13, generator=g) * 4).bfloat16().requires_grad_(True)
+    logits32 = logits16.detach().float().requires_grad_(True)   # the same numbers, in fp32
+    labels = torch.randint(0, 13, (3, 6), generator=g)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
+    out16, out32 = sequence_logps(logits16, labels, mask), sequence_logps(logits32, labels, mask)
+    assert out16.dtype == torch.float32
+    torch.testing.assert_close(out16, out32, atol=1e-5, rtol=1e-5)
+    (g16,) = torch.autograd.grad(out16.sum(), logits16)
+    (g32,) = torch.autograd.grad(out32.sum(), logits32)
+    torch.testing.assert_close(g16.float(), g32, atol=1e-2, rtol=1e-2)   # g16 is rounded to bf16
+
+
+def test_sequence_logps_shape_error():
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        sequence_logps(torch.zeros(2, 4, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5))
