@@ -1,0 +1,176 @@
+"""Tests that pin the predictions of tutorials/01_propositions.py with numbers (reduced run, ~15 s).
+
+The tutorial runs once in its QUICK mode (fewer seeds and steps), writing its figures to a temporary folder;
+the tests read its results and call its functions. Every bound is derived in the comment above its assert.
+"""
+import math
+import os
+import runpy
+from pathlib import Path
+
+import jupytext
+import pytest
+import torch
+
+TUTORIAL = Path(__file__).parent / "tutorials" / "01_propositions.py"
+
+
+@pytest.fixture(scope="module")
+def tut(tmp_path_factory):
+    figures = tmp_path_factory.mktemp("figures")
+    old = {k: os.environ.get(k) for k in ("TUTORIAL_QUICK", "TUTORIAL_FIGURES")}
+    os.environ.update(TUTORIAL_QUICK="1", TUTORIAL_FIGURES=str(figures))
+    try:
+        g = runpy.run_path(str(TUTORIAL), run_name="tutorial")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        torch.set_default_dtype(torch.float32)            # the tutorial switches to float64
+    g["_figures"] = figures
+    return g
+
+
+def test_tutorial_writes_its_three_figures(tut):
+    for name in ("t1_sampling.png", "t2_ties.png", "t3_zeroing.png"):
+        path = tut["_figures"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+        assert path.stat().st_size > 10_000, f"{name} looks empty"
+
+
+def test_tutorial_opens_as_a_notebook():
+    nb = jupytext.read(TUTORIAL)
+    kinds = [c.cell_type for c in nb.cells]
+    assert kinds.count("markdown") >= 8 and kinds.count("code") >= 6
+    headers = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+    assert sum(h.startswith(("## T1", "## T2", "## T3")) for h in headers) == 3
+    assert any("$$" in c.source for c in nb.cells if c.cell_type == "markdown")   # LaTeX survives
+
+
+# ---------------------------------------------------------------------------------------------------------
+# T2: tied pairs
+# ---------------------------------------------------------------------------------------------------------
+def test_t2_dpo_tied_margin_grows_above_the_derived_bound(tut):
+    # The GD iterates of u = beta h satisfy u_{t+1} = u_t + c sigmoid(-u_t) with c = 2 lr beta^2 / P. The ODE
+    # u' = c / (1 + e^u) has the solution u + e^u = c t + u0 + e^u0 = A, so u(t) >= log(A - log A) when u >= 0.
+    # Euler steps stay above the ODE because the drift c / (1 + e^u) decreases in u (each step uses the
+    # drift at its start, which is at least the drift along the exact path over that step).
+    h = tut["t2"]["dpo"]
+    t = torch.arange(1, h.shape[0] + 1)
+    bound = tut["dpo_tie_lower_bound"](t)
+    assert torch.all(h >= bound - 1e-9)
+    assert torch.all(h[1:] > h[:-1])                                  # strictly increasing: no minimiser
+    # and the bound itself is unbounded: doubling t adds log 2 / beta asymptotically
+    assert tut["dpo_tie_lower_bound"](10 ** 8) > tut["dpo_tie_lower_bound"](10 ** 4) + 4 * math.log(10) / tut["BETA"] * 0.99
+
+
+def test_t2_distilled_tie_goes_to_zero_geometrically(tut):
+    # distillation on a tie with Oracle gap 0: loss = mean_P (beta h)^2, so one GD step (lr = 1, P = 2,
+    # beta = 0.5) multiplies h by 1 - 4 lr beta^2 / P = 1/2. After t steps |h_t| = h_0 / 2^t.
+    h = tut["t2"]["distill"]
+    expected = tut["T2_H0"] * 0.5 ** torch.arange(1, 11, dtype=torch.float64)
+    torch.testing.assert_close(h[:10], expected)
+    assert abs(h[-1]) < 1e-12
+
+
+def test_t2_ipo_tie_stops_at_the_target_gap(tut):
+    # IPO regresses h onto 1 / (2 tau) = 5; with lr 0.25 the error halves every step: h_t - 5 = (h_0 - 5) / 2^t
+    h = tut["t2"]["ipo"]
+    target = 1 / (2 * tut["TAU"])
+    torch.testing.assert_close(h[:5], target + (tut["T2_H0"] - target) * 0.5 ** torch.arange(1, 6, dtype=torch.float64))
+    assert abs(h[-1] - target) < 1e-9
+
+
+def test_t2_focal_growth_is_slower_by_one_plus_gamma(tut):
+    # For z >> 0, dF/dz = -(1+gamma) e^{-(1+gamma) z} (1 + O(e^{-z})), so z_t = log(c (1+gamma)^2 t) / (1+gamma)
+    # + O(e^{-z}): the growth per unit of log t is 1/(1+gamma). The ratio of the gamma = 0 and gamma = 2
+    # slopes is therefore 3, up to the next-order term, whose relative size is about (1+gamma) e^{-z} with
+    # z >= z(t1) ~ 3 for gamma = 2: 3 * e^{-3} = 15%. We allow that much.
+    steps = tut["T2_STEPS"]
+    slope = {g: tut["focal_slopes"](tut["t2"][f"drdo focal, gamma={g:g}"], steps // 10, steps) for g in (0.0, 2.0)}
+    z_min = float(tut["t2"]["drdo focal, gamma=2"][steps // 10 - 1])
+    tolerance = 3 * math.exp(-z_min)
+    assert abs(slope[0.0] / slope[2.0] - 3.0) <= 3.0 * tolerance
+    # gamma = 0 is exact logistic: z + e^z = c t + const, so z = log(c t + const - z) and the slope between
+    # t1 and t2 is 1 - z1 e^{-z1} / log(t2 / t1) to first order; allow twice that for the discrete steps.
+    z1 = float(tut["t2"]["drdo focal, gamma=0"][steps // 10 - 1])
+    assert abs(slope[0.0] - 1.0) <= 2 * z1 * math.exp(-z1) / math.log(10)
+    # and the focal margin still grows (slowed, not stopped)
+    assert tut["t2"]["drdo focal, gamma=2"][-1] > tut["t2"]["drdo focal, gamma=2"][steps // 10]
+
+
+def test_t2_drdo_logprob_reaches_a_finite_equilibrium_smaller_for_smaller_alpha(tut):
+    # With r = beta * S the distillation pull on the tie is 2 beta^2 h; the focal push at gamma = 2 near
+    # z = 0 is alpha * |F'(0)| = alpha * 0.2983 (PAPER_NOTES table). Balance: 2 beta^2 h ~ alpha * 0.2983 for small h:
+    # alpha = 0.1 -> h ~ 0.0597 (first-order; F' shrinks as z grows, so the true equilibrium is a bit lower).
+    h1, h01 = tut["t2"]["drdo logprob, alpha=1"], tut["t2"]["drdo logprob, alpha=0.1"]
+    assert abs(h1[-1] - h1[-100]) < 1e-9 and abs(h01[-1] - h01[-100]) < 1e-9     # settled
+    first_order = 0.1 * 0.2983 / (2 * tut["BETA"] ** 2)
+    assert 0.8 * first_order < h01[-1] <= first_order
+    assert h01[-1] < h1[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# T3: zeroing the preferred answer
+# ---------------------------------------------------------------------------------------------------------
+def test_t3_dpo_zeroes_the_preferred_answer_distillation_does_not(tut):
+    # DPO: theta = s d with d = (1, -1), h = 2 s, and pi(y_w) = e^s / (e^-s + e^s + e^3s) <= e^{-2s} = e^{-h}.
+    # By the T2 argument with one pair and ||d||^2 = 2 (c = 2 lr beta^2), beta h_t >= log(A - log A),
+    # A = c t + 1. So pi(y_w) <= exp(-log(A - log A) / beta).
+    p = tut["t3"]["dpo"]
+    T, lr, beta = p.shape[0], 2.0, tut["BETA"]
+    A = 2 * lr * beta ** 2 * T + 1
+    ceiling = math.exp(-math.log(A - math.log(A)) / beta)
+    assert p[-1, 0] <= ceiling < 1e-3
+    assert p[-1, 2] > 0.999                                            # the unseen response took the mass
+    # distillation: the fixed point is s = 1, pi(y_w) = e / (e^-1 + e + e^3) = 0.1173; the path from s = 0
+    # to 1 is monotone (no overshoot at lr = 0.5) and pi(y_w) decreases along it, so this is also the minimum.
+    q = tut["t3"]["distill"]
+    floor = math.e / (math.exp(-1) + math.e + math.exp(3))
+    assert abs(q[-1, 0] - floor) < 1e-9
+    assert q[:, 0].min() >= floor - 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# T1: dependence on the sampling distribution
+# ---------------------------------------------------------------------------------------------------------
+def _cell(tut, mu, N):
+    return torch.tensor([(a == mu and b == N) for a, b, _ in tut["t1_settings"]])
+
+
+def test_t1_distillation_reaches_pi_star_whenever_the_pairs_connect_the_responses(tut):
+    # With true-reward targets and a connected pair graph, the unique minimiser is pi*; 1500 Adam steps
+    # leave an optimisation error well below the 1e-3 the issue asks for.
+    kl, connected = tut["t1"]["distill"]["kl"], tut["t1_connected"]
+    for mu in ("U", "S"):
+        for N in (15, 60, 1000):
+            sel = _cell(tut, mu, N) & connected
+            assert torch.all(kl[sel] < 1e-3), (mu, N, kl[sel])
+    assert connected[_cell(tut, "U", 1000)].all() and connected[_cell(tut, "S", 1000)].all()
+
+
+def test_t1_distillation_cannot_move_responses_outside_the_support(tut):
+    # Under mu_G, y5 and y6 are in no pair: their logits get zero gradient and stay at 0, while the mass
+    # pi* puts on them (0.076) differs from what the moved logits leave them.
+    mass = tut["t1"]["distill"]["mass56"][_cell(tut, "G", 1000)]
+    star = float(tut["PI_STAR"][4] + tut["PI_STAR"][5])
+    assert torch.all((mass - star).abs() > 0.05)
+
+
+def test_t1_dpo_result_changes_with_mu_and_with_n(tut):
+    # Claim: DPO's log KL(pi* || pi) differs between pair distributions at the same N, and between N at the
+    # same distribution, by more than 3 standard errors of the difference of seed means (log scale because
+    # KL spreads over orders of magnitude across seeds).
+    kl = tut["t1"]["dpo"]["kl"].log()
+
+    def differ(a, b):
+        se = math.sqrt(kl[a].var() / a.sum() + kl[b].var() / b.sum())
+        return abs(kl[a].mean() - kl[b].mean()) > 3 * se
+
+    assert differ(_cell(tut, "U", 1000), _cell(tut, "G", 1000))
+    assert differ(_cell(tut, "U", 15), _cell(tut, "U", 1000))
+    # where the BT-MLE does not exist (mu_S, N = 60: y4..y6 are rarely compared), DPO's implicit gaps are
+    # far off: mean max gap error > 1 (a reward unit), while distillation's is 0 on the same samples.
+    sel = _cell(tut, "S", 60) & tut["t1"]["dpo"]["no_mle"]
+    assert sel.any()
+    assert tut["t1"]["dpo"]["gap_err"][sel].mean() > 1.0
+    assert tut["t1"]["distill"]["gap_err"][sel & tut["t1_connected"]].max() < 1e-2
