@@ -1,0 +1,319 @@
+"""Preference data: one record schema, loaders by name, label noise and margin splits, exact tokenization,
+and collation into one stacked [chosen; rejected] batch.
+
+The record schema (TRL's preference format; every loader returns it, every consumer reads only it):
+    prompt          str, or a list of chat messages [{"role": ..., "content": ...}, ...]
+    chosen          str, or a list of chat messages (the assistant turn(s)); the PREFERRED response y_w
+    rejected        same type as `chosen`; the dispreferred response y_l
+    chosen_score    optional float, or list of K floats (one per Oracle ensemble member): a reward of `chosen`
+    rejected_score  optional, same shape as chosen_score
+    confidence      optional float: annotator confidence in the label (TL;DR), NaN when unknown
+Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
+move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
+
+Sources (`load_preferences(name)`):
+    ultrafeedback   HuggingFaceH4/ultrafeedback_binarized (train_prefs / test_prefs), GPT-4 scores kept
+    tldr            openai/summarize_from_feedback "comparisons", annotator confidence kept;
+                    `tldr_splits` gives the DRDO splits by confidence and edit-distance terciles
+    cnn_dailymail   abisee/cnn_dailymail 3.0.0 articles as out-of-distribution prompts (prompt only)
+    a file          .jsonl / .json / .parquet / .csv already in the schema
+    any hub id      a dataset already in the schema
+The embedded offline task (the default when no data is given) is not in this module yet (issue #6).
+
+Tokenization (`tokenize_pair`): prompt and responses are tokenized SEPARATELY and concatenated as ids, so the
+prompt/response boundary is exact; each response ends with exactly one EOS; when too long, the prompt is
+truncated first (keeping its END, where the question is), then the responses (keeping their start).
+Pairs whose response is empty, or whose chosen equals rejected, are dropped and counted.
+
+Shapes: B = pairs in a batch, T = padded sequence length, K = Oracle ensemble members.
+Run `pytest -q test_data.py` to check every rule above on hand-written token ids.
+"""
+import math
+import os
+import random
+from collections import Counter
+
+import torch
+
+REQUIRED = ("prompt", "chosen", "rejected")
+SCHEMA_HELP = ("expected columns: prompt, chosen, rejected (strings or lists of chat messages), optional "
+               "chosen_score, rejected_score (float or list of floats), optional confidence (float)")
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+# ============================================================================================================
+# Loading
+# ============================================================================================================
+def load_preferences(source, split="train", max_examples=None):
+    """Load preference pairs in the record schema from a named source, a local file, or a hub id."""
+    import datasets
+
+    if source == "ultrafeedback":
+        ds = from_ultrafeedback(datasets.load_dataset("HuggingFaceH4/ultrafeedback_binarized",
+                                                      split=f"{split}_prefs"))
+    elif source == "tldr":
+        ds = from_tldr(datasets.load_dataset("openai/summarize_from_feedback", "comparisons",
+                                             split="validation" if split == "test" else split))
+    elif source == "cnn_dailymail":
+        ds = from_cnn_dailymail(datasets.load_dataset("abisee/cnn_dailymail", "3.0.0", split=split))
+        return ds.select(range(min(len(ds), max_examples))) if max_examples else ds
+    elif os.path.splitext(source)[1] in FILE_TYPES:
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
+        try:
+            ds = datasets.load_dataset(FILE_TYPES[os.path.splitext(source)[1]], data_files=source, split="train")
+        except Exception as e:   # the datasets library raises many types; name the file and keep the cause
+            raise ValueError(f"could not read {source!r} as {FILE_TYPES[os.path.splitext(source)[1]]}: {e}") from e
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=split)
+        except Exception as e:
+            raise ValueError(f"could not load dataset {source!r} (split {split!r}) from the Hugging Face hub: {e}. "
+                             "Without internet, use a local .jsonl/.json/.parquet/.csv file in the schema.") from e
+    if max_examples:
+        ds = ds.select(range(min(len(ds), max_examples)))
+    validate(ds, source)
+    return ds
+
+
+def from_ultrafeedback(ds):
+    """UltraFeedback binarized rows -> schema. Its `chosen`/`rejected` are [user turn, assistant turn]."""
+    def convert(row):
+        return {"prompt": [m for m in row["chosen"] if m["role"] != "assistant"],
+                "chosen": [m for m in row["chosen"] if m["role"] == "assistant"],
+                "rejected": [m for m in row["rejected"] if m["role"] == "assistant"],
+                "chosen_score": float(row["score_chosen"]), "rejected_score": float(row["score_rejected"]),
+                "confidence": math.nan}
+    return ds.map(convert, remove_columns=ds.column_names)
+
+
+def tldr_prompt(info):
+    """The prompt format of Stiennon et al. (2020) for a Reddit post (or a news article for CNN/DM)."""
+    if info.get("post"):
+        return f"SUBREDDIT: r/{info.get('subreddit') or ''}\nTITLE: {info.get('title') or ''}\nPOST: {info['post']}\nTL;DR:"
+    return f"ARTICLE: {info.get('article') or ''}\nTL;DR:"
+
+
+def from_tldr(ds):
+    """summarize_from_feedback comparisons -> schema; `choice` indexes the preferred summary."""
+    def convert(row):
+        texts = [s["text"].strip() for s in row["summaries"]]
+        confidence = (row.get("extra") or {}).get("confidence")
+        return {"prompt": tldr_prompt(row["info"]), "chosen": " " + texts[row["choice"]],
+                "rejected": " " + texts[1 - row["choice"]],
+                "confidence": math.nan if confidence is None else float(confidence)}
+    return ds.map(convert, remove_columns=ds.column_names)
+
+
+def from_cnn_dailymail(ds):
+    """CNN/DailyMail articles -> prompt-only records (the OOD prompt set for TL;DR-trained policies)."""
+    return ds.map(lambda row: {"prompt": tldr_prompt({"article": row["article"]})}, remove_columns=ds.column_names)
+
+
+def validate(ds, source):
+    """Raise a clear error for a missing column, an empty dataset, or a non-finite score."""
+    if len(ds) == 0:
+        raise ValueError(f"{source}: the dataset is empty; {SCHEMA_HELP}")
+    missing = [c for c in REQUIRED if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing} (found {ds.column_names}); {SCHEMA_HELP}")
+    for field in ("chosen_score", "rejected_score", "confidence"):
+        if field not in ds.column_names:
+            continue
+        for row, value in enumerate(ds[field]):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            bad = [v for v in values if v is None or not math.isfinite(float(v))]
+            if bad and not (field == "confidence" and all(v is None or math.isnan(float(v)) for v in bad)):
+                raise ValueError(f"{source}: row {row}, field {field!r} is {value!r}; scores must be finite "
+                                 "numbers (drop or re-score that row)")
+
+
+# ============================================================================================================
+# Non-determinism splits and label noise
+# ============================================================================================================
+def word_edit_distance(a, b):
+    """Levenshtein distance between two texts, counted in whitespace-separated words."""
+    a, b = a.split(), b.split()
+    previous = list(range(len(b) + 1))
+    for i, wa in enumerate(a, 1):
+        current = [i]
+        for j, wb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wa != wb)))
+        previous = current
+    return previous[-1]
+
+
+def terciles(values):
+    """The 1/3 and 2/3 quantiles (linear interpolation), ignoring NaN."""
+    v = torch.tensor([x for x in values if not math.isnan(x)], dtype=torch.float64)
+    return torch.quantile(v, 1 / 3).item(), torch.quantile(v, 2 / 3).item()
+
+
+def tldr_splits(ds):
+    """DRDO's TL;DR splits: D_{hc,he} (top-tercile confidence AND top-tercile edit distance: clear pairs)
+    and D_{lc,le} (bottom tercile of both: non-deterministic pairs).
+    NOTE (reconstructs paper): terciles at the 33rd/66th percentiles follow the authors' sister paper (DPL);
+    edit distance is counted in words here (DPL used the `editdistance` package; its unit is not stated).
+    Pairs with unknown confidence are left out of both splits.
+    """
+    dist = [float(word_edit_distance(c, r)) for c, r in zip(ds["chosen"], ds["rejected"])]
+    conf = [float(c) for c in ds["confidence"]]
+    c_lo, c_hi = terciles(conf)
+    d_lo, d_hi = terciles(dist)
+    hc_he = [i for i, (c, d) in enumerate(zip(conf, dist)) if c >= c_hi and d >= d_hi]
+    lc_le = [i for i, (c, d) in enumerate(zip(conf, dist)) if c <= c_lo and d <= d_lo]
+    return {"hc_he": ds.select(hc_he), "lc_le": ds.select(lc_le)}
+
+
+def score_margin(row):
+    """Gold/Oracle margin of one record, averaged over ensemble members."""
+    c, r = row["chosen_score"], row["rejected_score"]
+    c, r = (c, r) if isinstance(c, (list, tuple)) else ([c], [r])
+    return sum(c) / len(c) - sum(r) / len(r)
+
+
+def split_by_margin(ds, quantile=1 / 3):
+    """Deterministic vs non-deterministic pairs by the size of the score margin |chosen - rejected|.
+
+    Returns (deterministic, non_deterministic): the pairs above the (1 - quantile) and at or below the
+    `quantile` quantile of |margin|; the middle is left out, so the two sets are clearly apart.
+    """
+    if "chosen_score" not in ds.column_names:
+        raise ValueError("split_by_margin needs chosen_score / rejected_score columns; score the data first "
+                         "(oracle.py) or use a source with gold scores")
+    margins = torch.tensor([abs(score_margin(row)) for row in ds], dtype=torch.float64)
+    lo, hi = torch.quantile(margins, quantile).item(), torch.quantile(margins, 1 - quantile).item()
+    det = [i for i, m in enumerate(margins.tolist()) if m > hi]
+    nondet = [i for i, m in enumerate(margins.tolist()) if m <= lo]
+    return ds.select(det), ds.select(nondet)
+
+
+def flip_labels(ds, p, seed=0):
+    """Swap chosen and rejected on a seeded fraction p of pairs (exactly round(p * n) of them).
+
+    Scores move with their responses (see the schema), and a `flipped` column records which pairs were
+    swapped, so evaluation can still use the true preferences.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"flip_labels: p must be in [0, 1], got {p}")
+    n = len(ds)
+    flipped = set(random.Random(seed).sample(range(n), round(p * n)))
+    swap_cols = [("chosen", "rejected")] + ([("chosen_score", "rejected_score")]
+                                            if "chosen_score" in ds.column_names else [])
+
+    def flip(row, idx):
+        out = {"flipped": idx in flipped}
+        if idx in flipped:
+            for a, b in swap_cols:
+                out[a], out[b] = row[b], row[a]
+        return out
+    return ds.map(flip, with_indices=True)
+
+
+# ============================================================================================================
+# Tokenization
+# ============================================================================================================
+def render(tokenizer, messages_or_text, prompt=None):
+    """Text of a prompt or a response. Chat messages go through the tokenizer's chat template; a response
+    is rendered as the part of (prompt + response) that comes after the rendered prompt."""
+    if isinstance(messages_or_text, str):
+        return messages_or_text
+    if prompt is None:
+        return tokenizer.apply_chat_template(messages_or_text, tokenize=False, add_generation_prompt=True)
+    prefix = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(list(prompt) + list(messages_or_text), tokenize=False)
+    if not full.startswith(prefix):
+        raise ValueError("the chat template does not render the prompt as a prefix of prompt + response; "
+                         "pass plain strings instead of chat messages for this tokenizer")
+    return full[len(prefix):]
+
+
+def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256):
+    """One record -> {"prompt_ids", "chosen_ids", "rejected_ids"} (lists of ints), or (None, reason).
+
+    Steps: 1) tokenize the prompt (with the tokenizer's special tokens, e.g. BOS) and each response
+    (without), separately; 2) strip any trailing EOS from a response and append exactly one;
+    3) if prompt + longest response > max_length: cut the prompt to its last max_prompt_length tokens, then
+    cut each response to the room left, keeping its start and its final EOS;
+    4) drop the pair if a response has no token besides EOS, or if chosen == rejected.
+    NOTE: a response cut in step 3 still ends with EOS, so "one EOS per response" always holds; the model
+    then learns an early stop on those rows. Raise max_length if many pairs are cut.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token before tokenizing")
+    prompt_ids = tokenizer(render(tokenizer, record["prompt"]), add_special_tokens=True)["input_ids"]
+    responses = []
+    for key in ("chosen", "rejected"):
+        text = render(tokenizer, record[key], None if isinstance(record["prompt"], str) else record["prompt"])
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        while ids and ids[-1] == eos:
+            ids = ids[:-1]
+        responses.append(ids)
+    if len(prompt_ids) + max(len(r) for r in responses) + 1 > max_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]                       # keep the prompt's end
+        room = max_length - len(prompt_ids) - 1                            # -1 for the EOS
+        if room < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for a response after a prompt of "
+                             f"{len(prompt_ids)} tokens; use max_prompt_length < max_length - 1")
+        responses = [r[:room] for r in responses]
+    if any(len(r) == 0 for r in responses):
+        return None, "empty response"
+    if responses[0] == responses[1]:
+        return None, "chosen equals rejected"
+    return {"prompt_ids": prompt_ids, "chosen_ids": responses[0] + [eos],
+            "rejected_ids": responses[1] + [eos]}, None
+
+
+def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=print):
+    """Tokenize every record; keep scores and confidence; log how many pairs were dropped and why."""
+    examples, dropped = [], Counter()
+    for row in ds:
+        out, reason = tokenize_pair(tokenizer, row, max_length, max_prompt_length)
+        if out is None:
+            dropped[reason] += 1
+            continue
+        for key in ("chosen_score", "rejected_score", "confidence"):
+            if key in row and row[key] is not None:
+                out[key] = row[key]
+        examples.append(out)
+    if dropped:
+        log(f"tokenize: kept {len(examples)} of {len(ds)} pairs; dropped " +
+            ", ".join(f"{n} ({reason})" for reason, n in dropped.items()))
+    if not examples:
+        raise ValueError(f"tokenize: every one of the {len(ds)} pairs was dropped ({dict(dropped)})")
+    return examples, dropped
+
+
+# ============================================================================================================
+# Collation
+# ============================================================================================================
+def collate(examples, pad_token_id):
+    """B tokenized pairs -> one right-padded batch of 2B rows: rows 0..B-1 are prompt + chosen, rows
+    B..2B-1 are prompt + rejected (one forward pass sees both; PAPER_NOTES E).
+
+    Returns input_ids (2B, T), attention_mask (2B, T), loss_mask (2B, T) = 1 on response tokens (EOS
+    included) and 0 on prompt and padding; plus chosen_scores / rejected_scores of shape (K, B) when the
+    examples carry scores (K = 1 for plain floats), and confidence (B,) when present.
+    """
+    rows, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for ex in examples:
+            rows.append(ex["prompt_ids"] + ex[side])
+            masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex[side]))
+    T = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)       # (2B, T)
+    attention_mask = torch.zeros(len(rows), T, dtype=torch.long)                 # (2B, T)
+    loss_mask = torch.zeros(len(rows), T, dtype=torch.long)                      # (2B, T)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        input_ids[i, :len(r)] = torch.tensor(r)
+        attention_mask[i, :len(r)] = 1
+        loss_mask[i, :len(m)] = torch.tensor(m)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    if all("chosen_score" in ex for ex in examples):
+        for key, out in (("chosen_score", "chosen_scores"), ("rejected_score", "rejected_scores")):
+            scores = [ex[key] if isinstance(ex[key], (list, tuple)) else [ex[key]] for ex in examples]
+            batch[out] = torch.tensor(scores, dtype=torch.float32).T.contiguous()   # (K, B)
+    if all("confidence" in ex for ex in examples):
+        batch["confidence"] = torch.tensor([float(ex["confidence"]) for ex in examples])   # (B,)
+    return batch
