@@ -635,3 +635,27 @@ def test_sequence_logps_bf16_path_matches_fp32_including_gradient():
 def test_sequence_logps_shape_error():
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
         sequence_logps(torch.zeros(2, 4, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sequence_logps_keeps_no_second_full_size_fp32_copy_for_backward(dtype):
+    # Autograd's saved tensors are what stays alive between forward and backward. Record every tensor saved
+    # while computing sequence_logps and check none is an fp32 tensor of the logits' (B, T-1, V) size
+    # (a log_softmax output or an fp32 upcast would be). For fp32 logits, the logits themselves may be saved.
+    B, T, V = 2, 7, 50
+    logits = torch.randn(B, T, V).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, V, (B, T))
+    mask = torch.ones(B, T, dtype=torch.long)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = sequence_logps(logits, labels, mask)
+    full = [t for t in saved if t.dtype == torch.float32 and t.numel() >= B * (T - 1) * V
+            and t.data_ptr() != logits.data_ptr()]
+    assert not full, [tuple(t.shape) for t in full]
+    out.sum().backward()                               # and the gradient is still computed
+    assert torch.isfinite(logits.grad.float()).all()
