@@ -122,9 +122,8 @@ def sample_counts(mu, N, seed, rewards=R_TRUE):
     return W
 
 
-def is_connected(W):
-    """Do the sampled pairs (either direction) connect all responses?"""
-    A = (W + W.T) > 0
+def reaches_all(A):
+    """In the directed graph with adjacency A (K, K) of booleans, is every node reachable from node 0?"""
     seen, frontier = {0}, [0]
     while frontier:
         k = frontier.pop()
@@ -132,25 +131,18 @@ def is_connected(W):
             if m not in seen:
                 seen.add(m)
                 frontier.append(m)
-    return len(seen) == W.shape[0]
+    return len(seen) == A.shape[0]
+
+
+def is_connected(W):
+    """Do the sampled pairs (either direction) connect all responses?"""
+    return reaches_all((W + W.T) > 0)
 
 
 def bt_mle_exists(W):
     """The BT maximum-likelihood estimate exists (finite) iff the directed "i beat j" graph is strongly
     connected: every response must be reachable from every other through wins (Zermelo 1929, Ford 1957)."""
-    K = W.shape[0]
-
-    def reach(A):
-        seen, frontier = {0}, [0]
-        while frontier:
-            k = frontier.pop()
-            for m in torch.nonzero(A[k]).flatten().tolist():
-                if m not in seen:
-                    seen.add(m)
-                    frontier.append(m)
-        return len(seen) == K
-
-    return reach(W > 0) and reach(W.T > 0)
+    return reaches_all(W > 0) and reaches_all(W.T > 0)
 
 
 def fit_oracle(n=20000, l2=1e-2, seed=123, steps=500):
