@@ -114,7 +114,8 @@ def sequence_logps(logits, labels, loss_mask, average=False):
     mask = loss_mask[:, 1:].to(torch.float32)                                   # (B, T-1)
     safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels))       # (B, T-1) no -100 in gather
     label_logits = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)     # (B, T-1)
-    token_logps = label_logits.float() - _logsumexp_fp32(logits)                # (B, T-1) step 2
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)            # fp32, or fp64 if given
+    token_logps = label_logits.to(compute_dtype) - _logsumexp_fp32(logits)      # (B, T-1) step 2
     total = (token_logps * mask).sum(-1)                                        # (B,)    step 3
     if average:
         return total / mask.sum(-1).clamp(min=1.0)                              # (B,)
