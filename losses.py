@@ -97,7 +97,7 @@ def sequence_logps(logits, labels, loss_mask, average=False):
         average:   False -> S(y), the SUM over completion tokens (DPO, IPO paper, distillation, e-DPO);
                    True  -> Sbar(y), the MEAN over completion tokens (SimPO, ORPO, DRDO; TRL's IPO).
     Returns:
-        (B,) fp32 tensor.
+        (B,) fp32 tensor (fp64 if the logits are fp64).
 
     Step by step:
       1) shift by one: the logit at position t predicts token t+1, so logits[:, :-1] is scored against
