@@ -48,6 +48,7 @@ def load_preferences(source, split="train", max_examples=None):
     """Load preference pairs in the record schema from a named source, a local file, or a hub id."""
     import datasets
 
+    ext = os.path.splitext(source)[1]
     if source == "ultrafeedback":
         ds = from_ultrafeedback(datasets.load_dataset("HuggingFaceH4/ultrafeedback_binarized",
                                                       split=f"{split}_prefs"))
@@ -56,14 +57,13 @@ def load_preferences(source, split="train", max_examples=None):
                                              split="validation" if split == "test" else split))
     elif source == "cnn_dailymail":
         ds = from_cnn_dailymail(datasets.load_dataset("abisee/cnn_dailymail", "3.0.0", split=split))
-        return ds.select(range(min(len(ds), max_examples))) if max_examples else ds
-    elif os.path.splitext(source)[1] in FILE_TYPES:
+    elif ext in FILE_TYPES:
         if not os.path.exists(source):
             raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
         try:
-            ds = datasets.load_dataset(FILE_TYPES[os.path.splitext(source)[1]], data_files=source, split="train")
+            ds = datasets.load_dataset(FILE_TYPES[ext], data_files=source, split="train")
         except Exception as e:   # the datasets library raises many types; name the file and keep the cause
-            raise ValueError(f"could not read {source!r} as {FILE_TYPES[os.path.splitext(source)[1]]}: {e}") from e
+            raise ValueError(f"could not read {source!r} as {FILE_TYPES[ext]}: {e}") from e
     else:
         try:
             ds = datasets.load_dataset(source, split=split)
@@ -72,7 +72,8 @@ def load_preferences(source, split="train", max_examples=None):
                              "Without internet, use a local .jsonl/.json/.parquet/.csv file in the schema.") from e
     if max_examples:
         ds = ds.select(range(min(len(ds), max_examples)))
-    validate(ds, source)
+    if source != "cnn_dailymail":             # prompt-only records (the OOD set) have no pairs to validate
+        validate(ds, source)
     return ds
 
 
