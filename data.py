@@ -496,24 +496,36 @@ def _sft_on_tweets(tokenizer, texts, task, log):
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts, n, temperature=1.0, max_new_tokens=32, seed=0, batch_size=64,
-                       desc=None):
+                       desc=None, return_ids=False):
     """n completions (strings, without the prompt) per prompt -> list of lists. Same seed, prompts and
-    settings give the same samples for every model with the same tokenizer. temperature 0 = greedy."""
+    settings give the same samples for every model with the same tokenizer. temperature 0 = greedy.
+    return_ids=True also returns, per prompt, (prompt_ids, [completion ids up to and including EOS] * n):
+    the exact tokens sampled, for log-probs (evaluate.py's KL estimate)."""
     model.eval()
     tokenizer.padding_side = "left"                    # decoder-only batched generation pads on the left
     torch.manual_seed(seed)
     never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} if t is not None]
-    out = []
+    out, ids = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if desc else True):
         enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
-        gen = model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None, top_k=0,
-                             top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+        gen = model.generate(**enc.to(model.device), do_sample=temperature > 0, temperature=temperature or None,
+                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bad_words_ids=never)
-        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                             bad_words_ids=never).cpu()
+        new = gen[:, enc["input_ids"].shape[1]:]                                   # (b * n, <= max_new_tokens)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         out.extend(texts[j:j + n] for j in range(0, len(texts), n))
+        if return_ids:
+            for j, p_ids in enumerate(enc["input_ids"].cpu()):
+                prompt = p_ids[enc["attention_mask"][j].cpu().bool()].tolist()
+                comps = [_until_eos(row.tolist(), tokenizer.eos_token_id) for row in new[j * n:(j + 1) * n]]
+                ids.append((prompt, comps))
     tokenizer.padding_side = "right"
-    return out
+    return (out, ids) if return_ids else out
+
+
+def _until_eos(ids, eos):
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
 def _prompt_of(text, rng):

@@ -13,10 +13,19 @@ Statistics (P prompts, n samples per prompt; all standard errors are over prompt
     win rate         win + tie / 2 (identical policies give exactly 0.5)
     KL(pi || pi_ref) Monte-Carlo: mean over samples y ~ pi of log pi(y|x) - log pi_ref(y|x) (summed over the
                      completion's tokens); 0 for identical policies; nats per sequence
+
+    python evaluate.py --policies runs/dpo-...,runs/drdo-... --names dpo,drdo     # writes eval/results.json + PNGs
 """
+import json
 import math
+import os
+from dataclasses import asdict, dataclass
 
 import torch
+
+import data
+import oracle
+from losses import sequence_logps
 
 
 def paired_comparison(policy_gold, reference_gold):
@@ -45,3 +54,212 @@ def monte_carlo_kl(policy_logps, reference_logps):
     the SAME policy samples under both models -> (estimate, standard error)."""
     d = torch.as_tensor(policy_logps, dtype=torch.float64) - torch.as_tensor(reference_logps, dtype=torch.float64)
     return d.mean().item(), (d.std() / math.sqrt(len(d))).item() if len(d) > 1 else float("nan")
+
+
+# ============================================================================================================
+# Sampling, log-probs and rewards of policies on held-out prompts
+# ============================================================================================================
+@dataclass
+class EvalConfig:
+    policies: str = ""             # comma-separated run directories (or their checkpoint/ folders) to evaluate
+    names: str = ""                # comma-separated labels for the policies; default: the run directory names
+    data: str = "embedded"         # embedded or embedded-tiny: the task whose prompts, pi_ref and gold are used
+    temperatures: str = "0,0.5,1.0"  # sampling temperatures (0 = greedy: one sample per prompt suffices)
+    samples: int = 4               # samples per prompt and temperature (the win rate compares sample j with sample j)
+    prompts: int = 200             # held-out prompts per set (in distribution, and out of distribution)
+    seed: int = 1234               # sampling seed, the same for every policy
+    oracle: str = ""               # an Oracle directory for the mean Oracle reward; empty = the task's default Oracle
+    out: str = "eval"              # where results.json and the PNG plots go
+
+
+def rows(pairs, pad_id):
+    """[(prompt_ids, completion_ids), ...] -> input_ids, attention_mask, loss_mask (N, T), right-padded; the
+    loss mask covers the completion."""
+    T = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)                 # (N, T)
+    att = torch.zeros(len(pairs), T, dtype=torch.long)                          # (N, T)
+    loss = torch.zeros(len(pairs), T, dtype=torch.long)                         # (N, T)
+    for i, (p, c) in enumerate(pairs):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        att[i, :len(p) + len(c)] = 1
+        loss[i, len(p):len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+@torch.no_grad()
+def completion_logps(model, pairs, pad_id, batch_size=64):
+    """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
+    model.eval()
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        b = rows(pairs[i:i + batch_size], pad_id)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        out.append(sequence_logps(logits, b["input_ids"], b["loss_mask"]).double())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def oracle_rewards(model, pairs, pad_id, batch_size=64):
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        b = rows(pairs[i:i + batch_size], pad_id)
+        out.append(oracle.oracle_forward(model, b["input_ids"], b["attention_mask"])[1].double())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def preference_accuracy(policy, reference, examples, pad_id):
+    """Held-out implicit-reward accuracy: share of pairs with log pi/pi_ref (y_w) > log pi/pi_ref (y_l)
+    (ties count half; pi = pi_ref gives exactly 0.5) -> (accuracy, standard error)."""
+    def logps(model):
+        c, r = [], []
+        for i in range(0, len(examples), 32):
+            b = data.collate(examples[i:i + 32], pad_id)
+            lp = sequence_logps(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                b["input_ids"], b["loss_mask"]).double()
+            c.append(lp[:len(lp) // 2])
+            r.append(lp[len(lp) // 2:])
+        return torch.cat(c), torch.cat(r)
+    pc, pr = logps(policy)
+    rc, rr = logps(reference)
+    h = (pc - rc) - (pr - rr)                                                   # (N,)
+    acc = (h > 0).double() + 0.5 * (h == 0).double()
+    return acc.mean().item(), (acc.std() / math.sqrt(len(acc))).item()
+
+
+def load_policy(path):
+    ckpt = os.path.join(path, "checkpoint") if os.path.isdir(os.path.join(path, "checkpoint")) else path
+    return data.load_model(ckpt)
+
+
+def evaluate(cfg, log=print):
+    """Every policy and pi_ref on the same prompts, temperatures and seeds -> results dict (see module doc)."""
+    from tqdm.auto import tqdm
+
+    if cfg.data not in data.EMBEDDED_PRESETS:
+        raise ValueError(f"evaluate.py judges with the embedded task's gold reward; --data must be one of "
+                         f"{', '.join(data.EMBEDDED_PRESETS)} (got {cfg.data!r})")
+    paths = [p for p in cfg.policies.split(",") if p]
+    if not paths:
+        raise ValueError("give at least one trained policy: --policies runs/dpo-...,runs/drdo-...")
+    names = [n for n in cfg.names.split(",") if n] or [os.path.basename(p.rstrip("/")) for p in paths]
+    if len(names) != len(paths):
+        raise ValueError(f"--names has {len(names)} labels for {len(paths)} policies")
+    task = data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=log)
+    models = {"pi_ref": data.load_model(task["reference"])}
+    for name, path in zip(names, paths):
+        models[name] = load_policy(path)
+    tokenizer = models["pi_ref"][1]
+    for name, (_, tok) in models.items():
+        if tok.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"policy {name!r} uses a different tokenizer from pi_ref; the KL and win-rate "
+                             "estimates need samples scored by both models, so evaluate policies of one task")
+    pad = tokenizer.pad_token_id
+    if cfg.oracle:
+        judge = oracle.load_oracle(cfg.oracle).eval()
+    else:
+        members, _ = oracle.ensure_oracles(oracle.OracleConfig(data=cfg.data), task["train"], task["test"],
+                                           task["reference"], log=log)
+        judge = oracle.load_oracle(members[0]).eval()
+    test_ex, _ = data.tokenize_dataset(tokenizer, task["test"], 128, 64, log=log)
+    results = {"config": asdict(cfg), "task": task["dir"], "sets": {}, "preference_accuracy": {}}
+    for name, (model, _) in models.items():
+        acc, se = preference_accuracy(model, models["pi_ref"][0], test_ex, pad)
+        results["preference_accuracy"][name] = {"accuracy": acc, "se": se, "pairs": len(test_ex)}
+    max_new = task["stats"]["task"]["max_new_tokens"]
+    temps = [float(t) for t in cfg.temperatures.split(",")]
+    jobs = [(s, t) for s in ("in_distribution", "out_of_distribution") for t in temps]
+    bar = tqdm(total=len(jobs) * len(models), desc="evaluate", disable=None)
+    for set_name, temp in jobs:
+        prompts = task["eval_prompts" if set_name == "in_distribution" else "ood_prompts"][:cfg.prompts]
+        n = 1 if temp == 0 else cfg.samples
+        gold, ids = {}, {}
+        row = results["sets"].setdefault(set_name, {}).setdefault(f"T={temp:g}", {"policies": {}, "head_to_head": {}})
+        for name, (model, _) in models.items():
+            texts, pid = data.sample_completions(model, tokenizer, prompts, n, temp, max_new, seed=cfg.seed,
+                                                 return_ids=True)
+            gold[name] = [data.gold_reward(c) for c in texts]
+            ids[name] = [(p, c) for p, comps in pid for c in comps]
+            lp_pi = completion_logps(model, ids[name], pad)
+            lp_ref = completion_logps(models["pi_ref"][0], ids[name], pad)
+            kl, kl_se = monte_carlo_kl(lp_pi, lp_ref)
+            o = oracle_rewards(judge, ids[name], pad)
+            stats = paired_comparison(gold[name], gold["pi_ref"])
+            stats.update(kl=kl, kl_se=kl_se, oracle_reward=o.mean().item(),
+                         oracle_reward_se=(o.view(len(prompts), n).mean(1).std() / math.sqrt(len(prompts))).item(),
+                         example=texts[0][0])
+            row["policies"][name] = stats
+            bar.update()
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                row["head_to_head"][f"{a} vs {b}"] = paired_comparison(gold[a], gold[b])
+    bar.close()
+    return results
+
+
+def print_table(results, log=print):
+    for set_name, by_temp in results["sets"].items():
+        for temp, row in by_temp.items():
+            log(f"\n{set_name}, {temp}")
+            log(f"  {'policy':<28} {'gold':>15} {'win/tie/loss vs pi_ref':>24} {'KL(pi||ref)':>13} {'Oracle R':>9}")
+            for name, s in row["policies"].items():
+                log(f"  {name:<28} {s['policy_gold']:+.3f} +- {s['policy_gold_se']:.3f} "
+                    f"{s['win']:>9.0%} /{s['tie']:>4.0%} /{s['loss']:>4.0%}   {s['kl']:>7.2f} +- {s['kl_se']:<5.2f}"
+                    f"{s['oracle_reward']:>+8.2f}")
+            for pair, s in row["head_to_head"].items():
+                log(f"  head to head {pair}: win {s['win']:.0%} / tie {s['tie']:.0%} / loss {s['loss']:.0%}, "
+                    f"gold difference {s['gain']:+.3f} +- {s['gain_se']:.3f}")
+    log("\nheld-out preference accuracy (implicit reward log pi/pi_ref): " + ", ".join(
+        f"{n} {a['accuracy']:.3f} +- {a['se']:.3f}" for n, a in results["preference_accuracy"].items()))
+
+
+def plot(results, out):
+    """reward_vs_kl.png (gold against KL, one point per temperature) and win_rate.png (against temperature)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for set_name, by_temp in results["sets"].items():
+        temps = list(by_temp)
+        names = list(by_temp[temps[0]]["policies"])
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for name in names:
+            pts = [by_temp[t]["policies"][name] for t in temps]
+            ax[0].errorbar([p["kl"] for p in pts], [p["policy_gold"] for p in pts],
+                           yerr=[p["policy_gold_se"] for p in pts], marker="o", label=name, capsize=2)
+            for t, p in zip(temps, pts):
+                ax[0].annotate(t, (p["kl"], p["policy_gold"]), fontsize=7)
+            if name != "pi_ref":
+                ax[1].errorbar([float(t[2:]) for t in temps], [p["win_rate"] for p in pts],
+                               yerr=[p["win_rate_se"] for p in pts], marker="o", label=name, capsize=2)
+        ax[0].set(xlabel="KL(pi || pi_ref), nats per completion", ylabel="mean gold reward (VADER)",
+                  title=f"gold reward vs KL ({set_name})")
+        ax[1].axhline(0.5, color="grey", lw=0.8)
+        ax[1].set(xlabel="sampling temperature", ylabel="win rate vs pi_ref (ties = 1/2)",
+                  title=f"win rate vs temperature ({set_name})")
+        for a in ax:
+            a.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"{set_name}.png"), dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None):
+    import sys
+    cfg = data.parse_config(EvalConfig, argv, description="Gold-judged evaluation of trained policies.")
+    data.quiet_transformers()
+    try:
+        results = evaluate(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    plot(results, cfg.out)
+    print_table(results)
+    print(f"\nwritten: {cfg.out}/results.json, {cfg.out}/in_distribution.png, {cfg.out}/out_of_distribution.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()

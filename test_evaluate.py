@@ -1,0 +1,94 @@
+"""Tests of evaluate.py: the statistics against hand-computed cases and closed forms, and a short end-to-end
+evaluation on the embedded-tiny task (seconds)."""
+import json
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+
+
+def test_paired_comparison_hand_computed():
+    # prompt 1: policy samples (1, 0), reference (0, 0) -> win, tie;  prompt 2: (0, 0) vs (0, 1) -> tie, loss
+    s = evaluate.paired_comparison([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]])
+    assert (s["win"], s["tie"], s["loss"]) == (0.25, 0.5, 0.25)
+    # per-prompt win rates (1 + 1/2) / 2 = 0.75 and (1/2 + 0) / 2 = 0.25 -> 0.5
+    assert s["win_rate"] == pytest.approx(0.5)
+    # per-prompt gains 0.5 - 0 = 0.5 and 0 - 0.5 = -0.5: mean 0, SE = std(0.5, -0.5) / sqrt(2) = 0.7071 / 1.4142
+    assert s["gain"] == pytest.approx(0.0) and s["gain_se"] == pytest.approx(0.5)
+    assert s["policy_gold"] == pytest.approx(0.25) and s["reference_gold"] == pytest.approx(0.25)
+
+
+def test_identical_samples_give_half_win_rate_and_all_ties():
+    g = torch.randn(5, 3).tolist()
+    s = evaluate.paired_comparison(g, g)
+    assert s["win_rate"] == 0.5 and s["tie"] == 1.0 and s["gain"] == 0.0
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="one shape"):
+        evaluate.paired_comparison([[1.0, 2.0]], [[1.0]])
+
+
+def test_monte_carlo_kl_matches_closed_form():
+    # p = (0.7, 0.2, 0.1), q = (0.2, 0.3, 0.5): KL(p||q) = sum p log(p/q)
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.2, 0.3, 0.5])
+    exact = (p * (p / q).log()).sum().item()                    # = 0.7 ln 3.5 + 0.2 ln(2/3) + 0.1 ln 0.2 = 0.6349
+    assert exact == pytest.approx(0.7 * math.log(3.5) + 0.2 * math.log(2 / 3) + 0.1 * math.log(0.2))
+    y = torch.multinomial(p, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    est, se = evaluate.monte_carlo_kl(p.log()[y], q.log()[y])
+    assert abs(est - exact) < 4 * se and se < 0.02
+    assert evaluate.monte_carlo_kl(p.log()[y], p.log()[y]) == (0.0, 0.0)
+
+
+def test_rows_mask_the_completion_only():
+    b = evaluate.rows([([2, 5], [7, 1]), ([2], [9, 9, 1])], pad_id=0)
+    assert b["input_ids"].tolist() == [[2, 5, 7, 1], [2, 9, 9, 1]]
+    assert b["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cache"))
+    old = os.environ.get("DRDO_CACHE")
+    os.environ["DRDO_CACHE"] = path
+    yield data.embedded_task(data.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
+    if old is None:
+        os.environ.pop("DRDO_CACHE")
+    else:
+        os.environ["DRDO_CACHE"] = old
+
+
+def test_end_to_end_reference_against_itself_and_a_trained_policy(task, tmp_path):
+    import train
+    train.main(["--method", "dpo", "--data", "embedded-tiny", "--lr", "3e-3", "--epochs", "3", "--no-final_check",
+                "--eval_every", "0", "--out", str(tmp_path / "dpo")])
+    out = tmp_path / "eval"
+    res = evaluate.main(["--data", "embedded-tiny", "--policies", f"{task['reference']},{tmp_path / 'dpo'}",
+                         "--names", "same,dpo",
+                         "--prompts", "8", "--samples", "2", "--temperatures", "0,1", "--out", str(out)])
+    for set_name in ("in_distribution", "out_of_distribution"):
+        for temp in ("T=0", "T=1"):
+            same = res["sets"][set_name][temp]["policies"]["same"]
+            # pi_ref evaluated as a policy: the same samples (same seed), so KL is exactly 0, every pair a tie
+            assert same["kl"] == 0.0 and same["tie"] == 1.0 and same["win_rate"] == 0.5
+            dpo = res["sets"][set_name][temp]["policies"]["dpo"]
+            assert dpo["win"] + dpo["tie"] + dpo["loss"] == pytest.approx(1.0)
+            assert "same vs dpo" in res["sets"][set_name][temp]["head_to_head"]
+    assert res["sets"]["in_distribution"]["T=0"]["policies"]["dpo"]["samples_per_prompt"] == 1   # greedy: 1
+    assert res["preference_accuracy"]["same"]["accuracy"] == 0.5                 # h = 0 on every pair
+    assert res["preference_accuracy"]["dpo"]["accuracy"] > 0.5                   # trained on the same task
+    assert json.loads((out / "results.json").read_text())["config"]["names"] == "same,dpo"
+    assert (out / "in_distribution.png").stat().st_size > 1000
+
+
+def test_bad_policy_list_is_a_clear_error(task):
+    with pytest.raises(SystemExit, match="at least one trained policy"):
+        evaluate.main(["--data", "embedded-tiny"])
