@@ -1,0 +1,155 @@
+"""Tests of the embedded offline task (data.py) and of the Oracle command line, ensembles and cached scoring
+(oracle.py), on the embedded-tiny task: 3,000 tweets, a 50k-parameter pi_ref, built once per module (~10 s).
+"""
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import data  # noqa: E402
+import oracle  # noqa: E402
+
+TINY = data.EMBEDDED_PRESETS["embedded-tiny"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cache"))
+    old = os.environ.get("DRDO_CACHE")
+    os.environ["DRDO_CACHE"] = path
+    yield path
+    if old is None:
+        os.environ.pop("DRDO_CACHE")
+    else:
+        os.environ["DRDO_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def task(cache):
+    logs = []
+    out = data.embedded_task(TINY, log=logs.append)
+    out["logs"] = logs
+    return out
+
+
+def test_clean_tweet_rules():
+    assert data.clean_tweet("Check http://t.co/x1 &amp; @bob_2   now") == "Check http & @user now"
+    assert data.clean_tweet("www.site.com is  down\n") == "http is down"
+    assert data.clean_tweet("caf\u00e9 time") is None            # non-ASCII (the corpus's mojibake lives there)
+    assert data.clean_tweet("   ") is None
+
+
+def test_gold_reward_is_vader_sentiment():
+    pos, neg, neutral = data.gold_reward(["I love this, it is great!", "awful, I hate it", "the car"])
+    assert pos > 0.5 and neg < -0.5 and neutral == 0.0
+
+
+def test_pairs_are_ordered_by_a_gold_reward_that_can_be_recomputed(task):
+    rows = list(task["train"]) + list(task["test"])
+    assert len(task["train"]) > 20 and len(task["test"]) > 10
+    for r in rows:
+        assert r["chosen_gold"] > r["rejected_gold"] and r["chosen"] != r["rejected"]
+        assert data.gold_reward([r["chosen"], r["rejected"]]) == [r["chosen_gold"], r["rejected_gold"]]
+        assert 3 <= len(r["prompt"].split()) <= 5
+    train_prompts, test_prompts = set(task["train"]["prompt"]), set(task["test"]["prompt"])
+    eval_prompts = set(task["eval_prompts"])
+    assert not (train_prompts & test_prompts) and not (train_prompts & eval_prompts)
+
+
+def test_stats_match_the_pairs(task):
+    s = task["stats"]["train"]
+    margins = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in task["train"]], dtype=torch.float64)
+    assert s["pairs"] == len(task["train"])
+    assert s["margin_median"] == pytest.approx(margins.median().item())
+    assert s["margin_below_0.3"] == pytest.approx((margins < 0.3).double().mean().item())
+    assert s["samples"] == TINY.n_train_prompts * TINY.samples_per_prompt and s["gold_std"] > 0
+
+
+def test_reference_samples_are_cached_with_their_gold(task):
+    ref = task["reference_eval_prompts"]
+    assert [r["prompt"] for r in ref] == task["eval_prompts"]
+    for r in ref:
+        assert len(r["completions"]) == data.REFERENCE_SAMPLES["n"]
+        assert r["gold"] == data.gold_reward(r["completions"])
+
+
+def test_built_once_then_cached_and_rebuilt_when_an_input_changes(task, cache):
+    assert any("building" in line for line in task["logs"])
+    logs = []
+    again = data.embedded_task(TINY, log=logs.append)
+    assert not any("building" in line for line in logs) and again["dir"] == task["dir"]
+    assert list(again["train"]) == list(task["train"])
+    logs = []
+    changed = data.embedded_task(data.EmbeddedTask(**{**TINY.__dict__, "samples_per_prompt": 3}), log=logs.append)
+    assert changed["dir"] != task["dir"]                       # new pairs ...
+    assert changed["reference"] == task["reference"]           # ... from the same, reused pi_ref
+    assert not any("SFT" in line for line in logs)
+
+
+def test_an_interrupted_build_leaves_no_cache(tmp_path):
+    def failing(tmp):
+        open(os.path.join(tmp, "half"), "w").close()
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        data._atomic_dir(str(tmp_path / "final"), failing)
+    assert not (tmp_path / "final").exists()
+
+
+def test_flips_move_gold_with_the_texts_and_margin_split_uses_gold(task):
+    flipped = data.flip_labels(task["train"], 0.5, seed=3)
+    for row, orig in zip(flipped, task["train"]):
+        assert (row["chosen_gold"] < row["rejected_gold"]) == row["flipped"]
+        if row["flipped"]:
+            assert (row["chosen"], row["chosen_gold"]) == (orig["rejected"], orig["rejected_gold"])
+    det, nondet = data.split_by_margin(task["train"], columns=("chosen_gold", "rejected_gold"))
+    assert min(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in det) > \
+        max(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
+
+
+def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, cache, tmp_path, capsys):
+    out = tmp_path / "oracle"
+    oracle.main(["--data", "embedded-tiny", "--ensemble", "2", "--epochs", "2", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert report["members"] == ["member-0", "member-1"]
+    for stats in report["held_out"]:
+        assert 0.0 <= stats["accuracy"] <= 1.0 and stats["pairs"] > 0
+    assert "held-out preference accuracy" in capsys.readouterr().out
+    # each member is a plain causal LM checkpoint plus reward_head.pt; bootstrap + seed make them differ
+    from safetensors.torch import load_file
+    w = [load_file(str(out / m / "model.safetensors")) for m in report["members"]]
+    assert not any(k.startswith("reward_head") for k in w[0])
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+    # scoring: one entry per member, equal to a direct forward of each member, and cached the second time
+    members = [str(out / m) for m in report["members"]]
+    scored = oracle.score_dataset(members, task["test"])
+    assert all(len(r["chosen_score"]) == 2 for r in scored)
+    tok = oracle._tokenizer(members[1])
+    examples, _ = data.tokenize_dataset(tok, task["test"], 128, 64)
+    c, r = oracle.score_examples(oracle.load_oracle(members[1]).eval(), examples)
+    torch.testing.assert_close(torch.tensor([row["chosen_score"][1] for row in scored]), c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([row["rejected_score"][1] for row in scored]), r, atol=1e-5, rtol=0)
+    logs = []
+    oracle.score_dataset(members, task["test"], log=logs.append)
+    assert any("cached" in line for line in logs)
+
+
+def test_model_names_and_offline_errors(task):
+    model, tok = data.load_model("embedded", task["reference"])
+    assert model.config.dropout == 0.0 and tok.eos_token_id is not None
+    with pytest.raises(ValueError, match="needs the embedded task"):
+        data.load_model("tiny")
+    with pytest.raises(ValueError, match="Without internet, use one of: embedded"):
+        data.load_model("opt-125m")
+
+
+def test_parse_config_flags_and_help_from_comments(capsys):
+    import train
+    cfg = data.parse_config(train.Config, ["--no-final_check", "--beta", "0.3", "--method", "ipo"])
+    assert (cfg.final_check, cfg.beta, cfg.method) == (False, 0.3, "ipo")
+    with pytest.raises(SystemExit):
+        data.parse_config(train.Config, ["--help"])
+    assert "KL strength of the DPO family" in capsys.readouterr().out
