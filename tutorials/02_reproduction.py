@@ -62,7 +62,7 @@ if QUICK:
 if os.environ.get("REPRO_METHODS"):
     METHODS = {k: METHODS[k] for k in os.environ["REPRO_METHODS"].split(",")}
 OUT = os.environ.get("REPRO_OUT", os.path.join(ROOT, "tutorials", "results"))
-RUNS = os.path.join(ROOT, "runs", "reproduction" + ("_quick" if QUICK else ""))
+RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + ("_quick" if QUICK else "")))
 
 # %% [markdown]
 # ## Train every cell, then evaluate all methods of a (condition, seed) together
