@@ -54,16 +54,9 @@ def test_rows_mask_the_completion_only():
     assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("cache"))
-    old = os.environ.get("DRDO_CACHE")
-    os.environ["DRDO_CACHE"] = path
-    yield data.embedded_task(data.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
-    if old is None:
-        os.environ.pop("DRDO_CACHE")
-    else:
-        os.environ["DRDO_CACHE"] = old
+@pytest.fixture
+def task(tiny_task):
+    return tiny_task
 
 
 def test_end_to_end_reference_against_itself_and_a_trained_policy(task, tmp_path):

@@ -25,18 +25,10 @@ from losses import LOSSES  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One embedded-tiny task for the whole module, in a private cache (also used by subprocesses)."""
-    path = str(tmp_path_factory.mktemp("cache"))
-    old = os.environ.get("DRDO_CACHE")
-    os.environ["DRDO_CACHE"] = path
-    data.embedded_task(data.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
-    yield path
-    if old is None:
-        os.environ.pop("DRDO_CACHE")
-    else:
-        os.environ["DRDO_CACHE"] = old
+@pytest.fixture
+def cache(tiny_task):
+    """The session's embedded-tiny task (conftest.py) and the cache directory it lives in."""
+    return os.environ["DRDO_CACHE"]
 
 
 def run(tmp_path, *args, name="run"):

@@ -176,13 +176,13 @@ def test_t1_dpo_result_changes_with_mu_and_with_n(tut):
     assert tut["t1"]["distill"]["gap_err"][sel & tut["t1_connected"]].max() < 1e-2
 
 
-def test_reproduction_grid_runs_and_its_table_matches_its_numbers(tmp_path):
+def test_reproduction_grid_runs_and_its_table_matches_its_numbers(tmp_path, tiny_task):
     # the grid script end to end on the tiny task, two methods, --quick (clean and 40% flips, one seed)
     import json
     import subprocess
     import sys
     env = dict(os.environ, REPRO_DATA="embedded-tiny", REPRO_METHODS="dpo,drdo", REPRO_OUT=str(tmp_path / "out"),
-               REPRO_RUNS=str(tmp_path / "runs"), DRDO_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+               REPRO_RUNS=str(tmp_path / "runs"), HF_HUB_OFFLINE="1")   # the session's DRDO_CACHE
     script = Path(__file__).parent / "tutorials" / "02_reproduction.py"
     r = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

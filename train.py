@@ -121,8 +121,15 @@ def prepare_data(cfg, log=print):
     task = data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=lambda *_: None) \
         if cfg.data in data.EMBEDDED_PRESETS else None
     if cfg.split != "all":
-        cols = ("chosen_gold", "rejected_gold") if "chosen_gold" in train_ds.column_names else None
-        det, nondet = data.split_by_margin(train_ds, columns=cols)
+        cols = train_ds.column_names
+        if "chosen_gold" in cols or "chosen_score" in cols:          # by the gold (or given) score margin
+            det, nondet = data.split_by_margin(train_ds, columns=("chosen_gold", "rejected_gold")
+                                               if "chosen_gold" in cols else None)
+        elif "confidence" in cols:                                   # TL;DR: confidence x edit distance
+            det, nondet = (lambda s: (s["hc_he"], s["lc_le"]))(data.tldr_splits(train_ds))
+        else:
+            raise ValueError(f"--split {cfg.split} needs scores (chosen_score/rejected_score) or annotator "
+                             f"confidence in the data; {cfg.data} has neither")
         train_ds = det if cfg.split == "deterministic" else nondet
     if cfg.max_pairs:
         train_ds = train_ds.select(range(min(cfg.max_pairs, len(train_ds))))

@@ -1,0 +1,24 @@
+"""Shared by every test module: an offline environment and one private cache for the whole session.
+
+All artefacts the tests build (the embedded-tiny task, Oracles, reference log-probs) go to a temporary
+DRDO_CACHE, never to the repository's .cache/, and the embedded-tiny task is built at most once per session.
+"""
+import atexit
+import os
+import shutil
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+_CACHE = tempfile.mkdtemp(prefix="drdo-test-cache-")
+os.environ["DRDO_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_task():
+    """The embedded-tiny task (3,000 tweets, vocab 512, a 50k-parameter pi_ref), built once (~10 s)."""
+    import data
+    return data.embedded_task(data.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
