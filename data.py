@@ -64,13 +64,12 @@ def load_preferences(source, split="train", max_examples=None):
     if source in EMBEDDED_PRESETS:
         ds = embedded_task(EMBEDDED_PRESETS[source])[split]
     elif source == "ultrafeedback":
-        ds = from_ultrafeedback(datasets.load_dataset("HuggingFaceH4/ultrafeedback_binarized",
-                                                      split=f"{split}_prefs"))
+        ds = from_ultrafeedback(_from_hub("HuggingFaceH4/ultrafeedback_binarized", split=f"{split}_prefs"))
     elif source == "tldr":
-        ds = from_tldr(datasets.load_dataset("openai/summarize_from_feedback", "comparisons",
-                                             split="validation" if split == "test" else split))
+        ds = from_tldr(_from_hub("openai/summarize_from_feedback", "comparisons",
+                                 split="validation" if split == "test" else split))
     elif source == "cnn_dailymail":
-        ds = from_cnn_dailymail(datasets.load_dataset("abisee/cnn_dailymail", "3.0.0", split=split))
+        ds = from_cnn_dailymail(_from_hub("abisee/cnn_dailymail", "3.0.0", split=split))
     elif ext in FILE_TYPES:
         if not os.path.exists(source):
             raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
@@ -79,16 +78,23 @@ def load_preferences(source, split="train", max_examples=None):
         except Exception as e:   # the datasets library raises many types; name the file and keep the cause
             raise ValueError(f"could not read {source!r} as {FILE_TYPES[ext]}: {e}") from e
     else:
-        try:
-            ds = datasets.load_dataset(source, split=split)
-        except Exception as e:
-            raise ValueError(f"could not load dataset {source!r} (split {split!r}) from the Hugging Face hub: {e}. "
-                             "Without internet, use a local .jsonl/.json/.parquet/.csv file in the schema.") from e
+        ds = _from_hub(source, split=split)
     if max_examples:
         ds = ds.select(range(min(len(ds), max_examples)))
     if source != "cnn_dailymail":             # prompt-only records (the OOD set) have no pairs to validate
         validate(ds, source)
     return ds
+
+
+def _from_hub(*args, split):
+    import datasets
+    try:
+        return datasets.load_dataset(*args, split=split)
+    except Exception as e:   # offline, unknown id, missing split: one message that says what to do instead
+        raise ValueError(f"could not load dataset {args[0]!r} (split {split!r}) from the Hugging Face hub: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Without internet, use "
+                         "--data embedded (the default) or a local .jsonl/.json/.parquet/.csv file in the "
+                         "schema.") from None
 
 
 def from_ultrafeedback(ds):

@@ -301,12 +301,15 @@ def load_splits(source, held_out=0.1, seed=0, log=print):
     if source in data.EMBEDDED_PRESETS:
         task = data.embedded_task(data.EMBEDDED_PRESETS[source], log=log)
         return task["train"], task["test"], task["reference"]
-    try:
-        return data.load_preferences(source, "train"), data.load_preferences(source, "test"), None
-    except (ValueError, FileNotFoundError):
-        ds = data.load_preferences(source, "train").shuffle(seed=seed)
-        n_test = max(1, round(held_out * len(ds)))
-        return ds.select(range(n_test, len(ds))), ds.select(range(n_test)), None
+    is_file = os.path.splitext(source)[1] in data.FILE_TYPES
+    if not is_file:
+        try:
+            return data.load_preferences(source, "train"), data.load_preferences(source, "test"), None
+        except (ValueError, FileNotFoundError):
+            pass
+    ds = data.load_preferences(source, "train").shuffle(seed=seed)
+    n_test = max(1, round(held_out * len(ds)))
+    return ds.select(range(n_test, len(ds))), ds.select(range(n_test)), None
 
 
 def main(argv=None):

@@ -131,6 +131,8 @@ def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     (["--method", "dpo", "--model", "opt-125m"], "Without internet, use one of"),
     (["--method", "dpo", "--model", "no-such-org/no-such-model"], "Without internet, use one of"),
     (["--method", "dpo", "--split", "hard"], "--split must be"),
+    (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
+    (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
 ])
 def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
     with pytest.raises(SystemExit) as e:
@@ -178,3 +180,13 @@ def test_benchmark_prints_consistent_numbers(cache, tmp_path, capsys):
     assert res["tokens_per_step"] == 2 * 4 * 48
     assert res["step_s"] > 0 and res["tokens_per_s"] == pytest.approx(res["tokens_per_step"] / res["step_s"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "dpo"
+
+
+def test_a_local_file_with_a_model_directory(cache, tiny_task, tmp_path):
+    # a user's own data: 40 pairs in a JSONL file, the tiny pi_ref as a model path; 10% are held out
+    rows = (list(tiny_task["train"]) * 2)[:40]
+    path = tmp_path / "pairs.jsonl"
+    data.write_jsonl([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], str(path))
+    s = train.main(["--method", "dpo", "--data", str(path), "--model", tiny_task["reference"], "--epochs", "1",
+                    "--out", str(tmp_path / "file")])
+    assert s["steps"] == math.ceil(36 / 8) and "final_check" not in s     # 36 train pairs; no gold to check
