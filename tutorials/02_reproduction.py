@@ -70,6 +70,7 @@ RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + 
 # that already finished are skipped, so an interrupted grid continues where it stopped.
 
 # %%
+data.quiet_transformers()
 t_start = time.time()
 grid = {}
 quiet = (lambda *a, **k: None)
