@@ -12,7 +12,9 @@ Statistics (P prompts, n samples per prompt; all standard errors are over prompt
                      lower; ties are reported separately (59% of pi_ref samples have no sentiment word: gold 0)
     win rate         win + tie / 2 (identical policies give exactly 0.5)
     KL(pi || pi_ref) Monte-Carlo: mean over samples y ~ pi of log pi(y|x) - log pi_ref(y|x) (summed over the
-                     completion's tokens); 0 for identical policies; nats per sequence
+                     completion's tokens); 0 for identical policies; nats per sequence. Only at temperature 1:
+                     greedy or tempered samples are not draws from pi, and their mean log-ratio is not a KL
+                     (it can be negative); other temperatures report NaN.
 
     python evaluate.py --policies runs/dpo-...,runs/drdo-... --names dpo,drdo     # writes eval/results.json + PNGs
 """
@@ -180,9 +182,10 @@ def evaluate(cfg, log=print):
                                                  return_ids=True)
             gold[name] = [data.gold_reward(c) for c in texts]
             ids[name] = [(p, c) for p, comps in pid for c in comps]
-            lp_pi = completion_logps(model, ids[name], pad)
-            lp_ref = completion_logps(models["pi_ref"][0], ids[name], pad)
-            kl, kl_se = monte_carlo_kl(lp_pi, lp_ref)
+            kl, kl_se = float("nan"), float("nan")
+            if temp == 1:       # only untempered samples are draws from pi, so only they estimate KL(pi||pi_ref)
+                kl, kl_se = monte_carlo_kl(completion_logps(model, ids[name], pad),
+                                           completion_logps(models["pi_ref"][0], ids[name], pad))
             o = oracle_rewards(judge, ids[name], pad)
             stats = paired_comparison(gold[name], gold["pi_ref"])
             stats.update(kl=kl, kl_se=kl_se, oracle_reward=o.mean().item(),
@@ -223,17 +226,18 @@ def plot(results, out):
         temps = list(by_temp)
         names = list(by_temp[temps[0]]["policies"])
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        t1 = by_temp.get("T=1")
         for name in names:
             pts = [by_temp[t]["policies"][name] for t in temps]
-            ax[0].errorbar([p["kl"] for p in pts], [p["policy_gold"] for p in pts],
-                           yerr=[p["policy_gold_se"] for p in pts], marker="o", label=name, capsize=2)
-            for t, p in zip(temps, pts):
-                ax[0].annotate(t, (p["kl"], p["policy_gold"]), fontsize=7)
+            if t1 is not None:                                    # KL is estimated at temperature 1 only
+                p = t1["policies"][name]
+                ax[0].errorbar([p["kl"]], [p["policy_gold"]], xerr=[p["kl_se"]], yerr=[p["policy_gold_se"]],
+                               marker="o", label=name, capsize=2)
             if name != "pi_ref":
                 ax[1].errorbar([float(t[2:]) for t in temps], [p["win_rate"] for p in pts],
                                yerr=[p["win_rate_se"] for p in pts], marker="o", label=name, capsize=2)
         ax[0].set(xlabel="KL(pi || pi_ref), nats per completion", ylabel="mean gold reward (VADER)",
-                  title=f"gold reward vs KL ({set_name})")
+                  title=f"gold reward vs KL, temperature 1 ({set_name})")
         ax[1].axhline(0.5, color="grey", lw=0.8)
         ax[1].set(xlabel="sampling temperature", ylabel="win rate vs pi_ref (ties = 1/2)",
                   title=f"win rate vs temperature ({set_name})")
