@@ -107,7 +107,7 @@ def load_oracle(path, **from_pretrained_kwargs):
     head_path = os.path.join(path, HEAD_FILE)
     if not os.path.exists(head_path):
         raise FileNotFoundError(f"{path} has no {HEAD_FILE}: it is a language model, not an Oracle saved by "
-                                "oracle.py (train one with `python oracle.py`, issue #6)")
+                                "oracle.py (train one with `python oracle.py`)")
     model = add_reward_head(AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs))
     model.reward_head.load_state_dict(torch.load(head_path, map_location=model.device))
     return model
