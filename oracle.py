@@ -301,13 +301,13 @@ def load_splits(source, held_out=0.1, seed=0, log=print):
     if source in data.EMBEDDED_PRESETS:
         task = data.embedded_task(data.EMBEDDED_PRESETS[source], log=log)
         return task["train"], task["test"], task["reference"]
-    is_file = os.path.splitext(source)[1] in data.FILE_TYPES
-    if not is_file:
+    ds = data.load_preferences(source, "train")
+    if os.path.splitext(source)[1] not in data.FILE_TYPES:           # a hub source may have a test split
         try:
-            return data.load_preferences(source, "train"), data.load_preferences(source, "test"), None
+            return ds, data.load_preferences(source, "test"), None
         except (ValueError, FileNotFoundError):
-            pass
-    ds = data.load_preferences(source, "train").shuffle(seed=seed)
+            log(f"{source} has no test split: holding out {held_out:.0%} of its training pairs")
+    ds = ds.shuffle(seed=seed)
     n_test = max(1, round(held_out * len(ds)))
     return ds.select(range(n_test, len(ds))), ds.select(range(n_test)), None
 

@@ -131,6 +131,9 @@ def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     (["--method", "dpo", "--model", "opt-125m"], "Without internet, use one of"),
     (["--method", "dpo", "--model", "no-such-org/no-such-model"], "Without internet, use one of"),
     (["--method", "dpo", "--split", "hard"], "--split must be"),
+    (["--method", "drdo", "--score", "margin"], "--score must be"),
+    (["--method", "edpo", "--aggregate", "max"], "--aggregate must be"),
+    (["--method", "dpo", "--flip", "40"], "--flip is a share of pairs"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
 ])

@@ -104,6 +104,12 @@ def resolve(cfg):
         raise ValueError(f"--split must be all, deterministic or nondeterministic; got {cfg.split!r}")
     if cfg.method == "drdo" and cfg.student_reward not in ("head", "logprob"):
         raise ValueError(f"--student_reward must be head or logprob; got {cfg.student_reward!r}")
+    if cfg.method == "drdo" and cfg.score not in ("unlikelihood", "likelihood", "odds"):
+        raise ValueError(f"--score must be unlikelihood, likelihood or odds; got {cfg.score!r}")
+    if cfg.method == "edpo" and cfg.aggregate not in ("batch_min", "example_min", "mean"):
+        raise ValueError(f"--aggregate must be batch_min, example_min or mean; got {cfg.aggregate!r}")
+    if not 0.0 <= cfg.flip <= 1.0:
+        raise ValueError(f"--flip is a share of pairs, in [0, 1]; got {cfg.flip}")
     small = cfg.model in ("embedded", "tiny")
     lr = cfg.lr or (1e-4 if small else 1e-6)
     ensemble = cfg.ensemble or (3 if cfg.method == "edpo" else 1)
@@ -116,7 +122,8 @@ def resolve(cfg):
 # 1-3) Data, Oracle scores, cached reference log-probs
 # ============================================================================================================
 def prepare_data(cfg, log=print):
-    """-> (train_ds, test_ds, task) with the condition applied, and Oracle scores when the method needs them."""
+    """-> (train_ds, test_ds, reference_dir, task): the pairs with the condition applied and, when the method
+    needs them, Oracle scores; reference_dir and task are the embedded task's (None for other data)."""
     train_ds, test_ds, reference_dir = oracle.load_splits(cfg.data, seed=cfg.seed, log=log)
     task = data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=lambda *_: None) \
         if cfg.data in data.EMBEDDED_PRESETS else None
@@ -126,7 +133,8 @@ def prepare_data(cfg, log=print):
             det, nondet = data.split_by_margin(train_ds, columns=("chosen_gold", "rejected_gold")
                                                if "chosen_gold" in cols else None)
         elif "confidence" in cols:                                   # TL;DR: confidence x edit distance
-            det, nondet = (lambda s: (s["hc_he"], s["lc_le"]))(data.tldr_splits(train_ds))
+            splits = data.tldr_splits(train_ds)
+            det, nondet = splits["hc_he"], splits["lc_le"]
         else:
             raise ValueError(f"--split {cfg.split} needs scores (chosen_score/rejected_score) or annotator "
                              f"confidence in the data; {cfg.data} has neither")
