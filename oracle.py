@@ -193,16 +193,19 @@ def _gold_margins(ds):
     return [c - r for c, r in zip(ds["chosen_gold"], ds["rejected_gold"])]
 
 
-def _tokenized(tokenizer, ds, cfg, log):
-    examples, _ = data.tokenize_dataset(tokenizer, ds, cfg.max_length, cfg.max_prompt_length, log=log)
-    return examples
-
-
-def _kept(tokenizer, ds, cfg):
-    """The rows tokenize_pair keeps (so scores stay aligned with the rows they belong to)."""
-    keep = [i for i, row in enumerate(ds) if data.tokenize_pair(tokenizer, row, cfg.max_length,
-                                                                cfg.max_prompt_length)[0] is not None]
-    return ds.select(keep) if len(keep) < len(ds) else ds
+def _kept_and_tokenized(tokenizer, ds, cfg, log):
+    """(the rows tokenize_pair keeps, their tokenized pairs) in one pass, so scores stay aligned with rows."""
+    keep, examples = [], []
+    for i, row in enumerate(ds):
+        out, _ = data.tokenize_pair(tokenizer, row, cfg.max_length, cfg.max_prompt_length)
+        if out is not None:
+            keep.append(i)
+            examples.append(out)
+    if len(keep) < len(ds):
+        log(f"  {len(ds) - len(keep)} of {len(ds)} pairs dropped by tokenization (empty or identical responses)")
+    if not examples:
+        raise ValueError(f"tokenize: every one of the {len(ds)} pairs was dropped")
+    return (ds.select(keep) if len(keep) < len(ds) else ds), examples
 
 
 def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
@@ -221,18 +224,18 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         f"{cfg.epochs} epochs -> {out}")
     os.makedirs(out, exist_ok=True)
     report = {"config": asdict(cfg), "members": [], "held_out": [], "train_pairs": len(train_ds)}
-    gold = None
     for k in range(cfg.ensemble):
         t0 = time.time()
-        model, tokenizer = data.load_model(cfg.model, task_reference)
+        model, tokenizer = data.load_model(cfg.model, task_reference)     # fresh backbone for every member
         add_reward_head(model)
-        train_examples = _tokenized(tokenizer, train_ds, cfg, log)
-        test_ds_kept = _kept(tokenizer, test_ds, cfg)
-        test_examples = _tokenized(tokenizer, test_ds_kept, cfg, log)
-        gold = _gold_margins(test_ds_kept)
+        if k == 0:                                                        # one tokenizer for all members
+            _, all_train = _kept_and_tokenized(tokenizer, train_ds, cfg, log)
+            test_ds_kept, test_examples = _kept_and_tokenized(tokenizer, test_ds, cfg, log)
+            gold = _gold_margins(test_ds_kept)
+        train_examples = all_train
         if cfg.ensemble > 1:                                  # bootstrap resample: n draws with replacement
             rng = random.Random(cfg.seed + k)
-            train_examples = [train_examples[rng.randrange(len(train_examples))] for _ in train_examples]
+            train_examples = [all_train[rng.randrange(len(all_train))] for _ in all_train]
         torch.manual_seed(cfg.seed + k)
         train_oracle(model, train_examples, cfg, seed=cfg.seed + k, log=log)
         stats = evaluate_oracle(model, test_examples, gold)
@@ -277,10 +280,8 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
     for d in member_dirs:
         model = load_oracle(d).eval()
         tokenizer = _tokenizer(d)
-        kept = _kept(tokenizer, ds, cfg)
-        if len(kept) < len(ds):
-            log(f"  {len(ds) - len(kept)} pairs dropped by tokenization")
-        c, r = score_examples(model, _tokenized(tokenizer, kept, cfg, log))
+        kept, examples = _kept_and_tokenized(tokenizer, ds, cfg, log)
+        c, r = score_examples(model, examples)
         chosen.append(c.tolist())
         rejected.append(r.tolist())
     rows = [dict(row, chosen_score=[m[i] for m in chosen], rejected_score=[m[i] for m in rejected])
@@ -297,10 +298,11 @@ def _tokenizer(path):
 
 
 def load_splits(source, held_out=0.1, seed=0, log=print):
-    """(train, test, task_reference) for a data source; sources without a test split are split here."""
+    """(train, test, task) for a data source; task is the embedded task's dict (data.embedded_task) or None.
+    Sources without a test split are split here."""
     if source in data.EMBEDDED_PRESETS:
         task = data.embedded_task(data.EMBEDDED_PRESETS[source], log=log)
-        return task["train"], task["test"], task["reference"]
+        return task["train"], task["test"], task
     ds = data.load_preferences(source, "train")
     if os.path.splitext(source)[1] not in data.FILE_TYPES:           # a hub source may have a test split
         try:
@@ -317,8 +319,8 @@ def main(argv=None):
                                                           "score the preference pairs with it.")
     data.quiet_transformers()
     print(json.dumps(asdict(cfg), indent=1))
-    train_ds, test_ds, task_reference = load_splits(cfg.data, cfg.held_out, cfg.seed)
-    members, report = ensure_oracles(cfg, train_ds, test_ds, task_reference)
+    train_ds, test_ds, task = load_splits(cfg.data, cfg.held_out, cfg.seed)
+    members, report = ensure_oracles(cfg, train_ds, test_ds, task and task["reference"])
     accs = [m["accuracy"] for m in report["held_out"]]
     print(f"held-out preference accuracy: {', '.join(f'{a:.3f}' for a in accs)} (members); "
           f"chance is 0.5; saved in {os.path.dirname(members[0])}")

@@ -124,9 +124,8 @@ def resolve(cfg):
 def prepare_data(cfg, log=print):
     """-> (train_ds, test_ds, reference_dir, task): the pairs with the condition applied and, when the method
     needs them, Oracle scores; reference_dir and task are the embedded task's (None for other data)."""
-    train_ds, test_ds, reference_dir = oracle.load_splits(cfg.data, seed=cfg.seed, log=log)
-    task = data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=lambda *_: None) \
-        if cfg.data in data.EMBEDDED_PRESETS else None
+    train_ds, test_ds, task = oracle.load_splits(cfg.data, seed=cfg.seed, log=log)
+    reference_dir = task and task["reference"]
     if cfg.split != "all":
         cols = train_ds.column_names
         if "chosen_gold" in cols or "chosen_score" in cols:          # by the gold (or given) score margin
@@ -172,11 +171,11 @@ def autocast(cfg, device):
 
 
 @torch.no_grad()
-def reference_logps(cfg, examples, name, tokenizer, average, device, log=print):
+def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print):
     """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
     tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example."""
     ref_name = cfg.ref_model or cfg.model
-    key = data._stable_hash([ref_name, _model_identity(ref_name, cfg), len(tokenizer), tokenizer.name_or_path,
+    key = data._stable_hash([ref_name, _model_identity(ref_name, task_ref), len(tokenizer), tokenizer.name_or_path,
                              [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
                              cfg.max_length, cfg.max_prompt_length, average, cfg.bf16])
     path = os.path.join(data.cache_root(), f"reflogps-{key}.pt")
@@ -185,7 +184,7 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, log=print):
         chosen, rejected = torch.load(path)
     else:
         log(f"pi_ref log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}")
-        ref, _ = data.load_model(ref_name, _task_ref(cfg))
+        ref, _ = data.load_model(ref_name, task_ref)
         ref.to(device).eval()
         chosen, rejected = [], []
         for i in range(0, len(examples), 32):
@@ -202,15 +201,10 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, log=print):
         e["ref_chosen"], e["ref_rejected"] = c, r
 
 
-def _model_identity(name, cfg):
+def _model_identity(name, task_ref):
     """For local/embedded models, the weights' hash (so a retrained pi_ref invalidates the cache)."""
-    path = _task_ref(cfg) if name in ("embedded", "tiny") else name
+    path = task_ref if name in ("embedded", "tiny") else name
     return oracle._checkpoint_hash(path) if path and os.path.isdir(path) else name
-
-
-def _task_ref(cfg):
-    return data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=lambda *_: None)["reference"] \
-        if cfg.data in data.EMBEDDED_PRESETS else None
 
 
 def _to(batch, device):
@@ -384,7 +378,7 @@ def train(cfg, log=print):
     reference_built = bool(info and info.needs_reference)
     if reference_built:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
-            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, log)
+            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log)
 
     # 4) optimizer, schedule, state
     plan = windows(len(train_ex), cfg)
@@ -512,7 +506,8 @@ def benchmark(cfg, log=print):
     import resource
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task_ref = _task_ref(cfg)
+    task_ref = (data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=lambda *_: None)["reference"]
+                if cfg.data in data.EMBEDDED_PRESETS else None)
     try:
         model, tokenizer = data.load_model(cfg.model, task_ref)
     except ValueError as e:
