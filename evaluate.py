@@ -17,17 +17,23 @@ Statistics (P prompts, n samples per prompt; all standard errors are over prompt
                      (it can be negative); other temperatures report NaN.
 
     python evaluate.py --policies runs/dpo-...,runs/drdo-... --names dpo,drdo     # writes eval/results.json + PNGs
+
+`gold_check` is the short version train.py runs at the end of every run on the embedded task: the trained
+policy's samples on the held-out prompts against pi_ref's cached samples (same prompts, settings and seed).
 """
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
 
 import data
 import oracle
-from losses import sequence_logps
+from common import parse_config, quiet_transformers
+from embedded import REFERENCE_SAMPLES, gold_reward
+from models import batch_logps, forward_with_reward, load_model, load_reward_model, pair_logps, sample_completions
 
 
 def paired_comparison(policy_gold, reference_gold):
@@ -74,38 +80,21 @@ class EvalConfig:
     out: str = "eval"              # where results.json and the PNG plots go
 
 
-def rows(pairs, pad_id):
-    """[(prompt_ids, completion_ids), ...] -> input_ids, attention_mask, loss_mask (N, T), right-padded; the
-    loss mask covers the completion."""
-    T = max(len(p) + len(c) for p, c in pairs)
-    ids = torch.full((len(pairs), T), pad_id, dtype=torch.long)                 # (N, T)
-    att = torch.zeros(len(pairs), T, dtype=torch.long)                          # (N, T)
-    loss = torch.zeros(len(pairs), T, dtype=torch.long)                         # (N, T)
-    for i, (p, c) in enumerate(pairs):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        att[i, :len(p) + len(c)] = 1
-        loss[i, len(p):len(p) + len(c)] = 1
-    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
-
-
 @torch.no_grad()
 def completion_logps(model, pairs, pad_id, batch_size=64):
     """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
     model.eval()
-    out = []
-    for i in range(0, len(pairs), batch_size):
-        b = rows(pairs[i:i + batch_size], pad_id)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        out.append(sequence_logps(logits, b["input_ids"], b["loss_mask"]).double())
-    return torch.cat(out)
+    return torch.cat([batch_logps(model, data.collate_completions(pairs[i:i + batch_size], pad_id))[0].double()
+                      for i in range(0, len(pairs), batch_size)])
 
 
 @torch.no_grad()
 def oracle_rewards(model, pairs, pad_id, batch_size=64):
+    """The Oracle's reward R(x, y) of each (prompt_ids, completion_ids) -> (N,) float64."""
     out = []
     for i in range(0, len(pairs), batch_size):
-        b = rows(pairs[i:i + batch_size], pad_id)
-        out.append(oracle.oracle_forward(model, b["input_ids"], b["attention_mask"])[1].double())
+        b = data.collate_completions(pairs[i:i + batch_size], pad_id)
+        out.append(forward_with_reward(model, b["input_ids"], b["attention_mask"])[1].double())
     return torch.cat(out)
 
 
@@ -114,14 +103,10 @@ def preference_accuracy(policy, reference, examples, pad_id):
     """Held-out implicit-reward accuracy: share of pairs with log pi/pi_ref (y_w) > log pi/pi_ref (y_l)
     (ties count half; pi = pi_ref gives exactly 0.5) -> (accuracy, standard error)."""
     def logps(model):
-        c, r = [], []
-        for i in range(0, len(examples), 32):
-            b = data.collate(examples[i:i + 32], pad_id)
-            lp = sequence_logps(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
-                                b["input_ids"], b["loss_mask"]).double()
-            c.append(lp[:len(lp) // 2])
-            r.append(lp[len(lp) // 2:])
-        return torch.cat(c), torch.cat(r)
+        model.eval()
+        c, r = zip(*[pair_logps(model, data.collate(examples[i:i + 32], pad_id))[:2]
+                     for i in range(0, len(examples), 32)])
+        return torch.cat(c).double(), torch.cat(r).double()
     pc, pr = logps(policy)
     rc, rr = logps(reference)
     h = (pc - rc) - (pr - rr)                                                   # (N,)
@@ -129,26 +114,46 @@ def preference_accuracy(policy, reference, examples, pad_id):
     return acc.mean().item(), (acc.std() / math.sqrt(len(acc))).item()
 
 
+def gold_check(model, tokenizer, task, log=print):
+    """Sample the trained policy on the held-out prompts with pi_ref's cached settings and seed, and compare
+    the gold rewards sample by sample with pi_ref's cached samples (paired_comparison)."""
+    ref = task["reference_eval_prompts"]
+    s = REFERENCE_SAMPLES
+    comps = sample_completions(model.cpu(), tokenizer, [r["prompt"] for r in ref], s["n"], s["temperature"],
+                               task["stats"]["task"]["max_new_tokens"], seed=s["seed"],
+                               desc="sampling held-out prompts")
+    res = paired_comparison([gold_reward(c) for c in comps], [r["gold"] for r in ref])
+    res["examples"] = [{"prompt": r["prompt"], "policy": c[0], "reference": r["completions"][0]}
+                       for r, c in zip(ref[:3], comps[:3])]
+    log(f"held-out check ({res['prompts']} prompts x {res['samples_per_prompt']} samples, gold = VADER "
+        f"sentiment): policy {res['policy_gold']:+.3f} vs pi_ref {res['reference_gold']:+.3f}, gain "
+        f"{res['gain']:+.3f} +- {res['gain_se']:.3f}; win {res['win']:.0%} / tie {res['tie']:.0%} / "
+        f"loss {res['loss']:.0%} (win rate {res['win_rate']:.3f})")
+    for ex in res["examples"]:
+        log(f"  {ex['prompt']!r}\n     policy: {ex['policy']!r}\n     pi_ref: {ex['reference']!r}")
+    return res
+
+
 def load_policy(path):
     ckpt = os.path.join(path, "checkpoint") if os.path.isdir(os.path.join(path, "checkpoint")) else path
-    return data.load_model(ckpt)
+    return load_model(ckpt)
 
 
 def evaluate(cfg, log=print):
     """Every policy and pi_ref on the same prompts, temperatures and seeds -> results dict (see module doc)."""
     from tqdm.auto import tqdm
 
-    if cfg.data not in data.EMBEDDED_PRESETS:
-        raise ValueError(f"evaluate.py judges with the embedded task's gold reward; --data must be one of "
-                         f"{', '.join(data.EMBEDDED_PRESETS)} (got {cfg.data!r})")
     paths = [p for p in cfg.policies.split(",") if p]
     if not paths:
         raise ValueError("give at least one trained policy: --policies runs/dpo-...,runs/drdo-...")
     names = [n for n in cfg.names.split(",") if n] or [os.path.basename(p.rstrip("/")) for p in paths]
     if len(names) != len(paths):
         raise ValueError(f"--names has {len(names)} labels for {len(paths)} policies")
-    task = data.embedded_task(data.EMBEDDED_PRESETS[cfg.data], log=log)
-    models = {"pi_ref": data.load_model(task["reference"])}
+    train_ds, test_ds, task = data.load_splits(cfg.data, log=log)
+    if task is None:
+        raise ValueError(f"evaluate.py judges with the embedded task's gold reward; --data must be embedded or "
+                         f"embedded-tiny (got {cfg.data!r})")
+    models = {"pi_ref": load_model(task["reference"])}
     for name, path in zip(names, paths):
         models[name] = load_policy(path)
     tokenizer = models["pi_ref"][1]
@@ -158,12 +163,12 @@ def evaluate(cfg, log=print):
                              "estimates need samples scored by both models, so evaluate policies of one task")
     pad = tokenizer.pad_token_id
     if cfg.oracle:
-        judge = oracle.load_oracle(cfg.oracle).eval()
+        judge = load_reward_model(cfg.oracle).eval()
     else:
-        members, _ = oracle.ensure_oracles(oracle.OracleConfig(data=cfg.data), task["train"], task["test"],
+        members, _ = oracle.ensure_oracles(oracle.OracleConfig(data=cfg.data), train_ds, test_ds,
                                            task["reference"], log=log)
-        judge = oracle.load_oracle(members[0]).eval()
-    test_ex, _ = data.tokenize_dataset(tokenizer, task["test"], 128, 64, log=log)
+        judge = load_reward_model(members[0]).eval()
+    test_ex, _ = data.tokenize_dataset(tokenizer, test_ds, 128, 64, log=log)
     results = {"config": asdict(cfg), "task": task["dir"], "sets": {}, "preference_accuracy": {}}
     for name, (model, _) in models.items():
         acc, se = preference_accuracy(model, models["pi_ref"][0], test_ex, pad)
@@ -178,9 +183,9 @@ def evaluate(cfg, log=print):
         gold, ids = {}, {}
         row = results["sets"].setdefault(set_name, {}).setdefault(f"T={temp:g}", {"policies": {}, "head_to_head": {}})
         for name, (model, _) in models.items():
-            texts, pid = data.sample_completions(model, tokenizer, prompts, n, temp, max_new, seed=cfg.seed,
-                                                 return_ids=True)
-            gold[name] = [data.gold_reward(c) for c in texts]
+            texts, pid = sample_completions(model, tokenizer, prompts, n, temp, max_new, seed=cfg.seed,
+                                            return_ids=True)
+            gold[name] = [gold_reward(c) for c in texts]
             ids[name] = [(p, c) for p, comps in pid for c in comps]
             kl, kl_se = float("nan"), float("nan")
             if temp == 1:       # only untempered samples are draws from pi, so only they estimate KL(pi||pi_ref)
@@ -249,9 +254,8 @@ def plot(results, out):
 
 
 def main(argv=None):
-    import sys
-    cfg = data.parse_config(EvalConfig, argv, description="Gold-judged evaluation of trained policies.")
-    data.quiet_transformers()
+    cfg = parse_config(EvalConfig, argv, description="Gold-judged evaluation of trained policies.")
+    quiet_transformers()
     try:
         results = evaluate(cfg)
     except (ValueError, FileNotFoundError) as e:

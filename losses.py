@@ -8,7 +8,8 @@ What is here
     distill_loss, edpo_loss, pdpo_loss                        Fisch et al., arXiv 2405.19316 (v2)
     oracle_loss                                               DRDO phase 1, the Oracle (Eq. 6, reconstructed)
     focal_preference_loss, drdo_loss                          DRDO phase 2, the student (Eq. 7, reconstructed)
-    LOSSES                                                    method name -> function and what it needs
+    sft_loss                                                  NLL of the preferred response
+    LOSSES                                                    method name -> function, inputs, hyper-parameters
 
 Papers: DPO = Rafailov et al. arXiv 2305.18290; IPO = Azar et al. arXiv 2310.12036; cDPO = Mitchell's note
 "A note on DPO with noisy preferences" (2023); rDPO = Chowdhury et al. arXiv 2403.00409; SLiC-HF = Zhao et
@@ -56,7 +57,7 @@ Deviations from the papers and reconstructed details (each one is also marked `N
 
 Run `pytest -q test_losses.py` (a few seconds) to check every formula written here.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -348,8 +349,8 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1):
 #    the target gap is finite: no drift to infinity. Labels are not even needed (either order works).
 # Gradient (checked):  d loss / d h = -2 * beta * ( dR - beta * h )
 # Sanity values (checked): beta * h = dR -> 0;  dR = 1, h = 0 -> 1.
-# NOTE (deviates from paper): Oracle rewards are used raw (no standardisation here; the caller may
-#   standardise them over the training set, see data.py / oracle.py).
+# NOTE (deviates from paper): Oracle rewards are used raw (no standardisation here; a caller may standardise
+#   them over the training set; train.py does not, README deviation 10).
 # ============================================================================================================
 def distill_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
                  oracle_chosen_rewards, oracle_rejected_rewards, *, beta=0.1):
@@ -451,7 +452,7 @@ def pdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
 
 
 # ============================================================================================================
-# DRDO phase 1: the Oracle (Nath et al., arXiv 2410.08458 v2, Eq. 6; RECONSTRUCTED, PAPER_NOTES A.4)
+# DRDO phase 1: the Oracle (Nath et al., arXiv 2410.08458 v2, Sec. 3, Eq. 6; RECONSTRUCTED, README dev. 4)
 #
 # 1) A reward model R_phi(x, y) (scalar head on the last token) fitted by Bradley-Terry:
 #        L_BT = -log sigmoid( R_phi(x, y_w) - R_phi(x, y_l) ) = softplus( -(R_w - R_l) )
@@ -472,14 +473,14 @@ def oracle_loss(chosen_rewards, rejected_rewards, chosen_nll, *, alpha=0.1):
 
 
 # ============================================================================================================
-# DRDO's focal preference term (Nath et al., arXiv 2410.08458 v2, Eq. 7 and Fig. 4; PAPER_NOTES A.5.3)
+# DRDO's focal preference term (Nath et al., arXiv 2410.08458 v2, Eq. 7 and Fig. 4)
 #
 # 1) p = sigmoid(z) is the student's probability that y_w wins.
 # 2) Focal loss (Lin et al. 2017) on that probability:  F_gamma(z) = -(1 - p)^gamma * log p
 # 3) Stable form: 1 - p = sigmoid(-z), so (1 - p)^gamma = exp( gamma * logsigmoid(-z) ) and
 #        F_gamma(z) = -exp( gamma * logsigmoid(-z) ) * logsigmoid(z)
 #    Both logsigmoid calls are finite for |z| up to 1000 and beyond (no sigmoid(z) -> 0 -> log 0).
-# Gradient (checked, and the PAPER_NOTES table of 5 gammas x 7 z values):
+# Gradient (checked, also against a table of 5 gammas x 7 z values in test_losses.py):
 #        d F / d z = (1 - p)^gamma * [ gamma * p * log p - (1 - p) ]
 #    For z >> 0 this is ~ -(1 + gamma) e^{-(1+gamma) z}: gradient descent still grows z, but like
 #    log(t) / (1 + gamma) instead of log(t). Focal modulation slows divergence; it does not stop it.
@@ -493,12 +494,12 @@ def focal_preference_loss(z, *, gamma=2.0):
 
 
 # ============================================================================================================
-# DRDO phase 2: the student (Nath et al., arXiv 2410.08458 v2, Eq. 7; RECONSTRUCTED, PAPER_NOTES A.5)
+# DRDO phase 2: the student (Nath et al., arXiv 2410.08458 v2, Sec. 3, Eq. 7; RECONSTRUCTED, README dev. 5)
 #
 # 1) Reward distillation, no reference model: regress the student's reward gap on the Oracle's:
 #        L_KD = ( dR - dr )^2,   dR = R(x, y_w) - R(x, y_l) (frozen),  dr = r(x, y_w) - r(x, y_l)
 #    r comes from the caller: a scalar reward head on the policy (student_reward="head"), or the policy's
-#    own token-averaged log-probs (student_reward="logprob", r = Sbar); PAPER_NOTES A.5.1.
+#    own token-averaged log-probs (student_reward="logprob", r = Sbar); README deviation 5.
 # 2) A preference score z from the policy's token-averaged log-probs (the `score` switch):
 #        "unlikelihood" (default)  z = log(1 - exp(Sbar(y_l))) - log(1 - exp(Sbar(y_w)))
 #                                  contrastive log-unlikelihood: grows when y_w gets likelier, y_l unlikelier
@@ -547,29 +548,65 @@ def drdo_loss(student_chosen_rewards, student_rejected_rewards, oracle_chosen_re
 
 
 # ============================================================================================================
-# Registry: method name -> function and what the trainer must feed it
+# SFT: the negative log-likelihood of the preferred response (the usual first stage, and a baseline)
+#
+#        loss = -Sbar(y_w)        token-averaged NLL of the chosen response; y_l is not used
+# Gradient (checked):  d loss / d Sbar(y_w) = -1;  d loss / d Sbar(y_l) = 0
+# Rewards: chosen_rewards = Sbar(y_w), rejected_rewards = Sbar(y_l) (the policy's own likelihoods, so
+#   `accuracies` tells how often SFT on y_w alone already ranks y_w above y_l).
+# NOTE (deviates from paper): none; the mean over each sequence's tokens, then over pairs (not over all
+#   tokens of the batch at once, as the HF Trainer's causal-LM loss does).
+# ============================================================================================================
+def sft_loss(policy_chosen_logps, policy_rejected_logps):
+    """Shapes: (B,) token-AVERAGED log-probs Sbar. Returns losses (B,), metrics."""
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps)
+    losses = -policy_chosen_logps                                               # (B,)
+    return losses, _reward_metrics(policy_chosen_logps, policy_rejected_logps)
+
+
+# ============================================================================================================
+# Registry: method name -> the function, what the trainer must feed it, and its hyper-parameters
+#
+# `inputs` lists, in call order, the pairs of (B,) tensors the function takes before its keywords:
+#     "policy"          the policy's log-probs of y_w, y_l (summed, or token-averaged when average_logps)
+#     "reference"       pi_ref's log-probs of y_w, y_l, with the same reduction (train.py caches them)
+#     "oracle"          the Oracle's rewards R(x, y_w), R(x, y_l), averaged over ensemble members: (B,) each
+#     "oracle_members"  every ensemble member's rewards: (K, B) each (e-DPO's pessimism needs them all)
+#     "student"         DRDO's student rewards r(x, y_w), r(x, y_l); train.py's --student_reward says which
+# `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
+# Adding a loss = a function above + an entry here (+ a Config field for a new hyper-parameter).
 # ============================================================================================================
 @dataclass(frozen=True)
 class LossInfo:
     fn: Callable
-    needs_reference: bool      # needs pi_ref log-probs (the reference model, or its cached log-probs)
-    needs_oracle: bool         # needs Oracle rewards R(x, y) for both responses
-    average_logps: bool        # True: token-averaged Sbar; False: summed S
-    needs_reward_head: bool    # the policy carries a scalar reward head (DRDO's student, "head" variant)
+    inputs: tuple                  # names of the tensor pairs, in call order (see above)
+    average_logps: bool            # True: token-averaged Sbar for "policy" and "reference"; False: summed S
+    hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
+
+    @property
+    def needs_reference(self):
+        return "reference" in self.inputs
+
+    @property
+    def needs_oracle(self):
+        return "oracle" in self.inputs or "oracle_members" in self.inputs
 
 
+_POL, _REF = ("policy",), ("policy", "reference")
 LOSSES = {
-    "dpo":     LossInfo(dpo_loss, needs_reference=True, needs_oracle=False, average_logps=False, needs_reward_head=False),
-    "cdpo":    LossInfo(cdpo_loss, needs_reference=True, needs_oracle=False, average_logps=False, needs_reward_head=False),
-    "rdpo":    LossInfo(rdpo_loss, needs_reference=True, needs_oracle=False, average_logps=False, needs_reward_head=False),
+    "dpo":     LossInfo(dpo_loss, _REF, False, {"beta": "beta"}),
+    "cdpo":    LossInfo(cdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
+    "rdpo":    LossInfo(rdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
     # NOTE (deviates from paper): averaged log-probs for IPO, as TRL; see ipo_loss.
-    "ipo":     LossInfo(ipo_loss, needs_reference=True, needs_oracle=False, average_logps=True, needs_reward_head=False),
-    "hinge":   LossInfo(hinge_loss, needs_reference=True, needs_oracle=False, average_logps=False, needs_reward_head=False),
-    "simpo":   LossInfo(simpo_loss, needs_reference=False, needs_oracle=False, average_logps=True, needs_reward_head=False),
-    "orpo":    LossInfo(orpo_loss, needs_reference=False, needs_oracle=False, average_logps=True, needs_reward_head=False),
-    "distill": LossInfo(distill_loss, needs_reference=True, needs_oracle=True, average_logps=False, needs_reward_head=False),
-    "edpo":    LossInfo(edpo_loss, needs_reference=True, needs_oracle=True, average_logps=False, needs_reward_head=False),
-    "pdpo":    LossInfo(pdpo_loss, needs_reference=True, needs_oracle=False, average_logps=False, needs_reward_head=False),
-    # DRDO's head is optional (student_reward="logprob" uses Sbar as r); "head" is the default.
-    "drdo":    LossInfo(drdo_loss, needs_reference=False, needs_oracle=True, average_logps=True, needs_reward_head=True),
+    "ipo":     LossInfo(ipo_loss, _REF, True, {"beta": "beta"}),
+    "hinge":   LossInfo(hinge_loss, _REF, False, {"beta": "beta"}),
+    "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}),
+    "orpo":    LossInfo(orpo_loss, _POL, True, {"beta": "orpo_beta"}),
+    "distill": LossInfo(distill_loss, _REF + ("oracle",), False, {"beta": "beta"}),
+    "edpo":    LossInfo(edpo_loss, _REF + ("oracle_members",), False,
+                        {"beta": "beta", "kl_coef": "kl_coef", "aggregate": "aggregate"}),
+    "pdpo":    LossInfo(pdpo_loss, _REF, False, {"beta": "beta", "kl_coef": "kl_coef"}),
+    "drdo":    LossInfo(drdo_loss, ("student", "oracle", "policy"), True,
+                        {"alpha": "alpha", "gamma": "gamma", "score": "score"}),
+    "sft":     LossInfo(sft_loss, _POL, True),
 }

@@ -1,4 +1,4 @@
-"""Tests of the embedded offline task (data.py) and of the Oracle command line, ensembles and cached scoring
+"""Tests of the embedded offline task (embedded.py) and of the Oracle command line, ensembles and cached scoring
 (oracle.py), on the embedded-tiny task: 3,000 tweets, a 50k-parameter pi_ref, built once per module (~10 s).
 """
 import json
@@ -10,10 +10,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import common  # noqa: E402
 import data  # noqa: E402
+import embedded  # noqa: E402
 import oracle  # noqa: E402
+from models import load_reward_model  # noqa: E402
 
-TINY = data.EMBEDDED_PRESETS["embedded-tiny"]
+TINY = embedded.EMBEDDED_PRESETS["embedded-tiny"]
 
 
 @pytest.fixture
@@ -27,14 +30,14 @@ def task(tiny_task):
 
 
 def test_clean_tweet_rules():
-    assert data.clean_tweet("Check http://t.co/x1 &amp; @bob_2   now") == "Check http & @user now"
-    assert data.clean_tweet("www.site.com is  down\n") == "http is down"
-    assert data.clean_tweet("caf\u00e9 time") is None            # non-ASCII (the corpus's mojibake lives there)
-    assert data.clean_tweet("   ") is None
+    assert embedded.clean_tweet("Check http://t.co/x1 &amp; @bob_2   now") == "Check http & @user now"
+    assert embedded.clean_tweet("www.site.com is  down\n") == "http is down"
+    assert embedded.clean_tweet("caf\u00e9 time") is None            # non-ASCII (the corpus's mojibake lives there)
+    assert embedded.clean_tweet("   ") is None
 
 
 def test_gold_reward_is_vader_sentiment():
-    pos, neg, neutral = data.gold_reward(["I love this, it is great!", "awful, I hate it", "the car"])
+    pos, neg, neutral = embedded.gold_reward(["I love this, it is great!", "awful, I hate it", "the car"])
     assert pos > 0.5 and neg < -0.5 and neutral == 0.0
 
 
@@ -43,7 +46,7 @@ def test_pairs_are_ordered_by_a_gold_reward_that_can_be_recomputed(task):
     assert len(task["train"]) > 20 and len(task["test"]) > 10
     for r in rows:
         assert r["chosen_gold"] > r["rejected_gold"] and r["chosen"] != r["rejected"]
-        assert data.gold_reward([r["chosen"], r["rejected"]]) == [r["chosen_gold"], r["rejected_gold"]]
+        assert embedded.gold_reward([r["chosen"], r["rejected"]]) == [r["chosen_gold"], r["rejected_gold"]]
         assert 3 <= len(r["prompt"].split()) <= 5
     train_prompts, test_prompts = set(task["train"]["prompt"]), set(task["test"]["prompt"])
     eval_prompts = set(task["eval_prompts"])
@@ -63,17 +66,17 @@ def test_reference_samples_are_cached_with_their_gold(task):
     ref = task["reference_eval_prompts"]
     assert [r["prompt"] for r in ref] == task["eval_prompts"]
     for r in ref:
-        assert len(r["completions"]) == data.REFERENCE_SAMPLES["n"]
-        assert r["gold"] == data.gold_reward(r["completions"])
+        assert len(r["completions"]) == embedded.REFERENCE_SAMPLES["n"]
+        assert r["gold"] == embedded.gold_reward(r["completions"])
 
 
 def test_built_once_then_cached_and_rebuilt_when_an_input_changes(task, cache):
     logs = []
-    again = data.embedded_task(TINY, log=logs.append)
+    again = embedded.embedded_task(TINY, log=logs.append)
     assert not any("building" in line for line in logs) and again["dir"] == task["dir"]
     assert list(again["train"]) == list(task["train"])
     logs = []
-    changed = data.embedded_task(data.EmbeddedTask(**{**TINY.__dict__, "samples_per_prompt": 3}), log=logs.append)
+    changed = embedded.embedded_task(embedded.EmbeddedTask(**{**TINY.__dict__, "samples_per_prompt": 3}), log=logs.append)
     assert changed["dir"] != task["dir"]                       # new pairs ...
     assert changed["reference"] == task["reference"]           # ... from the same, reused pi_ref
     assert not any("SFT" in line for line in logs)
@@ -84,7 +87,7 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path):
         open(os.path.join(tmp, "half"), "w").close()
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        data._atomic_dir(str(tmp_path / "final"), failing)
+        common.atomic_dir(str(tmp_path / "final"), failing)
     assert not (tmp_path / "final").exists()
 
 
@@ -116,9 +119,9 @@ def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, ca
     members = [str(out / m) for m in report["members"]]
     scored = oracle.score_dataset(members, task["test"])
     assert all(len(r["chosen_score"]) == 2 for r in scored)
-    tok = oracle._tokenizer(members[1])
-    examples, _ = data.tokenize_dataset(tok, task["test"], 128, 64)
-    c, r = oracle.score_examples(oracle.load_oracle(members[1]).eval(), examples)
+    from transformers import AutoTokenizer
+    examples, _ = data.tokenize_dataset(AutoTokenizer.from_pretrained(members[1]), task["test"], 128, 64)
+    c, r = oracle.score_examples(load_reward_model(members[1]).eval(), examples)
     torch.testing.assert_close(torch.tensor([row["chosen_score"][1] for row in scored]), c, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor([row["rejected_score"][1] for row in scored]), r, atol=1e-5, rtol=0)
     logs = []
@@ -126,19 +129,10 @@ def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, ca
     assert any("cached" in line for line in logs)
 
 
-def test_model_names_and_offline_errors(task):
-    model, tok = data.load_model("embedded", task["reference"])
-    assert model.config.dropout == 0.0 and tok.eos_token_id is not None
-    with pytest.raises(ValueError, match="needs the embedded task"):
-        data.load_model("tiny")
-    with pytest.raises(ValueError, match="Without internet, use one of: embedded"):
-        data.load_model("opt-125m")
-
-
 def test_parse_config_flags_and_help_from_comments(capsys):
     import train
-    cfg = data.parse_config(train.Config, ["--no-final_check", "--beta", "0.3", "--method", "ipo"])
+    cfg = common.parse_config(train.Config, ["--no-final_check", "--beta", "0.3", "--method", "ipo"])
     assert (cfg.final_check, cfg.beta, cfg.method) == (False, 0.3, "ipo")
     with pytest.raises(SystemExit):
-        data.parse_config(train.Config, ["--help"])
+        common.parse_config(train.Config, ["--help"])
     assert "KL strength of the DPO family" in capsys.readouterr().out

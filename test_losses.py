@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import losses as L
 from losses import (LOSSES, cdpo_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss, focal_preference_loss,
                     hinge_loss, ipo_loss, log1mexp, oracle_loss, orpo_loss, pdpo_loss, rdpo_loss,
-                    sequence_logps, simpo_loss)
+                    sequence_logps, sft_loss, simpo_loss)
 
 LN2 = math.log(2.0)
 SP1, SPM1 = math.log1p(math.e), math.log1p(math.exp(-1.0))   # softplus(1), softplus(-1)
@@ -319,7 +319,8 @@ def test_oracle_loss_closed_form_and_gradient():
     torch.testing.assert_close(gn, torch.full_like(gn, 0.05))
 
 
-# PAPER_NOTES A.5.3: loss and dF/dz for gamma in {0, 0.5, 1, 2, 5} and z in {-4, -2, -1, 0, 1, 2, 4}
+# The focal loss F_gamma(z) = -(1 - sigmoid(z))^gamma log sigmoid(z) and dF/dz, for gamma in {0, 0.5, 1, 2, 5} and
+# z in {-4, -2, -1, 0, 1, 2, 4}, tabulated to 4 decimals from the closed forms (the curves of DRDO's Fig. 4)
 FOCAL_Z = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
 FOCAL_LOSS = {
     0.0: [4.0181, 2.1269, 1.3133, 0.6931, 0.3133, 0.1269, 0.0181],
@@ -472,23 +473,23 @@ def test_every_loss_against_a_fresh_rederivation():
     p_u = sig(torch.log(1 - torch.exp(c["ar"])) - torch.log(1 - torch.exp(c["ac"])))
     cases["drdo"] = (drdo_loss(c["rw"], c["rl"], c["Rw"], c["Rl"], c["ac"], c["ar"], alpha=0.6, gamma=1.5)[0],
                      ((c["Rw"] - c["Rl"]) - (c["rw"] - c["rl"])) ** 2 - 0.6 * (1 - p_u) ** 1.5 * torch.log(p_u))
+    cases["sft"] = (sft_loss(c["ac"], c["ar"])[0], -c["ac"])
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
         torch.testing.assert_close(ours, fresh, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl):
-    """Call a registered loss with the inputs its metadata asks for."""
+    """Call a registered loss the way train.py does: the tensor pairs its entry names, in order.
+    Policy and reference log-probs come summed (pc, pr, rc, rr) or averaged (ac, ar; reference / 30)."""
     info = LOSSES[name]
-    c_, r_ = (ac, ar) if info.average_logps else (pc, pr)
-    if name == "drdo":
-        return info.fn(rw, rl, Rw, Rl, ac, ar)
-    if name in ("simpo", "orpo"):
-        return info.fn(c_, r_)
-    if info.needs_oracle:
-        Rw_, Rl_ = (Rw[None].expand(2, -1), Rl[None].expand(2, -1)) if name == "edpo" else (Rw, Rl)
-        return info.fn(c_, r_, rc, rr, Rw_, Rl_)
-    return info.fn(c_, r_, rc, rr)
+    average = info.average_logps
+    pairs = {"policy": (ac, ar) if average else (pc, pr),
+             "reference": (rc / 30, rr / 30) if average else (rc, rr),
+             "oracle": (Rw, Rl),
+             "oracle_members": (Rw[None].expand(2, -1), Rl[None].expand(2, -1)),
+             "student": (rw, rl)}
+    return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -544,9 +545,39 @@ def test_shape_mismatch_is_a_clear_error():
 
 def test_registry_metadata():
     reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
-    assert reference_free == {"simpo", "orpo", "drdo"}
+    assert reference_free == {"simpo", "orpo", "drdo", "sft"}
     assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
-    assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo"}
+    assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft"}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_registry_hparams_are_keywords_of_the_function_and_fields_of_the_config(name):
+    # every keyword the entry fills exists in the function's signature, and every field it reads exists in
+    # train.Config: a renamed argument or field fails here, not silently in a training run
+    import inspect
+    from dataclasses import fields
+
+    import train
+    info = LOSSES[name]
+    params = inspect.signature(info.fn).parameters
+    keyword_only = {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(info.hparams) <= keyword_only, (name, set(info.hparams) - keyword_only)
+    assert set(info.hparams.values()) <= {f.name for f in fields(train.Config)}
+    # and the positional parameters are exactly two per named input
+    positional = [p for p, v in params.items() if v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert len(positional) == 2 * len(info.inputs), (name, positional, info.inputs)
+
+
+def test_sft_closed_form_and_gradient():
+    # loss = -Sbar(y_w): Sbar = (-0.5, -2.0) -> (0.5, 2.0); d loss / d Sbar(y_w) = -1, d / d Sbar(y_l) = 0
+    c, r = t(-0.5, -2.0, grad=True), t(-3.0, -1.0, grad=True)
+    losses, metrics = sft_loss(c, r)
+    torch.testing.assert_close(losses, t(0.5, 2.0))
+    gc, gr = torch.autograd.grad(losses.sum(), (c, r), allow_unused=True, materialize_grads=True)
+    torch.testing.assert_close(gc, t(-1.0, -1.0))
+    torch.testing.assert_close(gr, t(0.0, 0.0))
+    # rewards are the policy's own likelihoods: pair 1 ranks y_w above y_l (-0.5 > -3), pair 2 does not
+    assert metrics["accuracies"].tolist() == [1.0, 0.0]
 
 
 # ------------------------------------------------------------------------------------------------------------

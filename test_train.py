@@ -18,6 +18,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import common  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
 from losses import LOSSES  # noqa: E402
@@ -47,15 +48,43 @@ def weights(tmp_path, name="run"):
     return load_file(str(tmp_path / name / "checkpoint" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("method", sorted(LOSSES) + ["sft"])
+@pytest.mark.parametrize("method", sorted(LOSSES))
 def test_every_method_lowers_its_own_objective(cache, tmp_path, method):
     # 3 epochs over the 36 tiny training pairs at lr 1e-3: the method's loss on the training pairs, measured by
     # the same code before step 1 and after the last step, must go down (a broken gradient sign, a detached
     # input or a wrong argument order in compute_loss would leave it flat or push it up)
-    oracle = ["--oracle_epochs", "15", "--oracle_lr", "3e-3"] if LOSSES.get(method, LOSSES["dpo"]).needs_oracle else []
+    oracle = ["--oracle_epochs", "15", "--oracle_lr", "3e-3"] if LOSSES[method].needs_oracle else []
     s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *oracle)
     assert s["steps"] == math.ceil(3 * 36 / 8) or s["steps"] > 0
     assert s["objective_end"] < s["objective_start"] - 1e-3, s
+
+
+def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):
+    # "Adding a loss" in the README: one function plus one registry entry; no edit to train.py. A toy loss,
+    # the squared log-ratio margin pulled to a target 1/beta, registered under a new name, must train through
+    # the CLI, receive exactly the inputs its entry names (summed policy and cached reference log-probs) and
+    # the hyper-parameter its entry maps (beta <- Config.beta), and lower its own objective.
+    from losses import LossInfo
+    seen = []
+
+    def toy_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                 *, beta):
+        seen.append({"beta": beta, "ref": (reference_chosen_logps.clone(), reference_rejected_logps.clone()),
+                     "policy_requires_grad": policy_chosen_logps.requires_grad})
+        h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+        losses = (h - 1.0 / beta) ** 2
+        return losses, {"chosen_rewards": beta * h.detach(), "rejected_rewards": 0 * h.detach()}
+
+    monkeypatch.setitem(LOSSES, "toy", LossInfo(toy_loss, ("policy", "reference"), False, {"beta": "beta"}))
+    s = run(tmp_path, "--method", "toy", "--beta", "0.37", "--epochs", "2", "--lr", "1e-3")
+    assert {x["beta"] for x in seen} == {0.37}
+    assert any(x["policy_requires_grad"] for x in seen)
+    # at step 1 the policy is pi_ref: the reference log-probs it was given equal the policy's own (h = 0 ->
+    # loss (1/0.37)^2 = 7.3046 on every pair)
+    first = metrics(tmp_path)[0]
+    assert first["loss"] == pytest.approx((1 / 0.37) ** 2, rel=1e-5)
+    assert s["reference_built"] is True
+    assert s["objective_end"] < s["objective_start"] - 1e-3
 
 
 def test_first_dpo_loss_is_ln2(cache, tmp_path):
@@ -103,21 +132,21 @@ def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch,
         raise AssertionError(f"{method} asked for reference log-probs")
     monkeypatch.setattr(train, "reference_logps", no_reference)
     loaded = []
-    real_load = data.load_model
-    monkeypatch.setattr(data, "load_model", lambda name, *a, **k: loaded.append(name) or real_load(name, *a, **k))
+    real_load = train.load_model
+    monkeypatch.setattr(train, "load_model", lambda name, *a, **k: loaded.append(name) or real_load(name, *a, **k))
     s = run(tmp_path, "--method", method, "--epochs", "0.25")
     assert s["reference_built"] is False
-    # the policy is loaded once; drdo may also load the Oracle's backbone to train it (unless an earlier
-    # test cached that Oracle): a separate model, trained on the pairs, never used as pi_ref
-    assert loaded[-1:] == ["embedded"] and len(loaded) <= (2 if method == "drdo" else 1), loaded
+    # train.py loads exactly one model, the policy (drdo's Oracle backbone is loaded by oracle.py, to be
+    # trained as the Oracle, never as pi_ref)
+    assert loaded == ["embedded"], loaded
 
 
 def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     fresh = ["--max_length", "100"]                  # a length no other test uses: new cache keys
     run(tmp_path, "--method", "dpo", "--epochs", "0.25", *fresh, name="first")
     loaded = []
-    real_load = data.load_model
-    monkeypatch.setattr(data, "load_model", lambda name, *a, **k: loaded.append(name) or real_load(name, *a, **k))
+    real_load = train.load_model
+    monkeypatch.setattr(train, "load_model", lambda name, *a, **k: loaded.append(name) or real_load(name, *a, **k))
     run(tmp_path, "--method", "ipo", "--epochs", "0.25", *fresh, name="ipo")      # mean log-probs: new entry
     run(tmp_path, "--method", "dpo", "--epochs", "0.25", *fresh, name="second")   # sum: cached by "first"
     # ipo: policy, then pi_ref for the training and the held-out pairs; dpo: the policy only
@@ -178,8 +207,9 @@ def test_checkpoint_loads_with_automodel_and_cli_runs(cache, tmp_path):
 
 
 def test_benchmark_prints_consistent_numbers(cache, tmp_path, capsys):
-    res = run(tmp_path, "--method", "dpo", "--model", "tiny", "--benchmark", "2", "--batch_size", "4",
-              "--micro_batch_size", "2", "--max_length", "48", "--max_prompt_length", "16")
+    import bench
+    res = bench.main(["--method", "dpo", "--model", "tiny", "--data", "embedded-tiny", "--steps", "2",
+                      "--batch_size", "4", "--micro_batch_size", "2", "--max_length", "48", "--max_prompt_length", "16"])
     assert res["tokens_per_step"] == 2 * 4 * 48
     assert res["step_s"] > 0 and res["tokens_per_s"] == pytest.approx(res["tokens_per_step"] / res["step_s"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "dpo"
@@ -189,7 +219,7 @@ def test_a_local_file_with_a_model_directory(cache, tiny_task, tmp_path):
     # a user's own data: 40 pairs in a JSONL file, the tiny pi_ref as a model path; 10% are held out
     rows = (list(tiny_task["train"]) * 2)[:40]
     path = tmp_path / "pairs.jsonl"
-    data.write_jsonl([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], str(path))
+    common.write_jsonl([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], str(path))
     s = train.main(["--method", "dpo", "--data", str(path), "--model", tiny_task["reference"], "--epochs", "1",
                     "--out", str(tmp_path / "file")])
     assert s["steps"] == math.ceil(36 / 8) and "final_check" not in s     # 36 train pairs; no gold to check

@@ -305,7 +305,7 @@ plot_t1(t1_settings, t1, FIGURES / "t1_sampling.png")
 #
 # **The paper's claim** (Proposition 1 of arXiv 2410.08458) is that the BT model DPO induces depends on
 # the sampling distribution; the statement's exact wording was not available to us, and this experiment is
-# our reconstruction (PAPER_NOTES A.7). Caveat: with full support and many labels per pair, tabular DPO is
+# our reconstruction (README deviation 8). Caveat: with full support and many labels per pair, tabular DPO is
 # consistent too; the dependence is a finite-sample and coverage effect.
 
 # %% [markdown]

@@ -19,7 +19,7 @@
 # completion, which no model ever sees: the Oracle and every policy learn only from the preference *labels*.
 #
 # The grid: methods `dpo`, `ipo`, `simpo`, `edpo` (3-member Oracle ensemble), `drdo` (the default student
-# with a reward head) and `drdo` with the log-prob student reward (PAPER_NOTES A.5.1, our ablation);
+# with a reward head) and `drdo` with the log-prob student reward (README deviation 5, our ablation);
 # conditions: clean labels, 20% and 40% of labels flipped, and the non-deterministic split (the third of
 # pairs with the smallest gold margin); 3 seeds. Each cell is the mean ± std over seeds of one statistic
 # of `evaluate.py` at temperature 1 (200 held-out prompts × 4 samples), against $\pi_{ref}$.
@@ -45,9 +45,9 @@ os.chdir(ROOT)
 
 import torch  # noqa: E402
 
-import data  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from common import parse_config, quiet_transformers  # noqa: E402
 
 QUICK = "--quick" in sys.argv or bool(os.environ.get("REPRO_QUICK"))
 DATA = os.environ.get("REPRO_DATA", "embedded")        # tests use embedded-tiny
@@ -70,7 +70,7 @@ RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + 
 # that already finished are skipped, so an interrupted grid continues where it stopped.
 
 # %%
-data.quiet_transformers()
+quiet_transformers()
 t_start = time.time()
 grid = {}
 quiet = (lambda *a, **k: None)
@@ -81,7 +81,7 @@ for cond, cond_args in CONDITIONS.items():
             out = os.path.join(RUNS, f"{method}-{cond.replace(' ', '').replace('%', '')}-s{seed}")
             if not os.path.exists(os.path.join(out, "summary.json")):
                 t0 = time.time()
-                cfg = train.resolve(data.parse_config(train.Config, [
+                cfg = train.resolve(parse_config(train.Config, [
                     "--method", method.split("-")[0], "--data", DATA, "--seed", str(seed), "--out", out,
                     "--no-final_check", "--eval_every", "0", *method_args, *cond_args]))
                 train.train(cfg, log=quiet)

@@ -1,0 +1,133 @@
+"""Shared plumbing, and nothing else: the command line generated from a @dataclass, content hashes, the cache
+directory, atomic writes, JSONL files, and the one learning-rate schedule every loop uses.
+
+Every other module may import this one; it imports no module of this repository. Nothing here knows about
+preferences, models or losses.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+
+
+# ============================================================================================================
+# A command line from a @dataclass
+# ============================================================================================================
+def parse_config(cls, argv=None, description=None):
+    """argparse from a @dataclass: one --flag per field, its type and default from the field, its help from
+    the comment on the field's line (so each option is documented in exactly one place). Booleans become
+    --flag / --no-flag. Fields inherited from a parent dataclass keep the parent's comments."""
+    import argparse
+    import dataclasses
+    import inspect
+
+    comments = {}
+    for klass in reversed(cls.__mro__):                  # parents first, so a child's comment wins
+        if dataclasses.is_dataclass(klass):
+            comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(klass), flags=re.M))
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        kind = type(f.default)
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
+                                help=comments.get(f.name, ""))
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=comments.get(f.name, ""))
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def quiet_transformers():
+    """Command-line runs: no per-file loading bars or load reports from transformers (our own logs suffice)."""
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# ============================================================================================================
+# Content hashes (cache keys)
+# ============================================================================================================
+def stable_hash(obj):
+    """12 hex digits of sha256 over a JSON rendering of obj (dict keys sorted): the same inputs, the same key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def weights_hash(path):
+    """12 hex digits of sha256 over the weight files of a checkpoint directory (.safetensors, .bin, .pt), so
+    a cache keyed by it is invalidated when the weights change, whatever the directory is called."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name.endswith((".safetensors", ".bin", ".pt")):
+            with open(os.path.join(path, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+    return h.hexdigest()[:12]
+
+
+# ============================================================================================================
+# The cache directory and atomic writes
+# ============================================================================================================
+def cache_root():
+    """Where built artefacts live: $DRDO_CACHE, or .cache/ beside this file. Created when missing (a fresh
+    clone has none), so every writer below can assume it exists."""
+    root = os.environ.get("DRDO_CACHE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def atomic_dir(final, build):
+    """Run build(tmp_dir), then rename tmp_dir to `final`: an interrupted build never leaves a half-written
+    directory that a later run would take for a finished one. Returns `final`; a no-op when it exists."""
+    if os.path.isdir(final):
+        return final
+    tmp = f"{final}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    build(tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def atomic_write(path, write):
+    """write(tmp_path) then rename to `path` (one filesystem, so the rename is atomic): readers see the old
+    file or the whole new one, never a half-written one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    return atomic_write(path, write)
+
+
+def write_jsonl(rows, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return atomic_write(path, write)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ============================================================================================================
+# The learning-rate schedule (every loop: pi_ref's SFT, the Oracle, the policy)
+# ============================================================================================================
+def cosine_schedule(optimizer, total_steps, warmup):
+    """Linear warmup over the first `warmup` share of `total_steps`, then cosine decay to exactly 0 at the
+    last step: transformers.get_cosine_schedule_with_warmup, the schedule of TRL and the HF Trainer.
+    Its convention: the multiplier is step / warm_steps during warmup, so the very first step runs at lr 0
+    when warmup > 0 (it still fills AdamW's moment estimates); with warmup = 0 it starts at the full lr.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=round(warmup * total_steps),
+                                           num_training_steps=total_steps)

