@@ -15,6 +15,11 @@ Statistics (P prompts, n samples per prompt; all standard errors are over prompt
                      completion's tokens); 0 for identical policies; nats per sequence. Only at temperature 1:
                      greedy or tempered samples are not draws from pi, and their mean log-ratio is not a KL
                      (it can be negative); other temperatures report NaN.
+    distinct-2       mean over samples of (distinct word bigrams / word bigrams) of the completion: 1 = no
+                     bigram repeats; low values are loops ("the best of the best of the best")
+    repetition       share of samples in which some word trigram occurs twice or more
+The last two watch for reward hacking: the gold reward is a lexicon, and a policy far from pi_ref can
+raise it by repeating sentiment words; read them at temperature 1 and greedy (temperature 0).
 
     python evaluate.py --policies runs/dpo-...,runs/drdo-... --names dpo,drdo     # writes eval/results.json + PNGs
 
@@ -57,6 +62,20 @@ def paired_comparison(policy_gold, reference_gold):
             "win_rate": per_prompt_wr.mean().item(), "win_rate_se": se(per_prompt_wr)}
 
 
+def repetition_stats(texts):
+    """Reward-hacking watch on a flat list of completions -> {"distinct2": mean distinct-bigram share,
+    "repetition": share of completions with a word trigram that occurs at least twice}."""
+    distinct, repeated = [], []
+    for text in texts:
+        words = text.split()
+        bigrams = list(zip(words, words[1:]))
+        trigrams = list(zip(words, words[1:], words[2:]))
+        distinct.append(len(set(bigrams)) / len(bigrams) if bigrams else 1.0)
+        repeated.append(float(len(set(trigrams)) < len(trigrams)))
+    n = max(1, len(texts))
+    return {"distinct2": sum(distinct) / n, "repetition": sum(repeated) / n}
+
+
 def monte_carlo_kl(policy_logps, reference_logps):
     """KL(pi || pi_ref) ~ mean of log pi(y) - log pi_ref(y) over y ~ pi. Inputs: (N,) summed log-probs of
     the SAME policy samples under both models -> (estimate, standard error)."""
@@ -73,6 +92,7 @@ class EvalConfig:
     names: str = ""                # comma-separated labels for the policies; default: the run directory names
     data: str = "embedded"         # embedded or embedded-tiny: the task whose prompts, pi_ref and gold are used
     temperatures: str = "0,0.5,1.0"  # sampling temperatures (0 = greedy: one sample per prompt suffices)
+    ood_temperatures: str = ""     # temperatures for the out-of-distribution prompts; empty = --temperatures
     samples: int = 4               # samples per prompt and temperature (the win rate compares sample j with sample j)
     prompts: int = 200             # held-out prompts per set (in distribution, and out of distribution)
     seed: int = 1234               # sampling seed, the same for every policy
@@ -175,7 +195,8 @@ def evaluate(cfg, log=print):
         results["preference_accuracy"][name] = {"accuracy": acc, "se": se, "pairs": len(test_ex)}
     max_new = task["stats"]["task"]["max_new_tokens"]
     temps = [float(t) for t in cfg.temperatures.split(",")]
-    jobs = [(s, t) for s in ("in_distribution", "out_of_distribution") for t in temps]
+    ood_temps = [float(t) for t in (cfg.ood_temperatures or cfg.temperatures).split(",")]
+    jobs = [("in_distribution", t) for t in temps] + [("out_of_distribution", t) for t in ood_temps]
     bar = tqdm(total=len(jobs) * len(models), desc="evaluate", disable=None)
     for set_name, temp in jobs:
         prompts = task["eval_prompts" if set_name == "in_distribution" else "ood_prompts"][:cfg.prompts]
@@ -193,6 +214,7 @@ def evaluate(cfg, log=print):
                                            completion_logps(models["pi_ref"][0], ids[name], pad))
             o = oracle_rewards(judge, ids[name], pad)
             stats = paired_comparison(gold[name], gold["pi_ref"])
+            stats.update(repetition_stats([t for comps in texts for t in comps]))
             stats.update(kl=kl, kl_se=kl_se, oracle_reward=o.mean().item(),
                          oracle_reward_se=(o.view(len(prompts), n).mean(1).std() / math.sqrt(len(prompts))).item(),
                          example=texts[0][0])
@@ -209,11 +231,12 @@ def print_table(results, log=print):
     for set_name, by_temp in results["sets"].items():
         for temp, row in by_temp.items():
             log(f"\n{set_name}, {temp}")
-            log(f"  {'policy':<28} {'gold':>15} {'win/tie/loss vs pi_ref':>24} {'KL(pi||ref)':>13} {'Oracle R':>9}")
+            log(f"  {'policy':<28} {'gold':>15} {'win/tie/loss vs pi_ref':>24} {'KL(pi||ref)':>13} {'Oracle R':>9}"
+                f" {'distinct-2':>10} {'repeats':>8}")
             for name, s in row["policies"].items():
                 log(f"  {name:<28} {s['policy_gold']:+.3f} +- {s['policy_gold_se']:.3f} "
                     f"{s['win']:>9.0%} /{s['tie']:>4.0%} /{s['loss']:>4.0%}   {s['kl']:>7.2f} +- {s['kl_se']:<5.2f}"
-                    f"{s['oracle_reward']:>+8.2f}")
+                    f"{s['oracle_reward']:>+8.2f} {s['distinct2']:>10.3f} {s['repetition']:>8.0%}")
             for pair, s in row["head_to_head"].items():
                 log(f"  head to head {pair}: win {s['win']:.0%} / tie {s['tie']:.0%} / loss {s['loss']:.0%}, "
                     f"gold difference {s['gain']:+.3f} +- {s['gain_se']:.3f}")

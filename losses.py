@@ -119,8 +119,14 @@ def sequence_logps(logits, labels, loss_mask, average=False):
     token_logps = label_logits.to(compute_dtype) - _logsumexp_fp32(logits)      # (B, T-1) step 2
     total = (token_logps * mask).sum(-1)                                        # (B,)    step 3
     if average:
-        return total / mask.sum(-1).clamp(min=1.0)                              # (B,)
+        return total / completion_lengths(loss_mask).to(total.dtype)            # (B,)
     return total
+
+
+def completion_lengths(loss_mask):
+    """(B, T) loss mask -> (B,) number of scored completion tokens |y| (at least 1): Sbar = S / |y|.
+    The first position has no prediction (step 1 of sequence_logps), so it is never counted."""
+    return loss_mask[:, 1:].sum(-1).clamp(min=1)                                # (B,)
 
 
 def log1mexp(s):
@@ -498,8 +504,11 @@ def focal_preference_loss(z, *, gamma=2.0):
 #
 # 1) Reward distillation, no reference model: regress the student's reward gap on the Oracle's:
 #        L_KD = ( dR - dr )^2,   dR = R(x, y_w) - R(x, y_l) (frozen),  dr = r(x, y_w) - r(x, y_l)
-#    r comes from the caller: a scalar reward head on the policy (student_reward="head"), or the policy's
-#    own token-averaged log-probs (student_reward="logprob", r = Sbar); README deviation 5.
+#    r comes from the caller. The paper calls it the policy's IMPLICIT reward; without a reference model
+#    that is the policy's own scaled log-likelihood (the same authors' DPL paper defines reference-free
+#    implicit rewards this way):
+#        implicit-sum   r(x, y) = beta_r * S(y)      implicit-mean  r(x, y) = beta_r * Sbar(y)
+#    or, as an ablation, a scalar reward head on the policy (train.py --student_reward head).
 # 2) A preference score z from the policy's token-averaged log-probs (the `score` switch):
 #        "unlikelihood" (default)  z = log(1 - exp(Sbar(y_l))) - log(1 - exp(Sbar(y_w)))
 #                                  contrastive log-unlikelihood: grows when y_w gets likelier, y_l unlikelier
@@ -507,16 +516,35 @@ def focal_preference_loss(z, *, gamma=2.0):
 #        "odds"                    z = [Sbar(y_w) - log(1 - exp(Sbar(y_w)))] - [Sbar(y_l) - log(1 - exp(Sbar(y_l)))]
 #                                  = likelihood + unlikelihood (ORPO's log-odds ratio)
 # 3) Focal preference term on p = sigmoid(z):  L_pref = F_gamma(z) = -(1 - p)^gamma * log p
-# 4)     loss = L_KD + alpha * L_pref
-# Gradients (checked):
-#        d loss / d r(y_w)     = -2 * ( dR - dr )
+# 4)     loss = lambda_KD * L_KD + alpha * L_pref        (lambda_KD = distill_weight, 1 in the paper's form)
+# Partial derivatives (checked):
+#        d loss / d r(y_w)     = -2 * lambda_KD * ( dR - dr )          (and +2 * lambda_KD * (dR - dr) for y_l)
 #        d loss / d Sbar(y_w)  = alpha * F'_gamma(z) * dz/dSbar(y_w), with dz/dSbar(y_w) =
-#             unlikelihood: exp(Sbar_w) / (1 - exp(Sbar_w));  likelihood: 1;  odds: 1 / (1 - exp(Sbar_w))
-# Reductions (checked): alpha = 0 is pure reward regression; dR = dr and alpha = 0 gives 0.
+#             unlikelihood: pbar_w / (1 - pbar_w), pbar = exp(Sbar);  likelihood: 1;  odds: 1 / (1 - pbar_w)
+# Full gradient with respect to the policy's parameters theta, when r is the implicit reward (checked):
+#    Write g(y) = grad_theta S(y) = sum_t grad_theta log pi(y_t | x, y_<t), and |y| the token count, so
+#    grad_theta Sbar(y) = g(y) / |y|. Then, for implicit-sum (r = beta_r * S),
+#        grad L = [ -2 lambda_KD beta_r (dR - dr) + alpha F'(z) dz/dSbar_w / |y_w| ] g(y_w)
+#               + [ +2 lambda_KD beta_r (dR - dr) + alpha F'(z) dz/dSbar_l / |y_l| ] g(y_l)
+#    and for implicit-mean (r = beta_r * Sbar) the distillation coefficients are divided by |y| too:
+#        grad L = [ -2 lambda_KD beta_r (dR - dr) + alpha F'(z) dz/dSbar_w ] g(y_w) / |y_w|  + (same for y_l)
+#    Both terms move the SAME direction g(y): distillation sets how far apart the two likelihoods go
+#    (to dr = dR), the focal term which way a near-tie leans. With a reward HEAD, r has its own gradient
+#    grad_theta r(y) through the head and the shared trunk, and the LM head is moved by the focal term alone.
+# How much the unlikelihood score lets through: dz/dSbar_w = pbar / (1 - pbar) with pbar = exp(Sbar):
+#        Sbar = -5   (a 1M-parameter model on tweets, the embedded task)  ->  0.0068
+#        Sbar = -2                                                         ->  0.157
+#        Sbar = -1                                                         ->  0.582
+#        Sbar = -0.5 (a large SFT model on its own kind of text)          ->  1.54
+#    so on small models the focal term barely reaches the LM and distillation does the work; at paper scale
+#    the two are comparable. train.py logs each term's gradient norm (grad_norm/distill, grad_norm/pref).
+# Reductions (checked): alpha = 0 is pure reward regression; lambda_KD = 0 is the focal term alone;
+#    dR = dr and alpha = 0 gives 0.
 # Metrics: chosen/rejected_rewards are the student rewards r; plus oracle_margin (dR), student_margin
 #   (dr), distill_loss (regression error), focal_weight (1 - p)^gamma, pref_logit z, pref_loss.
-# NOTE (reconstructs paper): alpha on the preference term, the z switch and its default, the non-detached
-#   focal factor, and where r comes from are our reconstruction (deviation 5). Paper's alpha, gamma: unknown.
+# NOTE (reconstructs paper): alpha on the preference term, the lambda_KD switch, the z switch and its
+#   default, the non-detached focal factor, and the student reward's form and scale are our reconstruction
+#   (README deviation 5). The paper's alpha and gamma were not recovered.
 # ============================================================================================================
 def _drdo_score(chosen_avg_logps, rejected_avg_logps, score):
     if score == "unlikelihood":
@@ -530,7 +558,8 @@ def _drdo_score(chosen_avg_logps, rejected_avg_logps, score):
 
 
 def drdo_loss(student_chosen_rewards, student_rejected_rewards, oracle_chosen_rewards, oracle_rejected_rewards,
-              policy_chosen_logps, policy_rejected_logps, *, alpha=1.0, gamma=2.0, score="unlikelihood"):
+              policy_chosen_logps, policy_rejected_logps, *, alpha=1.0, gamma=2.0, score="unlikelihood",
+              distill_weight=1.0):
     """Shapes: all inputs (B,); policy log-probs token-AVERAGED (Sbar <= 0). Returns losses (B,), metrics."""
     _pair_shapes(student_chosen_rewards, student_rejected_rewards, oracle_chosen_rewards,
                  oracle_rejected_rewards, policy_chosen_logps, policy_rejected_logps)
@@ -539,7 +568,7 @@ def drdo_loss(student_chosen_rewards, student_rejected_rewards, oracle_chosen_re
     distill = (oracle_margin - student_margin) ** 2                             # (B,) step 1
     z = _drdo_score(policy_chosen_logps, policy_rejected_logps, score)          # (B,) step 2
     pref = focal_preference_loss(z, gamma=gamma)                                # (B,) step 3
-    losses = distill + alpha * pref                                             # (B,) step 4
+    losses = distill_weight * distill + alpha * pref                            # (B,) step 4
     focal_weight = torch.exp(gamma * F.logsigmoid(-z))                          # (B,) (1 - p)^gamma
     return losses, _reward_metrics(student_chosen_rewards, student_rejected_rewards,
                                    oracle_margin=oracle_margin, student_margin=student_margin,
@@ -582,6 +611,7 @@ class LossInfo:
     inputs: tuple                  # names of the tensor pairs, in call order (see above)
     average_logps: bool            # True: token-averaged Sbar for "policy" and "reference"; False: summed S
     hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
+    terms: dict = field(default_factory=dict)     # term name -> keyword overrides that leave only that term
 
     @property
     def needs_reference(self):
@@ -607,6 +637,7 @@ LOSSES = {
                         {"beta": "beta", "kl_coef": "kl_coef", "aggregate": "aggregate"}),
     "pdpo":    LossInfo(pdpo_loss, _REF, False, {"beta": "beta", "kl_coef": "kl_coef"}),
     "drdo":    LossInfo(drdo_loss, ("student", "oracle", "policy"), True,
-                        {"alpha": "alpha", "gamma": "gamma", "score": "score"}),
+                        {"alpha": "alpha", "gamma": "gamma", "score": "score", "distill_weight": "distill_weight"},
+                        terms={"distill": {"alpha": 0.0}, "pref": {"distill_weight": 0.0}}),
     "sft":     LossInfo(sft_loss, _POL, True),
 }

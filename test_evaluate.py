@@ -47,6 +47,14 @@ def test_monte_carlo_kl_matches_closed_form():
     assert evaluate.monte_carlo_kl(p.log()[y], p.log()[y]) == (0.0, 0.0)
 
 
+def test_repetition_stats_hand_computed():
+    # "a b a b a": bigrams ab, ba, ab, ba -> 2 distinct of 4 = 0.5; trigrams aba, bab, aba -> "aba" repeats
+    # "x y z": bigrams xy, yz -> 1.0; trigrams xyz once -> no repeat;  "w": no bigram -> counted as 1.0, no repeat
+    s = evaluate.repetition_stats(["a b a b a", "x y z", "w"])
+    assert s["distinct2"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert s["repetition"] == pytest.approx(1 / 3)
+
+
 def test_rows_mask_the_completion_only():
     b = data.collate_completions([([2, 5], [7, 1]), ([2], [9, 9, 1])], pad_token_id=0)
     assert b["input_ids"].tolist() == [[2, 5, 7, 1], [2, 9, 9, 1]]

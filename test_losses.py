@@ -379,6 +379,53 @@ def test_drdo_alpha_zero_is_pure_reward_regression():
     torch.testing.assert_close(losses, torch.zeros(8, dtype=torch.float64))
 
 
+def test_drdo_distill_weight_zero_is_the_focal_term_alone():
+    rw, rl, Rw, Rl = (torch.randn(8, dtype=torch.float64) for _ in range(4))
+    sw, sl = -torch.rand(8, dtype=torch.float64) - 0.1, -torch.rand(8, dtype=torch.float64) - 0.1
+    losses, m = drdo_loss(rw, rl, Rw, Rl, sw, sl, alpha=0.7, gamma=2.0, distill_weight=0.0)
+    torch.testing.assert_close(losses, 0.7 * focal_preference_loss(m["pref_logit"], gamma=2.0))
+    both, _ = drdo_loss(rw, rl, Rw, Rl, sw, sl, alpha=0.7, gamma=2.0, distill_weight=0.5)
+    torch.testing.assert_close(both, 0.5 * m["distill_loss"] + losses)
+
+
+@pytest.mark.parametrize("student", ["implicit-sum", "implicit-mean"])
+def test_drdo_full_gradient_with_the_implicit_reward_matches_comment(student):
+    # r = beta_r * S (sum) or beta_r * Sbar (mean), Sbar = S / |y|, z from Sbar (unlikelihood). Autograd on the
+    # summed log-probs S must equal the bracketed coefficients of the comment's "full gradient" (g(y) = dS/dS = 1).
+    g = torch.Generator().manual_seed(5)
+    B = 6
+    S_w = (-torch.rand(B, generator=g, dtype=torch.float64) * 40 - 2).requires_grad_(True)
+    S_l = (-torch.rand(B, generator=g, dtype=torch.float64) * 40 - 2).requires_grad_(True)
+    n_w = torch.randint(3, 30, (B,), generator=g).double()
+    n_l = torch.randint(3, 30, (B,), generator=g).double()
+    Rw, Rl = torch.randn(B, generator=g, dtype=torch.float64), torch.randn(B, generator=g, dtype=torch.float64)
+    beta_r, alpha, gamma, lam = 0.3, 0.8, 2.0, 1.5
+    Sb_w, Sb_l = S_w / n_w, S_l / n_l
+    r_w, r_l = (beta_r * S_w, beta_r * S_l) if student == "implicit-sum" else (beta_r * Sb_w, beta_r * Sb_l)
+    losses, m = drdo_loss(r_w, r_l, Rw, Rl, Sb_w, Sb_l, alpha=alpha, gamma=gamma, distill_weight=lam)
+    gw, gl = torch.autograd.grad(losses.sum(), (S_w, S_l))
+    resid = ((Rw - Rl) - (r_w - r_l)).detach()                                   # dR - dr
+    z = m["pref_logit"]
+    p = torch.sigmoid(z)
+    dF = (1 - p) ** gamma * (gamma * p * torch.log(p) - (1 - p))                 # F'_gamma(z)
+    pb_w, pb_l = torch.exp(Sb_w.detach()), torch.exp(Sb_l.detach())
+    dz_w, dz_l = pb_w / (1 - pb_w), -pb_l / (1 - pb_l)                           # unlikelihood: dz/dSbar
+    per = (lambda n: 1.0) if student == "implicit-sum" else (lambda n: 1.0 / n)  # distillation's 1/|y| (mean)
+    expected_w = -2 * lam * beta_r * resid * per(n_w) + alpha * dF * dz_w / n_w
+    expected_l = +2 * lam * beta_r * resid * per(n_l) + alpha * dF * dz_l / n_l
+    torch.testing.assert_close(gw, expected_w)
+    torch.testing.assert_close(gl, expected_l)
+
+
+def test_unlikelihood_pass_through_factor_values_in_the_comment():
+    # dz/dSbar_w = pbar / (1 - pbar), pbar = exp(Sbar): the four values quoted above drdo_loss
+    z_of = lambda s_w: log1mexp(torch.tensor([-3.0], dtype=torch.float64)) - log1mexp(s_w)   # the score's form
+    for sbar, quoted in [(-5.0, 0.0068), (-2.0, 0.157), (-1.0, 0.582), (-0.5, 1.54)]:
+        s_w = torch.tensor([sbar], dtype=torch.float64, requires_grad=True)
+        (d,) = torch.autograd.grad(z_of(s_w).sum(), s_w)
+        assert d.item() == pytest.approx(quoted, abs=0.0051 if quoted > 1 else 0.00051), (sbar, d.item())
+
+
 def test_drdo_closed_form():
     # dR = 2, dr = 1 -> (2 - 1)^2 = 1. Sbar_w = log 0.5, Sbar_l = log 0.75:
     # unlikelihood z = log(1 - 0.75) - log(1 - 0.5) = log(0.25 / 0.5) = -log 2

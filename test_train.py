@@ -113,7 +113,7 @@ def test_gradient_accumulation_is_exact(cache, tmp_path):
 def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path):
     # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
     # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32
-    common = ["--method", "drdo", "--epochs", "2", "--lr", "1e-3", "--save_every", "2"]
+    common = ["--method", "drdo", "--student_reward", "head", "--epochs", "2", "--lr", "1e-3", "--save_every", "2"]
     run(tmp_path, *common, name="whole")
     run(tmp_path, *common, "--stop_after", "5", name="split")
     state = torch.load(tmp_path / "split" / "checkpoint" / "trainer_state.pt", weights_only=False)

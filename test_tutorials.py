@@ -176,19 +176,31 @@ def test_t1_dpo_result_changes_with_mu_and_with_n(tut):
     assert tut["t1"]["distill"]["gap_err"][sel & tut["t1_connected"]].max() < 1e-2
 
 
-def test_reproduction_grid_runs_and_its_table_matches_its_numbers(tmp_path, tiny_task):
-    # the grid script end to end on the tiny task, two methods, --quick (clean and 40% flips, one seed)
+def test_reproduction_study_runs_and_its_tables_match_its_numbers(tmp_path, tiny_task):
+    # the study script end to end on the tiny task: --quick, two methods at two strengths and one ablation
     import json
     import subprocess
     import sys
-    env = dict(os.environ, REPRO_DATA="embedded-tiny", REPRO_METHODS="dpo,drdo", REPRO_OUT=str(tmp_path / "out"),
-               REPRO_RUNS=str(tmp_path / "runs"), HF_HUB_OFFLINE="1")   # the session's DRDO_CACHE
+    env = dict(os.environ, REPRO_DATA="embedded-tiny", REPRO_METHODS="dpo,drdo", REPRO_ABLATIONS="1",
+               REPRO_OUT=str(tmp_path / "out"), REPRO_RUNS=str(tmp_path / "runs"),
+               REPRO_FIGURES=str(tmp_path / "fig"), HF_HUB_OFFLINE="1")   # the session's DRDO_CACHE
     script = Path(__file__).parent / "tutorials" / "02_reproduction.py"
     r = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     table = (tmp_path / "out" / "reproduction_quick.md").read_text()
-    results = json.loads((tmp_path / "out" / "reproduction_quick.json").read_text())
-    gain = results["clean|0"]["sets"]["in_distribution"]["T=1"]["policies"]["dpo"]["gain"]
-    assert f"| dpo | {gain:+.3f} |" in table                   # the table prints the measured number
-    assert "| method | clean | flip 40% |" in table and "| drdo |" in table
-    assert "head to head: drdo vs dpo" in table and "Commit: `" in table
+    res = json.loads((tmp_path / "out" / "reproduction_quick.json").read_text())
+    # the per-run table prints the measured numbers of the JSON
+    dpo = res["frontier"]["clean"]["dpo"]["0"]                 # seed 0, strengths beta = 0.05 and 0.1
+    assert f"| clean | dpo beta=0.05 | {dpo[0]['gain']:+.3f} | {dpo[0]['kl']:.1f} |" in table
+    # matched-KL cells: an independent interpolation of the two (KL, gain) points at KL = 2 when 2 lies
+    # between them, else the table's dash
+    (k0, g0), (k1, g1) = sorted((p["kl"], p["gain"]) for p in dpo)
+    row = next(line for line in table.splitlines() if line.startswith("| clean | dpo | "))
+    cell = row.split(" | ")[2]
+    if k0 <= 2.0 <= k1:
+        assert cell == f"{g0 + (g1 - g0) * (2.0 - k0) / (k1 - k0):+.3f}"
+    else:
+        assert cell == "—"
+    assert list(res["ablations"]) == ["default (alpha 1 gamma 2 unlikelihood implicit-sum)"]
+    assert "| default (alpha 1 gamma 2 unlikelihood implicit-sum) | " in table
+    assert "Commit: `" in table and (tmp_path / "fig" / "frontier_quick.png").stat().st_size > 10_000

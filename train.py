@@ -42,12 +42,13 @@ import data
 import evaluate
 import oracle
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
-from losses import LOSSES
+from losses import LOSSES, completion_lengths
 from models import add_reward_head, load_model, pair_logps
 
 # Values a string option may take (checked before any work starts, whatever the method).
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
-           "aggregate": ("batch_min", "example_min", "mean"), "student_reward": ("head", "logprob")}
+           "aggregate": ("batch_min", "example_min", "mean"),
+           "student_reward": ("implicit-sum", "implicit-mean", "head")}
 
 
 @dataclass
@@ -73,10 +74,12 @@ class Config:
     simpo_beta: float = 2.0        # simpo: reward scale (2-10)
     simpo_gamma: float = 1.0       # simpo: target margin (0.5-1.5)
     orpo_beta: float = 0.1         # orpo: weight of the odds-ratio term (0.1-1)
-    alpha: float = 1.0             # drdo: weight of the focal preference term (0.1-1)
+    alpha: float = 1.0             # drdo: weight of the focal preference term (0 = distillation only; 0.1-1)
     gamma: float = 2.0             # drdo: focal exponent (0 = plain log-loss; 1-5)
     score: str = "unlikelihood"    # drdo: inner score z: unlikelihood | likelihood | odds (README deviation 5)
-    student_reward: str = "head"   # drdo: head (scalar head on the policy) | logprob (mean log-prob as reward)
+    student_reward: str = "implicit-sum"  # drdo: implicit-sum (beta_r * S) | implicit-mean (beta_r * Sbar) | head
+    beta_r: float = 0.1            # drdo: scale of the implicit student reward r = beta_r * log pi(y|x)
+    distill_weight: float = 1.0    # drdo: weight of the reward-distillation term (0 = preference term only)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
     oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
@@ -198,26 +201,50 @@ def uses_reward_head(cfg):
     return "student" in LOSSES[cfg.method].inputs and cfg.student_reward == "head"
 
 
-def compute_loss(cfg, model, batch):
-    """-> (losses (B,), metrics dict of detached (B,) tensors, (chosen, rejected) policy log-probs).
-
-    One forward of the stacked [chosen; rejected] batch; then the registry entry says which tensor pairs the
-    loss takes (in order) and which Config fields fill its keywords. Only what the entry names is read."""
+def loss_inputs(cfg, model, batch):
+    """One forward of the stacked [chosen; rejected] batch -> (the positional tensors of the method's loss, in
+    the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them).
+    Only what the entry names is read from the batch."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
-    c, r, head_rewards = pair_logps(model, batch, info.average_logps, with_head=head)   # (B,), (B,)
+    c_sum, r_sum, head_rewards = pair_logps(model, batch, average=False, with_head=head)     # (B,) S
+    n = completion_lengths(batch["loss_mask"])                                               # (2B,) |y|
+    c_mean, r_mean = c_sum / n[:len(c_sum)], r_sum / n[len(c_sum):]                          # (B,) Sbar
+    policy = (c_mean, r_mean) if info.average_logps else (c_sum, r_sum)
     inputs = {
-        "policy": lambda: (c, r),
+        "policy": lambda: policy,
         "reference": lambda: (batch["ref_chosen"], batch["ref_rejected"]),                   # (B,) cached
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
-        # DRDO's student reward r(x, y): the reward head, or the policy's own log-probs (README deviation 5)
-        "student": lambda: head_rewards if head else (c, r),
+        # DRDO's student reward r(x, y): the policy's implicit reward beta_r * log pi(y|x) (summed or
+        # token-averaged), or a reward head on the policy (an ablation; README deviation 5)
+        "student": lambda: (head_rewards if head else (cfg.beta_r * c_sum, cfg.beta_r * r_sum)
+                            if cfg.student_reward == "implicit-sum" else (cfg.beta_r * c_mean, cfg.beta_r * r_mean)),
     }
-    args = [t for name in info.inputs for t in inputs[name]()]
-    kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()}
+    return [t for name in info.inputs for t in inputs[name]()], policy
+
+
+def compute_loss(cfg, model, batch, overrides=None):
+    """-> (losses (B,), metrics dict of detached (B,) tensors, (chosen, rejected) policy log-probs).
+    The registry entry says which tensors the loss takes (loss_inputs) and which Config fields fill its
+    keywords; `overrides` replaces some keywords (used to isolate one term of a loss)."""
+    info = LOSSES[cfg.method]
+    args, policy = loss_inputs(cfg, model, batch)
+    kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()} | (overrides or {})
     losses, metrics = info.fn(*args, **kwargs)
-    return losses, metrics, (c, r)
+    return losses, metrics, policy
+
+
+def term_grad_norms(cfg, model, batch):
+    """Gradient norm of each term of the loss alone (the registry's `terms`), on one batch: which term drives
+    the update. -> {"grad_norm/<term>": float}; {} for a loss without named terms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = {}
+    for name, overrides in LOSSES[cfg.method].terms.items():
+        losses, _, _ = compute_loss(cfg, model, batch, overrides)
+        grads = torch.autograd.grad(losses.float().mean(), params, allow_unused=True)
+        out[f"grad_norm/{name}"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
+    return out
 
 
 # Metric names in the JSONL log: TRL's for the common ones, then ours (README "Metrics").
@@ -372,6 +399,9 @@ def train(cfg, log=print):
                 "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
         if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
             last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device))
+            with autocast(cfg, device):      # each term's pull on the weights, on the step's first micro-batch
+                last.update(term_grad_norms(cfg, model, to_device(
+                    collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device)))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(last) + "\n")
         bar.update()

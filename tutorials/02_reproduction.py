@@ -11,25 +11,33 @@
 # ---
 
 # %% [markdown]
-# # Reproducing DRDO's claims with a judge nothing was trained on
+# # DRDO's claims at matched KL, judged by a reward nothing was trained on
 #
 # Nath et al. (arXiv 2410.08458) report that DRDO beats DPO and e-DPO in expected reward and is more robust
-# to noisy and non-deterministic preferences. On UltraFeedback they judge with their own Oracle, which is
-# also DRDO's teacher. Here the judge is the embedded task's gold reward $r^*(y)$ = VADER sentiment of the
-# completion, which no model ever sees: the Oracle and every policy learn only from the preference *labels*.
+# to noisy and non-deterministic preferences. A single run per method cannot test "beats": a method that moves
+# further from $\pi_{ref}$ gains more reward *and* pays more KL. The DPO paper's Figure 2 compares methods by
+# their **reward–KL frontier** instead: sweep each method's strength, plot one point per run (gold reward
+# against $\mathrm{KL}(\pi\|\pi_{ref})$), and compare the gold reward reached at the same KL.
 #
-# The grid: methods `dpo`, `ipo`, `simpo`, `edpo` (3-member Oracle ensemble), `drdo` (the default student
-# with a reward head) and `drdo` with the log-prob student reward (README deviation 5, our ablation);
-# conditions: clean labels, 20% and 40% of labels flipped, and the non-deterministic split (the third of
-# pairs with the smallest gold margin); 3 seeds. Each cell is the mean ± std over seeds of one statistic
-# of `evaluate.py` at temperature 1 (200 held-out prompts × 4 samples), against $\pi_{ref}$.
+# Here the judge is the embedded task's gold reward $r^*(y)$ = VADER sentiment of the completion; the Oracle
+# and every policy learn only from the preference *labels*. The study:
 #
-# Run from the repository root:
+# * **Frontier.** `dpo`, `ipo`, `simpo`, `distill`, `edpo` (3-member Oracle ensemble) and `drdo` (implicit
+#   summed-log-prob student reward), each at 4 strengths (β; SimPO's β with γ = β/2; DRDO's `beta_r`), under
+#   clean labels, 40% flipped labels and the non-deterministic split, seeds 0–2. Each run is evaluated at
+#   temperature 1 (200 prompts × 2 samples, gold gain over $\pi_{ref}$ and Monte-Carlo KL), greedy (gold and
+#   repetition: the lexicon judge can be hacked by loops) and on out-of-distribution prompts.
+# * **DRDO ablations** (clean labels, 3 seeds): distillation only ($\alpha$ = 0), preference term only;
+#   $\gamma \in \{0, 0.5, 1, 2, 5\}$; score ∈ {unlikelihood, likelihood, odds}; student reward ∈
+#   {implicit summed, implicit averaged, reward head}.
 #
-#     python tutorials/02_reproduction.py            # the full grid (72 runs; see the README for its time)
-#     python tutorials/02_reproduction.py --quick    # 1 seed, clean and 40% flips, 100 prompts x 2 samples
+# Run from the repository root (finished runs are skipped, so an interrupted study continues):
 #
-# It writes `tutorials/results/reproduction.md` (or `reproduction_quick.md`) and a JSON with every number.
+#     python tutorials/02_reproduction.py            # the whole study (several hours on 2 CPU cores; README)
+#     python tutorials/02_reproduction.py --quick    # 2 strengths, 1 seed, clean labels, 100 prompts
+#
+# It writes `tutorials/results/reproduction.md` (or `reproduction_quick.md`), a JSON with every number and
+# `tutorials/figures/frontier.png`.
 
 # %%
 import json
@@ -51,101 +59,199 @@ from common import parse_config, quiet_transformers  # noqa: E402
 
 QUICK = "--quick" in sys.argv or bool(os.environ.get("REPRO_QUICK"))
 DATA = os.environ.get("REPRO_DATA", "embedded")        # tests use embedded-tiny
-METHODS = {"dpo": [], "ipo": [], "simpo": [], "edpo": [], "drdo": [], "drdo-logprob": ["--student_reward", "logprob"]}
-CONDITIONS = {"clean": [], "flip 20%": ["--flip", "0.2"], "flip 40%": ["--flip", "0.4"],
-              "non-deterministic": ["--split", "nondeterministic"]}
+# method -> (the flag its strength sets, the strengths, fixed extra flags). The strength is each method's
+# own knob on how far it may move from pi_ref (larger beta = closer to pi_ref for every method here).
+FRONTIER = {
+    "dpo": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "ipo": ("--beta", [0.1, 0.3, 1.0, 3.0], []),
+    "simpo": ("--simpo_beta", [0.5, 1.0, 2.0, 4.0], []),      # gamma = beta / 2 (SimPO's gamma/beta ratio)
+    "distill": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "edpo": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "drdo": ("--beta_r", [0.02, 0.05, 0.1, 0.3], ["--student_reward", "implicit-sum"]),
+}
+DRDO_BASE = ["--method", "drdo", "--beta_r", "0.1", "--student_reward", "implicit-sum"]
+ABLATIONS = {                                  # DRDO variants, clean labels; every flag not named is the default
+    "default (alpha 1 gamma 2 unlikelihood implicit-sum)": [],
+    "distillation only (alpha 0)": ["--alpha", "0"],
+    "preference term only (distill_weight 0)": ["--distill_weight", "0"],
+    **{f"gamma {g:g}": ["--gamma", str(g)] for g in (0, 0.5, 1, 5)},
+    "score likelihood": ["--score", "likelihood"],
+    "score odds": ["--score", "odds"],
+    "student implicit-mean (beta_r 1)": ["--student_reward", "implicit-mean", "--beta_r", "1.0"],
+    "student head": ["--student_reward", "head"],
+}
+CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"], "non-deterministic": ["--split", "nondeterministic"]}
 SEEDS = [0, 1, 2]
-PROMPTS, SAMPLES = 200, 4
+PROMPTS, SAMPLES = 200, 2
 if QUICK:
-    CONDITIONS = {k: CONDITIONS[k] for k in ("clean", "flip 40%")}
-    SEEDS, PROMPTS, SAMPLES = [0], 100, 2
+    FRONTIER = {m: (flag, values[1:3], extra) for m, (flag, values, extra) in FRONTIER.items()}
+    ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:3]}
+    CONDITIONS, SEEDS, PROMPTS = {"clean": []}, [0], 100
 if os.environ.get("REPRO_METHODS"):
-    METHODS = {k: METHODS[k] for k in os.environ["REPRO_METHODS"].split(",")}
+    FRONTIER = {k: FRONTIER[k] for k in os.environ["REPRO_METHODS"].split(",")}
+if os.environ.get("REPRO_ABLATIONS") is not None:
+    ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:int(os.environ["REPRO_ABLATIONS"])]}
 OUT = os.environ.get("REPRO_OUT", os.path.join(ROOT, "tutorials", "results"))
+FIGURES = os.environ.get("REPRO_FIGURES", os.path.join(ROOT, "tutorials", "figures"))
 RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + ("_quick" if QUICK else "")))
 
+
+def run_args(method, flag, value, extra):
+    args = ["--method", method, flag, str(value), *extra]
+    if method == "simpo":
+        args += ["--simpo_gamma", str(value / 2)]
+    return args
+
+
 # %% [markdown]
-# ## Train every cell, then evaluate all methods of a (condition, seed) together
-# Evaluating them together shares $\pi_{ref}$'s samples and gives head-to-head win rates for free. Runs
-# that already finished are skipped, so an interrupted grid continues where it stopped.
+# ## Train every run, then evaluate all runs of a (condition, seed) together
+# Evaluating them together shares $\pi_{ref}$'s samples (every policy is sampled with the same prompts and
+# seeds) and gives head-to-head comparisons for free.
 
 # %%
 quiet_transformers()
 t_start = time.time()
-grid = {}
-quiet = (lambda *a, **k: None)
-for cond, cond_args in CONDITIONS.items():
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+jobs = {}                                         # (condition, seed) -> {run name: args}
+for cond in CONDITIONS:
     for seed in SEEDS:
-        paths = []
-        for method, method_args in METHODS.items():
-            out = os.path.join(RUNS, f"{method}-{cond.replace(' ', '').replace('%', '')}-s{seed}")
-            if not os.path.exists(os.path.join(out, "summary.json")):
-                t0 = time.time()
-                cfg = train.resolve(parse_config(train.Config, [
-                    "--method", method.split("-")[0], "--data", DATA, "--seed", str(seed), "--out", out,
-                    "--no-final_check", "--eval_every", "0", *method_args, *cond_args]))
-                train.train(cfg, log=quiet)
-                print(f"trained {method:<13} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
-            paths.append(out)
-        res = evaluate.evaluate(evaluate.EvalConfig(policies=",".join(paths), names=",".join(METHODS), data=DATA,
-                                                    temperatures="1", prompts=PROMPTS,
-                                                    samples=SAMPLES), log=quiet)
-        grid[(cond, seed)] = res
-        print(f"evaluated {cond} seed {seed} ({time.time() - t_start:.0f} s so far)", flush=True)
+        runs = {f"{m}@{v:g}": run_args(m, flag, v, extra) for m, (flag, values, extra) in FRONTIER.items()
+                for v in values}
+        if cond == "clean":
+            runs.update({f"drdo[{name}]": DRDO_BASE + args for name, args in ABLATIONS.items()})
+        jobs[(cond, seed)] = runs
+results = {}
+for (cond, seed), runs in jobs.items():
+    paths = {}
+    for name, args in runs.items():
+        out = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}",
+                           name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", ""))
+        if not os.path.exists(os.path.join(out, "summary.json")):
+            t0 = time.time()
+            cfg = train.resolve(parse_config(train.Config, [
+                "--data", DATA, "--seed", str(seed), "--out", out, "--no-final_check", "--eval_every", "0",
+                *args, *CONDITIONS[cond]]))
+            train.train(cfg, log=lambda *a, **k: None)
+            print(f"trained {name:<60} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
+        paths[name] = out
+    res = evaluate.evaluate(evaluate.EvalConfig(
+        policies=",".join(paths.values()), names=",".join(paths), data=DATA, temperatures="0,1",
+        ood_temperatures="1", prompts=PROMPTS, samples=SAMPLES), log=lambda *a, **k: None)
+    results[f"{cond}|{seed}"] = res
+    print(f"evaluated {cond} seed {seed} ({(time.time() - t_start) / 60:.1f} min so far)", flush=True)
 wall = time.time() - t_start
 
+
 # %% [markdown]
-# ## The table
-# mean ± std over seeds. *gain* = mean gold of the policy minus that of $\pi_{ref}$ on the same prompts and
-# sampling seeds; *win rate* counts ties as ½; KL is the Monte-Carlo KL$(\pi\|\pi_{ref})$ in nats per
-# completion; OOD = prompts from tweets labelled negative; accuracy = held-out implicit-reward accuracy.
+# ## Reading the results
+# For every run: gold gain over $\pi_{ref}$ at temperature 1 (in distribution and out of distribution),
+# KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain and the share
+# of greedy completions with a repeated word trigram. **Gold reward at matched KL**: within one seed, a
+# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 5 and 10 nats (no value when
+# the target lies outside the seed's KL range); then mean ± std over seeds.
 
 # %%
-def cell(values, fmt="{:+.3f}"):
-    t = torch.tensor(values, dtype=torch.float64)
-    std = t.std().item() if len(t) > 1 else float("nan")
-    return (fmt + " ± " + fmt.replace("+", "")).format(t.mean().item(), std) if len(t) > 1 else fmt.format(t.mean().item())
+def point(cond, seed, name):
+    r = results[f"{cond}|{seed}"]["sets"]
+    t1, t0 = r["in_distribution"]["T=1"]["policies"][name], r["in_distribution"]["T=0"]["policies"][name]
+    ood = r["out_of_distribution"]["T=1"]["policies"][name]
+    return {"kl": t1["kl"], "gain": t1["gain"], "gain_se": t1["gain_se"], "ood_gain": ood["gain"],
+            "greedy_gain": t0["gain"], "greedy_repetition": t0["repetition"], "repetition": t1["repetition"],
+            "distinct2": t1["distinct2"]}
 
 
-def stat(method, cond, set_name, key):
-    return [grid[(cond, s)]["sets"][set_name]["T=1"]["policies"][method][key] for s in SEEDS]
+def mean_std(values, fmt="{:+.3f}"):
+    v = torch.tensor([x for x in values if x == x], dtype=torch.float64)       # drop NaN
+    if len(v) == 0:
+        return "—"
+    if len(v) == 1:
+        return fmt.format(v.item()) + (" (1 seed)" if len(values) > 1 else "")
+    note = "" if len(v) == len(values) else f" ({len(v)} seeds)"
+    return (fmt + " ± " + fmt.replace("+", "")).format(v.mean().item(), v.std().item()) + note
 
 
-tables = {
-    "gold gain vs pi_ref (in distribution)": lambda m, c: cell(stat(m, c, "in_distribution", "gain")),
-    "win rate vs pi_ref (in distribution; ties = 1/2)": lambda m, c: cell(stat(m, c, "in_distribution", "win_rate"), "{:.3f}"),
-    "KL(pi || pi_ref), nats per completion": lambda m, c: cell(stat(m, c, "in_distribution", "kl"), "{:.2f}"),
-    "gold gain vs pi_ref (out of distribution: negative-tweet prompts)":
-        lambda m, c: cell(stat(m, c, "out_of_distribution", "gain")),
-    "held-out preference accuracy (implicit reward)":
-        lambda m, c: cell([grid[(c, s)]["preference_accuracy"][m]["accuracy"] for s in SEEDS], "{:.3f}"),
-}
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+def interpolate(points, key, kl):
+    """Linear interpolation of points[key] at this KL along the points sorted by KL; NaN outside the range."""
+    pts = sorted((p["kl"], p[key]) for p in points)
+    for (k0, v0), (k1, v1) in zip(pts, pts[1:]):
+        if k0 <= kl <= k1:
+            return v0 + (v1 - v0) * (kl - k0) / (k1 - k0) if k1 > k0 else (v0 + v1) / 2
+    return float("nan")
+
+
+MATCHED_KL = [2.0, 5.0, 10.0]
+frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][1]] for s in SEEDS} for m in FRONTIER}
+            for c in CONDITIONS}
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-lines = [f"# Reproduction grid{' (quick)' if QUICK else ''}", "",
+lines = [f"# DRDO study{' (quick)' if QUICK else ''}: reward–KL frontier and ablations", "",
          f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}`  ",
          f"Commit: `{commit}`; hardware: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
          f"({torch.get_num_threads()} threads), fp32; wall time {wall / 60:.1f} min (runs already on disk are "
-         f"not re-trained).  ", f"Task: `{DATA}`; seeds {SEEDS}; {PROMPTS} prompts × {SAMPLES} samples at temperature 1.",
-         ""]
-for title, fn in tables.items():
-    lines += [f"### {title}", "", "| method | " + " | ".join(CONDITIONS) + " |",
-              "|---|" + "---|" * len(CONDITIONS)]
-    lines += [f"| {m} | " + " | ".join(fn(m, c) for c in CONDITIONS) + " |" for m in METHODS]
-    lines.append("")
-if "drdo" in METHODS and "dpo" in METHODS:
-    lines += ["### head to head: drdo vs dpo (in distribution; gold difference, win / tie / loss)", "",
-              "| condition | gold difference | win | tie | loss |", "|---|---|---|---|---|"]
+         f"not re-trained).  ", f"Task: `{DATA}`; seeds {SEEDS}; {PROMPTS} prompts × {SAMPLES} samples at "
+         "temperature 1, 1 greedy sample per prompt.", ""]
+for key, title in (("gain", "gold gain over pi_ref at matched KL (in distribution, temperature 1)"),
+                   ("ood_gain", "out-of-distribution gold gain at matched in-distribution KL")):
+    lines += [f"### {title}", "", "| condition | method | " + " | ".join(f"KL = {k:g}" for k in MATCHED_KL)
+              + " | KL range (nats) |", "|---|---|" + "---|" * (len(MATCHED_KL) + 1)]
     for c in CONDITIONS:
-        h = [grid[(c, s)]["sets"]["in_distribution"]["T=1"]["head_to_head"]["dpo vs drdo"] for s in SEEDS]
-        lines.append(f"| {c} | {cell([-x['gain'] for x in h])} | {cell([x['loss'] for x in h], '{:.2f}')} | "
-                     f"{cell([x['tie'] for x in h], '{:.2f}')} | {cell([x['win'] for x in h], '{:.2f}')} |")
+        for m in FRONTIER:
+            kls = [p["kl"] for s in SEEDS for p in frontier[c][m][s]]
+            cells = [mean_std([interpolate(frontier[c][m][s], key, k) for s in SEEDS]) for k in MATCHED_KL]
+            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {min(kls):.1f} – {max(kls):.1f} |")
     lines.append("")
+lines += ["### every frontier run (mean ± std over seeds)", "",
+          "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | distinct-2 (T=1) |",
+          "|---|---|---|---|---|---|---|---|"]
+for c in CONDITIONS:
+    for m, (flag, values, _) in FRONTIER.items():
+        for i, v in enumerate(values):
+            ps = [frontier[c][m][s][i] for s in SEEDS]
+            lines.append(f"| {c} | {m} {flag.lstrip('-')}={v:g} | {mean_std([p['gain'] for p in ps])} | "
+                         f"{mean_std([p['kl'] for p in ps], '{:.1f}')} | {mean_std([p['ood_gain'] for p in ps])} | "
+                         f"{mean_std([p['greedy_gain'] for p in ps])} | "
+                         f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} | "
+                         f"{mean_std([p['distinct2'] for p in ps], '{:.3f}')} |")
+lines += ["", "### DRDO ablations (clean labels; beta_r = 0.1 unless named)", "",
+          "| variant | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats |", "|---|---|---|---|---|---|"]
+for name in ABLATIONS:
+    ps = [point("clean", s, f"drdo[{name}]") for s in SEEDS]
+    lines.append(f"| {name} | {mean_std([p['gain'] for p in ps])} | {mean_std([p['kl'] for p in ps], '{:.1f}')} | "
+                 f"{mean_std([p['ood_gain'] for p in ps])} | {mean_std([p['greedy_gain'] for p in ps])} | "
+                 f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} |")
+lines.append("")
 os.makedirs(OUT, exist_ok=True)
 name = "reproduction_quick" if QUICK else "reproduction"
 with open(os.path.join(OUT, f"{name}.md"), "w") as f:
     f.write("\n".join(lines))
 with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-    json.dump({f"{c}|{s}": r for (c, s), r in grid.items()}, f, indent=1)
+    json.dump({"frontier": frontier, "ablations": {a: [point("clean", s, f"drdo[{a}]") for s in SEEDS]
+                                                   for a in ABLATIONS},
+               "strengths": {m: [flag, values] for m, (flag, values, _) in FRONTIER.items()},
+               "evaluations": results}, f, indent=1)
 print("\n".join(lines))
+
+# %% [markdown]
+# ## The frontier plot: one point per run
+
+# %%
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(5 * len(CONDITIONS), 4), sharey=True, squeeze=False)
+for ax, c in zip(axes[0], CONDITIONS):
+    for i, m in enumerate(FRONTIER):
+        pts = [p for s in SEEDS for p in frontier[c][m][s]]
+        ax.scatter([p["kl"] for p in pts], [p["gain"] for p in pts], s=14, color=f"C{i}", label=m, alpha=0.8)
+        means = [(sum(p["kl"] for p in ps) / len(ps), sum(p["gain"] for p in ps) / len(ps))
+                 for ps in zip(*[frontier[c][m][s] for s in SEEDS])]
+        ax.plot(*zip(*sorted(means)), color=f"C{i}", lw=1)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set(xscale="log", xlabel="KL(pi || pi_ref), nats per completion (log scale)", title=c)
+axes[0][0].set_ylabel("gold gain over pi_ref (VADER)")
+axes[0][0].legend(fontsize=7)
+fig.tight_layout()
+os.makedirs(FIGURES, exist_ok=True)
+fig.savefig(os.path.join(FIGURES, "frontier_quick.png" if QUICK else "frontier.png"), dpi=110)
