@@ -22,6 +22,7 @@ import torch
 
 import train
 from common import parse_config, quiet_transformers
+from config import LIMITS, resolve
 from embedded import EMBEDDED_PRESETS, embedded_task
 from models import HUB_MODELS, add_reward_head, load_model
 
@@ -99,9 +100,7 @@ def bench(cfg, log=print):
 def main(argv=None):
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
     try:
-        cfg = train.resolve(cfg)
-        if cfg.steps < 1:
-            raise ValueError(f"--steps must be >= 1; got {cfg.steps}")
+        cfg = resolve(cfg, {**LIMITS, "steps": "[1, inf)"})
     except ValueError as e:
         sys.exit(f"error: {e}")
     quiet_transformers()

@@ -1,49 +1,97 @@
-"""A training run's state on disk: checkpoints written atomically, found again, and resumed exactly.
+"""A training run's state on disk: checkpoints written atomically, kept K at a time, verified, and resumed exactly.
 
-A checkpoint is one directory, `<out>/checkpoint`:
+A checkpoint is one directory, `<out>/checkpoint-<step>`:
     model.safetensors, config.json, tokenizer files   the policy (loads with AutoModelForCausalLM)
     reward_head.pt                                     DRDO's head student, when the policy carries one
-    trainer_state.pt                                   optimizer, scheduler, RNG states and step
     train_config.json                                  the run's resolved config
-It is built in `checkpoint.tmp`, then swapped in: the old one is renamed `checkpoint.old`, the new one
-renamed into place, and `checkpoint.old` deleted. A crash at any moment leaves at least one complete
-checkpoint, which `latest` finds (trainer_state.pt is written last, so its presence marks a complete one).
+    trainer_state.pt                                   optimizer, scheduler, RNG states and step (written last)
+It is written under `checkpoint-<step>.tmp` and renamed when complete: a crash or a kill while writing leaves
+only a `.tmp` directory, which `latest` never picks (and the next save deletes). After a save, all but the
+newest `keep` checkpoints are deleted (`--save_total_limit`).
 """
 import json
 import os
+import re
 import shutil
 
 import torch
 
 from common import write_json
-from models import save_model
+from models import HEAD_FILE, save_model
 
 STATE_FILE = "trainer_state.pt"
+NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def save(out, model, tokenizer, trainer_state, config):
-    """Write <out>/checkpoint atomically (see the module docstring). trainer_state: a dict torch.save can write."""
-    final, tmp, old = (os.path.join(out, n) for n in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tokenizer, tmp)                        # HF weights + tokenizer (+ reward_head.pt)
+def save(out, model, tokenizer, trainer_state, config, keep=2):
+    """Write <out>/checkpoint-<step> atomically, then keep only the newest `keep` checkpoints -> its path."""
+    final = os.path.join(out, f"checkpoint-{trainer_state['step']}")
+    tmp = final + ".tmp"
+    for stale in [os.path.join(out, d) for d in os.listdir(out) if d.endswith(".tmp") and d.startswith("checkpoint-")]:
+        shutil.rmtree(stale, ignore_errors=True)                   # left by a run killed while saving
+    save_model(model, tokenizer, tmp)                              # HF weights + tokenizer (+ reward_head.pt)
     write_json(config, os.path.join(tmp, "train_config.json"))
-    torch.save(trainer_state, os.path.join(tmp, STATE_FILE))  # last: marks the directory complete
-    if os.path.isdir(final):                                 # swap: a crash at any point leaves one full copy
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
+    torch.save(trainer_state, os.path.join(tmp, STATE_FILE))       # last: a complete directory has it
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    for old in complete(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def complete(out):
+    """Complete checkpoint directories of a run, oldest first (by step)."""
+    if not os.path.isdir(out):
+        return []
+    found = [(int(m.group(1)), os.path.join(out, d)) for d in os.listdir(out) if (m := NAME.match(d))]
+    return [path for _, path in sorted(found) if os.path.exists(os.path.join(path, STATE_FILE))]
+
+
 def latest(out):
-    """The complete checkpoint to resume from (`checkpoint`, else `checkpoint.old` after a crash between the
-    two renames of a swap), or None."""
-    for name in ("checkpoint", "checkpoint.old"):
-        path = os.path.join(out, name)
-        if os.path.exists(os.path.join(path, STATE_FILE)):
-            return path
-    return None
+    """The newest complete checkpoint of a run directory, or None."""
+    found = complete(out)
+    return found[-1] if found else None
+
+
+def verify(path):
+    """Open every file a resume reads, so that a damaged checkpoint fails here with the file's name instead of
+    deep inside a library; raise ValueError naming the file and, when one exists, an older checkpoint."""
+    from safetensors import safe_open
+
+    def fail(name, error):
+        found = complete(os.path.dirname(os.path.abspath(path)))
+        here = os.path.abspath(path)
+        older = found[:found.index(here)] if here in found else found
+        hint = (f"An older checkpoint exists: {older[-1]}; resume from it with --resume_from {older[-1]}"
+                if older else "No older checkpoint exists in this run directory; start again without --resume")
+        raise ValueError(f"checkpoint {path} cannot be loaded: {os.path.join(path, name)}: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. {hint}.")
+
+    required = {"config.json", "train_config.json"}
+    for name in sorted(required | {n for n in os.listdir(path) if n.endswith(".json")}):   # incl. tokenizer files
+        try:
+            with open(os.path.join(path, name)) as f:
+                json.load(f)
+        except Exception as e:                                     # missing, truncated, not JSON
+            fail(name, e)
+    weights = [n for n in os.listdir(path) if n.endswith(".safetensors")]
+    if not weights:
+        fail("model.safetensors", "no weights file")
+    for name in weights:
+        try:
+            with safe_open(os.path.join(path, name), framework="pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except Exception as e:
+            fail(name, e)
+    for name in (STATE_FILE, HEAD_FILE):
+        if name == HEAD_FILE and not os.path.exists(os.path.join(path, name)):
+            continue
+        try:
+            torch.load(os.path.join(path, name), weights_only=False)
+        except Exception as e:
+            fail(name, e)
+    return path
 
 
 def load_state(path):
@@ -58,3 +106,27 @@ def truncate_log(path, step):
             rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
         with open(path, "w") as f:
             f.writelines(rows)
+
+
+# ============================================================================================================
+# Preemption: SIGTERM / SIGINT end the run at the next step boundary, with a checkpoint
+# ============================================================================================================
+class stop_requests:
+    """`with stop_requests() as stop:` -> SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) set
+    stop["signal"] instead of killing the process, so the loop can finish its step, save and exit. The
+    previous handlers come back on exit. (A no-op outside the main thread, where signals cannot be caught.)"""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.flag, self.previous = {"signal": None}, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, lambda signum, frame: self.flag.update(signal=signum))
+        return self.flag
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -131,3 +131,66 @@ def cosine_schedule(optimizer, total_steps, warmup):
     from transformers import get_cosine_schedule_with_warmup
     return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=round(warmup * total_steps),
                                            num_training_steps=total_steps)
+
+
+# ============================================================================================================
+# Range checks for numeric options (before any work starts)
+# ============================================================================================================
+INF = float("inf")
+
+
+def check_ranges(cfg, limits):
+    """Raise ValueError naming the flag, its value and its valid range for the first numeric option outside it.
+    limits: field -> (low, high) with "[" / "(" meaning inclusive / exclusive, written as a string such as
+    "[0, 1]", "(0, inf)", "[1, inf)"; every numeric field of cfg must have an entry (so none is forgotten)."""
+    import dataclasses
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if f.name not in limits:
+            raise KeyError(f"{type(cfg).__name__}.{f.name} has no range in its LIMITS table")
+        spec = limits[f.name]
+        lo, hi = (float(x) for x in spec[1:-1].split(","))
+        ok = (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
+        if not ok or value != value:                                   # NaN fails every comparison
+            raise ValueError(f"--{f.name} must be in {spec}; got {value}")
+
+
+# ============================================================================================================
+# Is the Hugging Face hub reachable? (answered once, in at most a few seconds)
+# ============================================================================================================
+_HUB = {}
+
+
+def hub_reachable(timeout=3.0):
+    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached within `timeout` seconds.
+
+    Without network, transformers and datasets retry for about a minute before they give up; checking once
+    here lets a user without internet get the clear offline message (and the local cache, when the files are
+    there) at once. Behind an HTTP(S) proxy the direct probe says nothing, so the libraries are left to try.
+    """
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return True
+    if "ok" not in _HUB:
+        try:
+            socket.create_connection((os.environ.get("HF_ENDPOINT_HOST", "huggingface.co"), 443), timeout).close()
+            _HUB["ok"] = True
+        except OSError:
+            _HUB["ok"] = False
+    return _HUB["ok"]
+
+
+def go_offline():
+    """Switch transformers, huggingface_hub and datasets to their offline mode for this process (local cache
+    only): what HF_HUB_OFFLINE=1 does, decided at run time."""
+    import huggingface_hub.constants
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        import datasets.config
+        datasets.config.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass

@@ -38,6 +38,7 @@ from collections import Counter
 
 import torch
 
+from common import go_offline, hub_reachable
 from embedded import EMBEDDED_PRESETS, embedded_task
 
 REQUIRED = ("prompt", "chosen", "rejected")
@@ -63,24 +64,73 @@ def load_preferences(source, split="train", max_examples=None):
                                  split="validation" if split == "test" else split))
     elif source == "cnn_dailymail":
         ds = from_cnn_dailymail(_from_hub("abisee/cnn_dailymail", "3.0.0", split=split))
+    elif ext == ".jsonl":                    # read here, line by line, so that every error names its line
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
+        rows, lines = read_jsonl_rows(source)
+        validate(rows, source, where=lambda i: f"{source}, line {lines[i]}")
+        try:
+            ds = datasets.Dataset.from_list(rows)
+        except Exception as e:   # Arrow cannot give one type to a column (e.g. strings in some rows, lists in others)
+            raise ValueError(f"{source}: the rows do not share one type per field ({str(e).splitlines()[0]}); "
+                             "use either strings or message lists for a field, in every row") from None
     elif ext in FILE_TYPES:
         if not os.path.exists(source):
             raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
         try:
             ds = datasets.load_dataset(FILE_TYPES[ext], data_files=source, split="train")
         except Exception as e:   # the datasets library raises many types; name the file and keep the cause
-            raise ValueError(f"could not read {source!r} as {FILE_TYPES[ext]}: {e}") from e
+            raise ValueError(f"could not read {source!r} as {FILE_TYPES[ext]}: {str(e).splitlines()[0]}") from None
     else:
         ds = _from_hub(source, split=split)
     if max_examples:
         ds = ds.select(range(min(len(ds), max_examples)))
-    if source != "cnn_dailymail":             # prompt-only records (the OOD set) have no pairs to validate
+    if ext == ".csv":                        # CSV has no number type: a column with one bad cell is all strings
+        ds = csv_scores_to_float(ds, source)
+        validate(ds, source, where=lambda i: f"{source}, row {i + 1} after the header")
+    elif source != "cnn_dailymail" and ext != ".jsonl":   # prompt-only records (the OOD set) have no pairs
         validate(ds, source)
     return ds
 
 
+def csv_scores_to_float(ds, source):
+    """Score columns read as text -> floats; a cell that is not a number is an error naming its row."""
+    for field in ("chosen_score", "rejected_score", "confidence"):
+        if field in ds.column_names and any(isinstance(v, str) for v in ds[field]):
+            values = []
+            for i, v in enumerate(ds[field]):
+                try:
+                    values.append(float(v) if v not in (None, "") else float("nan"))
+                except ValueError:
+                    raise ValueError(f"{source}, row {i + 1} after the header, field {field!r}: expected a finite "
+                                     f"number, got {describe(v)}; drop or re-score that row") from None
+            ds = ds.remove_columns(field).add_column(field, values)
+    return ds
+
+
+def read_jsonl_rows(path):
+    """-> (rows, their line numbers) of a JSONL file; a line that is not a JSON object is an error naming it."""
+    rows, lines = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); fix or delete "
+                                 "that line") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {n}: expected one JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+            lines.append(n)
+    return rows, lines
+
+
 def _from_hub(*args, split):
     import datasets
+    if not hub_reachable():
+        go_offline()                                     # the local datasets cache only, without retries
     try:
         return datasets.load_dataset(*args, split=split)
     except Exception as e:   # offline, unknown id, missing split: one message that says what to do instead
@@ -145,22 +195,53 @@ def from_cnn_dailymail(ds):
     return ds.map(lambda row: {"prompt": tldr_prompt({"article": row["article"]})}, remove_columns=ds.column_names)
 
 
-def validate(ds, source):
-    """Raise a clear error for a missing column, an empty dataset, or a non-finite score."""
-    if len(ds) == 0:
+def describe(value):
+    """A short description of a bad value for an error message."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}" if value is not None else "null"
+
+
+def is_text(value):
+    """A string, or a non-empty list of chat messages {"role": str, "content": str}."""
+    return isinstance(value, str) or (isinstance(value, list) and len(value) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value))
+
+
+def is_score(value, allow_nan=False):
+    """A finite number (bool excluded), or a non-empty list of them (one per Oracle ensemble member)."""
+    values = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               and (math.isfinite(v) or (allow_nan and math.isnan(v))) for v in values)
+
+
+def validate(rows, source, where=None):
+    """Check every row against the schema; raise one ValueError naming the source, the row (`where(i)`, e.g.
+    the JSONL line), the field and what to do. rows: a Dataset or a list of dicts."""
+    where = where or (lambda i: f"{source}, row {i}")
+    if len(rows) == 0:
         raise ValueError(f"{source}: the dataset is empty; {SCHEMA_HELP}")
-    missing = [c for c in REQUIRED if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {missing} (found {ds.column_names}); {SCHEMA_HELP}")
-    for field in ("chosen_score", "rejected_score", "confidence"):
-        if field not in ds.column_names:
-            continue
-        for row, value in enumerate(ds[field]):
-            values = value if isinstance(value, (list, tuple)) else [value]
-            bad = [v for v in values if v is None or not math.isfinite(float(v))]
-            if bad and not (field == "confidence" and all(v is None or math.isnan(float(v)) for v in bad)):
-                raise ValueError(f"{source}: row {row}, field {field!r} is {value!r}; scores must be finite "
-                                 "numbers (drop or re-score that row)")
+    columns = rows.column_names if hasattr(rows, "column_names") else None
+    for i, row in enumerate(rows):
+        missing = [c for c in REQUIRED if c not in (columns or row)]
+        if missing:
+            raise ValueError(f"{where(i)}: missing field(s) {missing} (found {sorted(columns or row)}); {SCHEMA_HELP}")
+        for field in REQUIRED:
+            if not is_text(row[field]):
+                raise ValueError(f"{where(i)}, field {field!r}: expected a string or a list of chat messages "
+                                 f"(each {{'role': str, 'content': str}}), got {describe(row[field])}; fix or drop "
+                                 "that row")
+        for field in ("chosen_score", "rejected_score", "confidence"):
+            value = row.get(field)
+            if value is None and (field == "confidence" or "chosen_score" not in (columns or row)):
+                continue
+            if not is_score(value, allow_nan=field == "confidence"):
+                raise ValueError(f"{where(i)}, field {field!r}: expected a finite number (or a list of them, one "
+                                 f"per Oracle member), got {describe(value)}; drop or re-score that row")
+        if "chosen_score" in row and row.get("chosen_score") is not None and (
+                isinstance(row["chosen_score"], list) != isinstance(row.get("rejected_score"), list)
+                or isinstance(row["chosen_score"], list) and len(row["chosen_score"]) != len(row["rejected_score"])):
+            raise ValueError(f"{where(i)}: chosen_score and rejected_score must have the same shape (a number "
+                             "each, or lists of one length)")
 
 
 # ============================================================================================================

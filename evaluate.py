@@ -34,9 +34,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+import checkpoint
 import data
 import oracle
-from common import parse_config, quiet_transformers
+from common import check_ranges, parse_config, quiet_transformers
 from embedded import REFERENCE_SAMPLES, gold_reward
 from models import batch_logps, forward_with_reward, load_model, load_reward_model, pair_logps, sample_completions
 
@@ -100,6 +101,27 @@ class EvalConfig:
     out: str = "eval"              # where results.json and the PNG plots go
 
 
+LIMITS = {"samples": "[1, inf)", "prompts": "[1, inf)", "seed": "[0, inf)"}   # common.check_ranges
+
+
+def check_config(cfg):
+    """Every option checked before any work starts (ranges, temperatures, the policy list)."""
+    check_ranges(cfg, LIMITS)
+    for flag in ("temperatures", "ood_temperatures"):
+        for t in filter(None, getattr(cfg, flag).split(",")):
+            try:
+                ok = float(t) >= 0 and float(t) == float(t)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"--{flag} must be comma-separated numbers >= 0 (0 = greedy); got {t!r}")
+    if not [p for p in cfg.policies.split(",") if p]:
+        raise ValueError("give at least one trained policy: --policies runs/dpo-...,runs/drdo-...")
+    for p in filter(None, cfg.policies.split(",")):
+        if not os.path.isdir(p):
+            raise ValueError(f"--policies: {p} is not a directory (a run directory, or a checkpoint directory)")
+
+
 @torch.no_grad()
 def completion_logps(model, pairs, pad_id, batch_size=64):
     """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
@@ -155,8 +177,8 @@ def gold_check(model, tokenizer, task, log=print):
 
 
 def load_policy(path):
-    ckpt = os.path.join(path, "checkpoint") if os.path.isdir(os.path.join(path, "checkpoint")) else path
-    return load_model(ckpt)
+    """A run directory (its newest checkpoint) or a checkpoint directory -> (model, tokenizer)."""
+    return load_model(checkpoint.latest(path) or path)
 
 
 def evaluate(cfg, log=print):
@@ -215,6 +237,7 @@ def evaluate(cfg, log=print):
             o = oracle_rewards(judge, ids[name], pad)
             stats = paired_comparison(gold[name], gold["pi_ref"])
             stats.update(repetition_stats([t for comps in texts for t in comps]))
+            stats["gold_per_prompt"] = [sum(g) / len(g) for g in gold[name]]     # for recomputing any statistic
             stats.update(kl=kl, kl_se=kl_se, oracle_reward=o.mean().item(),
                          oracle_reward_se=(o.view(len(prompts), n).mean(1).std() / math.sqrt(len(prompts))).item(),
                          example=texts[0][0])
@@ -280,6 +303,7 @@ def main(argv=None):
     cfg = parse_config(EvalConfig, argv, description="Gold-judged evaluation of trained policies.")
     quiet_transformers()
     try:
+        check_config(cfg)
         results = evaluate(cfg)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from common import atomic_dir, cache_root
+from common import atomic_dir, cache_root, go_offline, hub_reachable
 from losses import sequence_logps
 
 HEAD_FILE = "reward_head.pt"
@@ -66,6 +66,8 @@ def load_model(name, task_reference=None, dtype=torch.float32):
         torch.manual_seed(0)
         return OPTForCausalLM(small_opt_config(tokenizer, hidden=32, layers=2)).to(dtype), tokenizer
     path = smollm2_dir() if name == "smollm2-135m" else HUB_MODELS.get(name, name)
+    if not os.path.isdir(path) and not hub_reachable():
+        go_offline()                                     # the local hub cache only, without a minute of retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         config_keys = AutoConfig.from_pretrained(path).to_dict().keys()
@@ -125,7 +127,8 @@ def forward_with_reward(model, input_ids, attention_mask):
     hidden = out.hidden_states[-1]                                              # (N, T, d)
     idx = last_token_index(attention_mask)                                      # (N,)
     h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]   # (N, d)
-    rewards = model.reward_head(h_last.float()).squeeze(-1)                     # (N,)
+    with torch.autocast(device_type=h_last.device.type, enabled=False):       # fp32 even under bf16 autocast
+        rewards = model.reward_head(h_last.float()).squeeze(-1)                 # (N,)
     return out.logits, rewards
 
 

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-from common import (cache_root, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
+from common import (cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
                     weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
 from models import add_reward_head, forward_with_reward, load_model, load_reward_model, save_model
@@ -72,6 +72,11 @@ class OracleConfig:
     seed: int = 0                  # base seed: member k uses seed + k
     out: str = ""                  # output directory; default: a cache directory keyed by config and data
     score: bool = True             # after training, score the training pairs (cached) and print the file
+
+
+LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
+          "lr": "(0, inf)", "warmup": "[0, 1]", "max_length": "[2, inf)", "max_prompt_length": "[1, inf)",
+          "held_out": "(0, 1)", "seed": "[0, inf)"}                   # common.check_ranges
 
 
 def train_oracle(model, examples, cfg, seed, log=print):
@@ -199,6 +204,10 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
 def main(argv=None):
     cfg = parse_config(OracleConfig, argv, description="Train the DRDO Oracle (or an e-DPO ensemble) and "
                                                        "score the preference pairs with it.")
+    try:
+        check_ranges(cfg, LIMITS)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     quiet_transformers()
     print(json.dumps(asdict(cfg), indent=1))
     try:

@@ -169,17 +169,45 @@ def test_local_files_of_every_type_load_and_validate(tmp_path):
         assert len(ds) == 3 and ds[0]["chosen"] == "a" and ds[0]["chosen_score"] == 1.0
 
 
-def test_bad_data_errors_name_the_problem(tmp_path):
-    missing = tmp_path / "missing_col.jsonl"
-    missing.write_text(json.dumps({"prompt": "q", "chosen": "a"}))
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['rejected'\].*expected columns"):
-        data.load_preferences(str(missing))
-    nonfinite = tmp_path / "nan.jsonl"
-    nonfinite.write_text("\n".join(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b",
-                                               "chosen_score": s, "rejected_score": 0.0})
-                                   for s in (1.0, float("inf"))))
-    with pytest.raises(ValueError, match=r"row 1, field 'chosen_score'"):
-        data.load_preferences(str(nonfinite))
+GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    # each case: line 2 of a JSONL file is bad (line 1 is GOOD); the error names file, line, field and the fix
+    ({"prompt": "q", "chosen": None, "rejected": "b"},
+     r"bad\.jsonl, line 2, field 'chosen': expected a string or a list of chat messages .* got null; fix or drop"),
+    ({"prompt": "q", "chosen": 7, "rejected": "b"}, r"line 2, field 'chosen': .* got int 7"),
+    ({"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}, r"line 2, field 'prompt': .* got list"),
+    ({"prompt": "q", "chosen": [], "rejected": "b"}, r"line 2, field 'chosen': .* got list \[\]"),
+    ({**GOOD, "chosen_score": "abc", "rejected_score": 0.0},
+     r"line 2, field 'chosen_score': expected a finite number .* got str 'abc'; drop or re-score"),
+    ({**GOOD, "chosen_score": 1.0, "rejected_score": float("inf")}, r"line 2, field 'rejected_score': .* got float inf"),
+    ({**GOOD, "chosen_score": True, "rejected_score": 0.0}, r"line 2, field 'chosen_score': .* got bool True"),
+    ({**GOOD, "chosen_score": [1.0, 2.0], "rejected_score": [0.0]}, r"line 2: chosen_score and rejected_score must"),
+    ({"prompt": "q", "chosen": "a"}, r"line 2: missing field\(s\) \['rejected'\].*expected columns"),
+    ("this is {not json", r"bad\.jsonl, line 2: not valid JSON .* fix or delete that line"),
+    ([1, 2], r"line 2: expected one JSON object per line, got list"),
+])
+def test_malformed_jsonl_rows_name_file_line_and_field(tmp_path, bad_line, message):
+    path = tmp_path / "bad.jsonl"
+    bad = bad_line if isinstance(bad_line, str) else json.dumps(bad_line)
+    path.write_text(json.dumps(GOOD) + "\n" + bad + "\n")
+    with pytest.raises(ValueError, match=message):
+        data.load_preferences(str(path))
+
+
+def test_blank_lines_do_not_shift_line_numbers(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n\n\n" + json.dumps({**GOOD, "rejected": None}) + "\n")
+    with pytest.raises(ValueError, match=r"gaps\.jsonl, line 4, field 'rejected'"):
+        data.load_preferences(str(path))
+
+
+def test_other_bad_files_name_the_problem(tmp_path):
+    csv_path = tmp_path / "scores.csv"
+    csv_path.write_text("prompt,chosen,rejected,chosen_score,rejected_score\nq,a,b,1.0,0.0\nq,c,d,abc,0.0\n")
+    with pytest.raises(ValueError, match=r"scores\.csv, row 2 after the header, field 'chosen_score': .* got str 'abc'"):
+        data.load_preferences(str(csv_path))
     empty = tmp_path / "empty.csv"
     empty.write_text("prompt,chosen,rejected\n")
     with pytest.raises(ValueError, match="empty"):
@@ -190,6 +218,21 @@ def test_bad_data_errors_name_the_problem(tmp_path):
     garbage.write_text("this is not parquet")
     with pytest.raises(ValueError, match="garbage.parquet"):
         data.load_preferences(str(garbage))
+    mixed = tmp_path / "mixed.jsonl"                  # each row valid, but one field is a string in one row and
+    mixed.write_text(json.dumps(GOOD) + "\n" + json.dumps(   # a message list in the other
+        {**GOOD, "chosen": [{"role": "assistant", "content": "a"}]}) + "\n")
+    with pytest.raises(ValueError, match="do not share one type per field"):
+        data.load_preferences(str(mixed))
+
+
+def test_valid_rows_with_messages_scores_and_nan_confidence_load(tmp_path):
+    path = tmp_path / "ok.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}], "chosen_score": [1.0, 2], "rejected_score": [0.0, 1],
+             "confidence": float("nan")}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    ds = data.load_preferences(str(path))
+    assert len(ds) == 1 and ds[0]["chosen_score"] == [1.0, 2.0]
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -102,28 +102,52 @@ def test_flips_move_gold_with_the_texts_and_margin_split_uses_gold(task):
         max(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
 
 
+def single_row_rewards(model, tokenizer, ds):
+    """R(x, y_w), R(x, y_l) of every pair from one unpadded row at a time: prompt ids + response ids + EOS,
+    the reward head read at the row's last token (an independent path: no collation, no padding, no batching)."""
+    import models
+    out = []
+    for row in ds:
+        pair, _ = data.tokenize_pair(tokenizer, row, 128, 64)
+        if pair is None:
+            continue
+        rewards = []
+        for side in ("chosen_ids", "rejected_ids"):
+            ids = torch.tensor([pair["prompt_ids"] + pair[side]])
+            rewards.append(models.forward_with_reward(model, ids, torch.ones_like(ids))[1].item())
+        out.append(rewards)
+    return torch.tensor(out, dtype=torch.float64)                              # (N, 2)
+
+
 def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, cache, tmp_path, capsys):
+    from transformers import AutoTokenizer
     out = tmp_path / "oracle"
     oracle.main(["--data", "embedded-tiny", "--ensemble", "2", "--epochs", "2", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     assert report["members"] == ["member-0", "member-1"]
-    for stats in report["held_out"]:
-        assert 0.0 <= stats["accuracy"] <= 1.0 and stats["pairs"] > 0
+    members = [str(out / m) for m in report["members"]]
+    # held-out accuracy of each member, recomputed from single-row rewards: share of test pairs with
+    # R(y_w) > R(y_l), ties counting half
+    for k, member in enumerate(members):
+        r = single_row_rewards(load_reward_model(member).eval(), AutoTokenizer.from_pretrained(member), task["test"])
+        margin = r[:, 0] - r[:, 1]
+        accuracy = ((margin > 0).double() + 0.5 * (margin == 0).double()).mean().item()
+        assert report["held_out"][k]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        assert report["held_out"][k]["pairs"] == len(r)
     assert "held-out preference accuracy" in capsys.readouterr().out
     # each member is a plain causal LM checkpoint plus reward_head.pt; bootstrap + seed make them differ
     from safetensors.torch import load_file
     w = [load_file(str(out / m / "model.safetensors")) for m in report["members"]]
     assert not any(k.startswith("reward_head") for k in w[0])
     assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
-    # scoring: one entry per member, equal to a direct forward of each member, and cached the second time
-    members = [str(out / m) for m in report["members"]]
+    # scoring: one entry per member, equal to the single-row rewards of that member, and cached the second time
     scored = oracle.score_dataset(members, task["test"])
-    assert all(len(r["chosen_score"]) == 2 for r in scored)
-    from transformers import AutoTokenizer
-    examples, _ = data.tokenize_dataset(AutoTokenizer.from_pretrained(members[1]), task["test"], 128, 64)
-    c, r = oracle.score_examples(load_reward_model(members[1]).eval(), examples)
-    torch.testing.assert_close(torch.tensor([row["chosen_score"][1] for row in scored]), c, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.tensor([row["rejected_score"][1] for row in scored]), r, atol=1e-5, rtol=0)
+    assert all(len(row["chosen_score"]) == 2 for row in scored)
+    r1 = single_row_rewards(load_reward_model(members[1]).eval(), AutoTokenizer.from_pretrained(members[1]), task["test"])
+    torch.testing.assert_close(torch.tensor([row["chosen_score"][1] for row in scored], dtype=torch.float64), r1[:, 0],
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor([row["rejected_score"][1] for row in scored], dtype=torch.float64), r1[:, 1],
+                               atol=1e-5, rtol=0)
     logs = []
     oracle.score_dataset(members, task["test"], log=logs.append)
     assert any("cached" in line for line in logs)

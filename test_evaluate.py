@@ -92,10 +92,26 @@ def test_end_to_end_reference_against_itself_and_a_trained_policy(task, tmp_path
     for set_name in ("in_distribution", "out_of_distribution"):
         dpo = res["sets"][set_name]["T=1"]["policies"]["dpo"]
         assert dpo["kl"] > 2 * dpo["kl_se"] > 0
+        # gain and its paired standard error, recomputed by hand from the per-prompt mean gold of both
+        ref = res["sets"][set_name]["T=1"]["policies"]["pi_ref"]["gold_per_prompt"]
+        d = [a - b for a, b in zip(dpo["gold_per_prompt"], ref)]
+        mean = sum(d) / len(d)
+        se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+        assert len(d) == 16 and dpo["gain"] == pytest.approx(mean, abs=1e-12)
+        assert dpo["gain_se"] == pytest.approx(se, rel=1e-9)
     assert json.loads((out / "results.json").read_text())["config"]["names"] == "same,dpo"
     assert (out / "in_distribution.png").stat().st_size > 1000
 
 
-def test_bad_policy_list_is_a_clear_error(task):
-    with pytest.raises(SystemExit, match="at least one trained policy"):
-        evaluate.main(["--data", "embedded-tiny"])
+@pytest.mark.parametrize("args, message", [
+    ([], "at least one trained policy"),
+    (["--policies", "no/such/run"], "no/such/run is not a directory"),
+    (["--policies", ".", "--samples", "0"], r"--samples must be in \[1, inf\); got 0"),
+    (["--policies", ".", "--prompts", "-3"], r"--prompts must be in \[1, inf\)"),
+    (["--policies", ".", "--temperatures", "0,-1"], r"--temperatures must be comma-separated numbers >= 0"),
+    (["--policies", ".", "--temperatures", "hot"], r"--temperatures must be .* got 'hot'"),
+])
+def test_bad_inputs_are_one_clear_error_and_write_nothing(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        evaluate.main(["--data", "embedded-tiny", "--out", str(tmp_path / "eval"), *args])
+    assert not (tmp_path / "eval").exists()

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses as L
 from losses import (LOSSES, cdpo_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss, focal_preference_loss,
                     hinge_loss, ipo_loss, log1mexp, oracle_loss, orpo_loss, pdpo_loss, rdpo_loss,
                     sequence_logps, sft_loss, simpo_loss)
@@ -460,7 +459,7 @@ def test_drdo_gradients_match_comment(score):
     losses, m = drdo_loss(rw, rl, Rw, Rl, sw, sl, alpha=alpha, gamma=gamma, score=score)
     g_r, g_s = torch.autograd.grad(losses.sum(), (rw, sw))
     torch.testing.assert_close(g_r, -2 * ((Rw - Rl) - (rw - rl)).detach())
-    z, p, s = m["pref_logit"], torch.sigmoid(m["pref_logit"]), sw.detach()
+    p, s = torch.sigmoid(m["pref_logit"]), sw.detach()
     dF = (1 - p) ** gamma * (gamma * p * torch.log(p) - (1 - p))
     dz = {"unlikelihood": torch.exp(s) / (1 - torch.exp(s)), "likelihood": torch.ones_like(s),
           "odds": 1 / (1 - torch.exp(s))}[score]
@@ -708,6 +707,19 @@ def test_sequence_logps_bf16_path_matches_fp32_including_gradient():
     (g16,) = torch.autograd.grad(out16.sum(), logits16)
     (g32,) = torch.autograd.grad(out32.sum(), logits32)
     torch.testing.assert_close(g16.float(), g32, atol=1e-2, rtol=1e-2)   # g16 is rounded to bf16
+
+
+def test_sequence_logps_bf16_without_grad_takes_the_row_loop_and_matches_fp32():
+    # the no-grad branch of the fp32 log-sum-exp (reference log-probs, evaluation): bf16 logits, no autograd
+    g = torch.Generator().manual_seed(4)
+    logits16 = (torch.randn(3, 6, 13, generator=g) * 4).bfloat16()
+    labels = torch.randint(0, 13, (3, 6), generator=g)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        out16 = sequence_logps(logits16, labels, mask)
+    out32 = sequence_logps(logits16.float(), labels, mask)
+    assert out16.dtype == torch.float32 and not out16.requires_grad
+    torch.testing.assert_close(out16, out32, atol=1e-5, rtol=1e-5)
 
 
 def test_sequence_logps_shape_error():

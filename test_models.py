@@ -1,7 +1,6 @@
 """Tests of models.py on a tiny random OPT (seconds): the reward head's last-token pooling under right and
 left padding, save/load of a model with a head (and the clear error for a plain LM), models by name and their
 offline errors, and pair_logps against sequence log-probs computed row by row."""
-import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +52,17 @@ def test_head_is_zero_initialised_and_fp32():
     model = tiny_opt()
     _, rewards = models.forward_with_reward(model, torch.tensor([[2, 5, 1]]), torch.ones(1, 3, dtype=torch.long))
     assert rewards.dtype == torch.float32 and rewards.tolist() == [0.0]
+
+
+def test_head_rewards_stay_fp32_under_bf16_autocast():
+    # under autocast nn.Linear computes in bf16; the head must not (its rewards are regression targets and
+    # Bradley-Terry logits): forward_with_reward switches autocast off around it
+    model = tiny_opt()
+    torch.nn.init.normal_(model.reward_head.weight)
+    batch = pair_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, rewards = models.forward_with_reward(model, batch["input_ids"], batch["attention_mask"])
+    assert logits.dtype == torch.bfloat16 and rewards.dtype == torch.float32
 
 
 def test_pair_logps_equals_row_by_row_log_softmax():

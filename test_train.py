@@ -1,16 +1,23 @@
 """Tests of train.py through its real command line (main(argv) parses exactly what `python train.py` does), on
-the embedded-tiny task (a 50k-parameter pi_ref, built once per test session in ~10 s) and the `tiny` model.
+the embedded-tiny task (a 50k-parameter pi_ref, built once per test session) and the `tiny` model.
 
-Each run takes a few seconds. What is checked: every method lowers its own objective; gradient accumulation
-is exact; a stopped run resumed from its checkpoint ends where an uninterrupted one does; the first DPO loss
-is ln 2; reference-free methods never build a reference; bad arguments fail with one clear message; a
-non-finite loss stops the run and keeps the last checkpoint; the checkpoint loads with AutoModelForCausalLM.
+Each run takes a few seconds. What is checked, each against a value derived here rather than read back:
+every method lowers its own objective in exactly the number of steps the data and batch sizes imply, and its
+loss receives exactly the hyper-parameters given on the command line; a toy loss trains through its registry
+entry alone; every data and model option changes what it should (split, max_pairs, ref_model, oracle_model,
+student_reward); bf16 autocast on CPU; gradient accumulation is exact; stopped-and-resumed runs equal
+uninterrupted ones (DRDO with its head, DPO with cached reference log-probs, a kill while saving, a real
+SIGTERM); checkpoint retention; a damaged checkpoint, an empty --resume, an out-of-memory error and a
+non-finite loss each give one clear message and keep the last checkpoint; bad arguments; the benchmark.
 """
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,6 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import checkpoint  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import train  # noqa: E402
@@ -45,18 +53,62 @@ def metrics(tmp_path, name="run"):
 
 def weights(tmp_path, name="run"):
     from safetensors.torch import load_file
-    return load_file(str(tmp_path / name / "checkpoint" / "model.safetensors"))
+    return load_file(os.path.join(checkpoint.latest(str(tmp_path / name)), "model.safetensors"))
+
+
+def record_calls(monkeypatch, method):
+    """Wrap the registered loss of `method`: every call's keyword arguments and positional tensors are kept."""
+    calls = []
+    info = LOSSES[method]
+
+    def wrapped(*args, **kwargs):
+        calls.append({"kwargs": kwargs, "args": [a.detach().clone() for a in args]})
+        return info.fn(*args, **kwargs)
+    monkeypatch.setitem(LOSSES, method, replace(info, fn=wrapped))
+    return calls
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every method: learns, in the right number of steps, with exactly the hyper-parameters it was given
+# ------------------------------------------------------------------------------------------------------------
+FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "--aggregate", "example_min",
+         "--simpo_beta", "1.7", "--simpo_gamma", "0.3", "--orpo_beta", "0.45", "--alpha", "0.6", "--gamma", "1.5",
+         "--score", "odds", "--distill_weight", "0.8", "--beta_r", "0.09"]
+# What each loss must receive from FLAGS, written out by hand (not read from the registry).
+EXPECTED_KWARGS = {
+    "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
+    "cdpo": {"beta": 0.123, "label_smoothing": 0.07}, "rdpo": {"beta": 0.123, "label_smoothing": 0.07},
+    "pdpo": {"beta": 0.123, "kl_coef": 0.21}, "edpo": {"beta": 0.123, "kl_coef": 0.21, "aggregate": "example_min"},
+    "simpo": {"beta": 1.7, "gamma": 0.3}, "orpo": {"beta": 0.45}, "sft": {},
+    "drdo": {"alpha": 0.6, "gamma": 1.5, "score": "odds", "distill_weight": 0.8},
+}
+
+
+def test_every_registered_method_has_its_expected_keywords_written_here():
+    assert set(EXPECTED_KWARGS) == set(LOSSES), "a new loss needs its line in EXPECTED_KWARGS"
 
 
 @pytest.mark.parametrize("method", sorted(LOSSES))
-def test_every_method_lowers_its_own_objective(cache, tmp_path, method):
-    # 3 epochs over the 36 tiny training pairs at lr 1e-3: the method's loss on the training pairs, measured by
-    # the same code before step 1 and after the last step, must go down (a broken gradient sign, a detached
-    # input or a wrong argument order in compute_loss would leave it flat or push it up)
+def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(cache, tiny_task, tmp_path,
+                                                                             monkeypatch, method):
+    # 3 epochs at lr 1e-3: the method's loss on the training pairs, measured by the same code before step 1 and
+    # after the last step, must go down (a broken gradient sign, a detached input or a wrong argument order
+    # would leave it flat or push it up); every call of the loss gets exactly the flags' values
+    calls = record_calls(monkeypatch, method)
     oracle = ["--oracle_epochs", "15", "--oracle_lr", "3e-3"] if LOSSES[method].needs_oracle else []
-    s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *oracle)
-    assert s["steps"] == math.ceil(3 * 36 / 8) or s["steps"] > 0
+    s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *FLAGS, *oracle)
     assert s["objective_end"] < s["objective_start"] - 1e-3, s
+    # every call has exactly the expected keywords; on evaluation steps, a loss with named terms (drdo) is also
+    # called once per term with that term's overrides (train.term_grad_norms)
+    expected = EXPECTED_KWARGS[method]
+    allowed = [expected] + [expected | o for o in LOSSES[method].terms.values()]
+    assert all(c["kwargs"] in allowed for c in calls), [c["kwargs"] for c in calls if c["kwargs"] not in allowed]
+    assert sum(c["kwargs"] == expected for c in calls) >= s["steps"]
+    # steps: each of the 3 epochs is ceil(n / 8) windows of at most 8 pairs, n = pairs that tokenize
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
+    n = len(data.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
+    assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
 
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):
@@ -69,8 +121,7 @@ def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, mon
 
     def toy_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
                  *, beta):
-        seen.append({"beta": beta, "ref": (reference_chosen_logps.clone(), reference_rejected_logps.clone()),
-                     "policy_requires_grad": policy_chosen_logps.requires_grad})
+        seen.append({"beta": beta, "policy_requires_grad": policy_chosen_logps.requires_grad})
         h = (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
         losses = (h - 1.0 / beta) ** 2
         return losses, {"chosen_rewards": beta * h.detach(), "rejected_rewards": 0 * h.detach()}
@@ -95,35 +146,57 @@ def test_first_dpo_loss_is_ln2(cache, tmp_path):
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_gradient_accumulation_is_exact(cache, tmp_path):
-    # 4 micro-batches of 1 pair and 1 micro-batch of 4 pairs make the same gradient (each micro-batch adds
-    # sum(losses) / pairs-in-window), so 5 fp32 steps give the same losses and gradient norms to 1e-6.
-    # Weights get a looser bound: Adam divides by sqrt(v) + eps, which magnifies the ~1e-7 summation-order
-    # differences of coordinates whose gradients are near 0 (measured: up to 6e-6 after 5 steps at lr 1e-3).
-    common = ["--method", "dpo", "--model", "tiny", "--batch_size", "4", "--epochs", "0.5", "--lr", "1e-3"]
-    run(tmp_path, *common, "--micro_batch_size", "1", name="accum")
-    run(tmp_path, *common, "--micro_batch_size", "4", name="plain")
-    for a, b in zip(metrics(tmp_path, "accum"), metrics(tmp_path, "plain")):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
-    wa, wb = weights(tmp_path, "accum"), weights(tmp_path, "plain")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-5
+# ------------------------------------------------------------------------------------------------------------
+# Options that change what is trained on or against
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("split", ["deterministic", "nondeterministic"])
+def test_split_keeps_the_top_or_bottom_third_of_gold_margins(cache, tiny_task, tmp_path, split):
+    # recomputed here: |gold margin| of every training pair, its 1/3 and 2/3 quantiles; deterministic = pairs
+    # strictly above the 2/3 quantile, non-deterministic = pairs at or below the 1/3 quantile
+    margins = sorted(abs(r["chosen_gold"] - r["rejected_gold"]) for r in tiny_task["train"])
+    q = lambda p: torch.quantile(torch.tensor(margins, dtype=torch.float64), p).item()   # noqa: E731
+    expected = sum(m > q(2 / 3) for m in margins) if split == "deterministic" else sum(m <= q(1 / 3) for m in margins)
+    s = run(tmp_path, "--method", "dpo", "--epochs", "0.5", "--split", split)
+    assert s["train_pairs"] == expected and 0 < expected < len(margins) / 2
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path):
-    # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
-    # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32
-    common = ["--method", "drdo", "--student_reward", "head", "--epochs", "2", "--lr", "1e-3", "--save_every", "2"]
-    run(tmp_path, *common, name="whole")
-    run(tmp_path, *common, "--stop_after", "5", name="split")
-    state = torch.load(tmp_path / "split" / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 4
-    run(tmp_path, *common, "--resume", name="split")
-    assert metrics(tmp_path, "split") == metrics(tmp_path, "whole")
-    wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    head = [torch.load(tmp_path / n / "checkpoint" / "reward_head.pt") for n in ("split", "whole")]
-    assert torch.equal(head[0]["weight"], head[1]["weight"])
+def test_max_pairs_caps_the_training_pairs(cache, tmp_path):
+    s = run(tmp_path, "--method", "sft", "--epochs", "1", "--max_pairs", "10", "--batch_size", "4",
+            "--micro_batch_size", "2")
+    assert s["train_pairs"] == 10 and s["steps"] == math.ceil(s["train_examples"] / 4)
+
+
+def test_ref_model_is_the_reference_the_loss_sees(cache, tiny_task, tmp_path):
+    # with the policy as its own reference, the first DPO loss is ln 2; with --ref_model tiny (a random model),
+    # h != 0 and the first loss differs. A trainer that ignored --ref_model would give ln 2 in both.
+    run(tmp_path, "--method", "dpo", "--epochs", "0.25", "--ref_model", tiny_task["reference"], name="same")
+    run(tmp_path, "--method", "dpo", "--epochs", "0.25", "--ref_model", "tiny", name="other")
+    assert metrics(tmp_path, "same")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(metrics(tmp_path, "other")[0]["loss"] - math.log(2)) > 0.05
+
+
+def test_oracle_model_is_the_oracle_backbone(cache, tmp_path):
+    s = run(tmp_path, "--method", "distill", "--epochs", "0.25", "--oracle_model", "tiny", "--oracle_epochs", "1")
+    report = json.loads(open(os.path.join(os.path.dirname(s["oracle"][0]), "report.json")).read())
+    assert report["config"]["model"] == "tiny"
+
+
+@pytest.mark.parametrize("student", ["implicit-sum", "implicit-mean", "head"])
+def test_student_reward_is_what_the_flag_says(cache, tmp_path, monkeypatch, student):
+    # drdo's positional inputs: (student chosen, student rejected, oracle chosen, oracle rejected, Sbar chosen,
+    # Sbar rejected). implicit-mean: r = beta_r * Sbar exactly; implicit-sum: r / (beta_r * Sbar) = |y|, a
+    # whole number of tokens (>= 1, not all 1); head: the zero-initialised head gives r = 0 at step 1.
+    calls = record_calls(monkeypatch, "drdo")
+    run(tmp_path, "--method", "drdo", "--epochs", "0.25", "--student_reward", student, "--beta_r", "0.3")
+    rw, rl, _, _, sw, sl = calls[0]["args"]
+    if student == "implicit-mean":
+        torch.testing.assert_close((rw, rl), (0.3 * sw, 0.3 * sl))
+    elif student == "implicit-sum":
+        lengths = torch.cat([rw / (0.3 * sw), rl / (0.3 * sl)])
+        torch.testing.assert_close(lengths, lengths.round(), atol=1e-3, rtol=0)
+        assert lengths.min() >= 1 and lengths.max() > 1
+    else:
+        assert torch.equal(rw, torch.zeros_like(rw)) and torch.equal(rl, torch.zeros_like(rl))
 
 
 @pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft"])
@@ -153,41 +226,217 @@ def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     assert loaded == ["embedded"] * 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "dpox"], "unknown --method 'dpox'"),
-    (["--method", "dpo", "--batch_size", "6", "--micro_batch_size", "4"], "must be a positive multiple"),
-    (["--method", "dpo", "--batch_size", "0"], "must be a positive multiple"),
-    (["--method", "dpo", "--model", "opt-125m"], "Without internet, use one of"),
-    (["--method", "dpo", "--model", "no-such-org/no-such-model"], "Without internet, use one of"),
-    (["--method", "dpo", "--split", "hard"], "--split must be"),
-    (["--method", "drdo", "--score", "margin"], "--score must be"),
-    (["--method", "edpo", "--aggregate", "max"], "--aggregate must be"),
-    (["--method", "dpo", "--flip", "40"], "--flip is a share of pairs"),
-    (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
-    (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
-])
-def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
+def test_bf16_autocast_on_cpu_stays_close_to_fp32(cache, tmp_path):
+    # the same 3 DPO steps in fp32 and under bf16 autocast: step 1 is ln 2 in both (h = 0 exactly, whatever
+    # the precision, since policy and reference are the same model under the same autocast); later losses
+    # agree to bf16's precision
+    common_args = ["--method", "dpo", "--model", "tiny", "--epochs", "1", "--lr", "1e-3", "--batch_size", "8"]
+    run(tmp_path, *common_args, name="fp32")
+    run(tmp_path, *common_args, "--bf16", name="bf16")
+    a, b = metrics(tmp_path, "fp32"), metrics(tmp_path, "bf16")
+    assert b[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Accumulation, resume, preemption, retention
+# ------------------------------------------------------------------------------------------------------------
+def test_gradient_accumulation_is_exact(cache, tmp_path):
+    # 4 micro-batches of 1 pair and 1 micro-batch of 4 pairs make the same gradient (each micro-batch adds
+    # sum(losses) / pairs-in-window), so 5 fp32 steps give the same losses and gradient norms to 1e-6.
+    # Weights get a looser bound: Adam divides by sqrt(v) + eps, which magnifies the ~1e-7 summation-order
+    # differences of coordinates whose gradients are near 0 (measured: up to 6e-6 after 5 steps at lr 1e-3).
+    args = ["--method", "dpo", "--model", "tiny", "--batch_size", "4", "--epochs", "0.5", "--lr", "1e-3"]
+    run(tmp_path, *args, "--micro_batch_size", "1", name="accum")
+    run(tmp_path, *args, "--micro_batch_size", "4", name="plain")
+    for a, b in zip(metrics(tmp_path, "accum"), metrics(tmp_path, "plain")):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
+    wa, wb = weights(tmp_path, "accum"), weights(tmp_path, "plain")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-5
+
+
+@pytest.mark.parametrize("method", [["--method", "drdo", "--student_reward", "head"], ["--method", "dpo"]])
+def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
+    # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
+    # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32.
+    # drdo: with its reward head; dpo: with its reference log-probs read from the cache on resume.
+    args = [*method, "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--eval_every", "3"]
+    run(tmp_path, *args, name="whole")
+    run(tmp_path, *args, "--stop_after", "5", name="split")
+    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "split")))["step"] == 4
+    run(tmp_path, *args, "--resume", name="split")
+    assert metrics(tmp_path, "split") == metrics(tmp_path, "whole")
+    wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    if "head" in method:
+        head = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("split", "whole")]
+        assert torch.equal(head[0]["weight"], head[1]["weight"])
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(cache, tmp_path):
+    run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "1", "--save_total_limit", "2")
+    steps = sorted(int(d.split("-")[1]) for d in os.listdir(tmp_path / "run") if d.startswith("checkpoint-"))
+    n = json.loads((tmp_path / "run" / "summary.json").read_text())["steps"]
+    assert steps == [n - 1, n] and n >= 3
+
+
+def trainer_subprocess(args, env_extra=None, code=None):
+    """`python train.py ARGS` (or `python -c CODE ARGS`) on the tiny task in the test session's cache."""
+    cmd = [sys.executable, "train.py"] if code is None else [sys.executable, "-c", code]
+    return subprocess.Popen([*cmd, "--data", "embedded-tiny", "--no-final_check", *args], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env_extra or {})))
+
+
+def test_killed_while_saving_resumes_from_the_previous_checkpoint(cache, tmp_path):
+    # a real SIGKILL in the middle of writing checkpoint-4 (after the weights, before trainer_state.pt): the
+    # half-written directory is never picked; --resume continues from checkpoint-2 to the uninterrupted result
+    args = ["--method", "dpo", "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--eval_every", "0"]
+    run(tmp_path, *args, name="whole")
+    kill_on_step_4 = (
+        "import os, signal, sys, torch, checkpoint\n"
+        "real = torch.save\n"
+        "def save(obj, path, *a, **k):\n"
+        "    if str(path).endswith('trainer_state.pt') and 'checkpoint-4' in str(path):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(obj, path, *a, **k)\n"
+        "checkpoint.torch.save = save\n"
+        "import train\ntrain.main(sys.argv[1:])\n")
+    p = trainer_subprocess([*args, "--out", str(tmp_path / "killed")], code=kill_on_step_4)
+    p.communicate(timeout=600)
+    assert p.returncode == -signal.SIGKILL
+    assert os.path.isdir(tmp_path / "killed" / "checkpoint-4.tmp")
+    assert checkpoint.latest(str(tmp_path / "killed")).endswith("checkpoint-2")
+    run(tmp_path, *args, "--resume", name="killed")
+    assert metrics(tmp_path, "killed") == metrics(tmp_path, "whole")
+    assert not os.path.exists(tmp_path / "killed" / "checkpoint-4.tmp")
+
+
+def test_sigterm_saves_prints_the_resume_command_and_resumes_exactly(cache, tmp_path):
+    # a real SIGTERM to a training process: it finishes its step, saves, prints the command that resumes, and
+    # exits 128 + 15; running that command gives the uninterrupted run's metrics and weights
+    args = ["--method", "drdo", "--student_reward", "head", "--epochs", "40", "--lr", "1e-4", "--save_every", "1000",
+            "--eval_every", "0", "--batch_size", "4", "--micro_batch_size", "4"]
+    p = trainer_subprocess([*args, "--out", str(tmp_path / "term")])
+    log = tmp_path / "term" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+    command = out.split("Resume with:\n")[1].splitlines()[0].strip()
+    stopped_at = len(log.read_text().splitlines())
+    assert checkpoint.latest(str(tmp_path / "term")).endswith(f"checkpoint-{stopped_at}")
+    assert command.startswith("python train.py ") and command.endswith(" --resume")
+    r = subprocess.run(command.replace("python", sys.executable, 1).split(), cwd=HERE, capture_output=True,
+                       text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-2000:]
+    run(tmp_path, *args, name="whole")
+    assert metrics(tmp_path, "term") == metrics(tmp_path, "whole")
+    wa, wb = weights(tmp_path, "term"), weights(tmp_path, "whole")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Failures: one clear message each, nothing lost
+# ------------------------------------------------------------------------------------------------------------
+def test_resume_with_nothing_to_resume_names_the_directory(cache, tmp_path):
+    with pytest.raises(SystemExit, match=r"--resume: .*empty_run holds no complete checkpoint"):
+        run(tmp_path, "--method", "dpo", "--resume", name="empty_run")
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "trainer_state.pt", "tokenizer.json", "config.json"])
+def test_a_damaged_checkpoint_names_its_file_and_the_older_checkpoint(cache, tmp_path, damage):
+    run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2")
+    newest = checkpoint.latest(str(tmp_path / "run"))
+    path = os.path.join(newest, damage)
+    with open(path, "r+b") as f:                              # truncate the file to a third
+        f.truncate(os.path.getsize(path) // 3)
     with pytest.raises(SystemExit) as e:
-        run(tmp_path, *args)
-    assert message in str(e.value)
+        run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2", "--resume")
+    older = checkpoint.complete(str(tmp_path / "run"))[-2]
+    assert f"{damage}" in str(e.value) and f"--resume_from {older}" in str(e.value), str(e.value)
+    s = run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2", "--resume_from", older)
+    assert s["steps"] > int(older.rsplit("-", 1)[1])
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(cache, tmp_path, monkeypatch):
     real = train.compute_loss
     calls = {"n": 0}
 
-    def poisoned(cfg, model, batch):
-        losses, metrics, logps = real(cfg, model, batch)
+    def poisoned(cfg, model, batch, overrides=None):
+        losses, metrics_, logps = real(cfg, model, batch, overrides)
         calls["n"] += model.training                     # count training micro-batches only (not evaluation)
-        return (losses * float("nan") if calls["n"] > 3 else losses), metrics, logps
+        return (losses * float("nan") if calls["n"] > 3 else losses), metrics_, logps
     monkeypatch.setattr(train, "compute_loss", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 4 .*Last good checkpoint: .*checkpoint"):
+    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 4 .*Last good checkpoint: .*checkpoint-2"):
         train.train(train.resolve(train.Config(method="dpo", data="embedded-tiny", save_every=2, final_check=False,
                                                eval_every=0, out=str(tmp_path / "nan"))), log=lambda *_: None)
-    state = torch.load(tmp_path / "nan" / "checkpoint" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 2
+    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "nan")))["step"] == 2
 
 
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")])
+def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monkeypatch, error):
+    real = train.compute_loss
+    calls = {"n": 0}
+
+    def oom(cfg, model, batch, overrides=None):
+        calls["n"] += model.training
+        if calls["n"] > 3:
+            raise error
+        return real(cfg, model, batch, overrides)
+    monkeypatch.setattr(train, "compute_loss", oom)
+    with pytest.raises(SystemExit, match=r"out of memory at step 4 .*--micro_batch_size \(now 8.*--max_length.*"
+                                         r"last checkpoint: .*checkpoint-2"):
+        run(tmp_path, "--method", "dpo", "--save_every", "2")
+    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "run")))["step"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "dpox"], "unknown --method 'dpox'"),
+    (["--method", "dpo", "--batch_size", "6", "--micro_batch_size", "4"], "must be a positive multiple"),
+    (["--method", "dpo", "--batch_size", "0"], r"--batch_size must be in \[1, inf\); got 0"),
+    (["--method", "dpo", "--beta", "-0.1"], r"--beta must be in \(0, inf\); got -0.1"),
+    (["--method", "dpo", "--lr", "nan"], r"--lr must be in \[0, inf\); got nan"),
+    (["--method", "dpo", "--warmup", "1.5"], r"--warmup must be in \[0, 1\]; got 1.5"),
+    (["--method", "cdpo", "--label_smoothing", "0.5"], r"--label_smoothing must be in \[0, 0.5\)"),
+    (["--method", "dpo", "--epochs", "0"], r"--epochs must be in \(0, inf\)"),
+    (["--method", "dpo", "--save_total_limit", "0"], r"--save_total_limit must be in \[1, inf\)"),
+    (["--method", "dpo", "--max_length", "64", "--max_prompt_length", "63"], "leaves no room for a response"),
+    (["--method", "dpo", "--model", "opt-125m"], "Without internet, use one of"),
+    (["--method", "dpo", "--model", "no-such-org/no-such-model"], "Without internet, use one of"),
+    (["--method", "dpo", "--split", "hard"], "--split must be one of all, deterministic, nondeterministic"),
+    (["--method", "drdo", "--score", "margin"], "--score must be one of"),
+    (["--method", "edpo", "--aggregate", "max"], "--aggregate must be one of"),
+    (["--method", "drdo", "--student_reward", "logprob"], "--student_reward must be one of"),
+    (["--method", "dpo", "--flip", "40"], r"--flip must be in \[0, 1\]; got 40"),
+    (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
+    (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
+    (["--method", "dpo", "--resume_from", "no/such/dir"], "--resume_from no/such/dir: no such directory"),
+])
+def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, *args)
+    assert e.value.code != 0
+    import re
+    assert re.search(message, str(e.value)), str(e.value)
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_every_numeric_option_has_a_range():
+    from dataclasses import fields
+    from config import LIMITS
+    numeric = {f.name for f in fields(train.Config) if f.type in (int, float, "int", "float")}
+    assert numeric == set(LIMITS), numeric ^ set(LIMITS)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The real command line, checkpoints usable elsewhere, the benchmark
+# ------------------------------------------------------------------------------------------------------------
 def test_checkpoint_loads_with_automodel_and_cli_runs(cache, tmp_path):
     # the real entry point, in a subprocess, including the final gold check against pi_ref's cached samples
     out = tmp_path / "cli"
@@ -195,15 +444,15 @@ def test_checkpoint_loads_with_automodel_and_cli_runs(cache, tmp_path):
                         "0.5", "--out", str(out)], cwd=HERE, capture_output=True, text=True,
                        env=dict(os.environ, DRDO_CACHE=cache))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "held-out check" in r.stdout
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
-    assert model.config.vocab_size == 512
-    with open(out / "checkpoint" / "train_config.json") as f:
-        assert json.load(f)["method"] == "simpo"
     summary = json.loads((out / "summary.json").read_text())
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
+    assert model.config.vocab_size == 512
+    with open(os.path.join(summary["checkpoint"], "train_config.json")) as f:
+        assert json.load(f)["method"] == "simpo"
     fc = summary["final_check"]
-    assert fc["win"] + fc["tie"] + fc["loss"] == pytest.approx(1.0)
+    # the printed line carries the summary's own numbers
+    assert f"gain {fc['gain']:+.3f} +- {fc['gain_se']:.3f}" in r.stdout
 
 
 def test_benchmark_prints_consistent_numbers(cache, tmp_path, capsys):
@@ -222,4 +471,5 @@ def test_a_local_file_with_a_model_directory(cache, tiny_task, tmp_path):
     common.write_jsonl([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows], str(path))
     s = train.main(["--method", "dpo", "--data", str(path), "--model", tiny_task["reference"], "--epochs", "1",
                     "--out", str(tmp_path / "file")])
-    assert s["steps"] == math.ceil(36 / 8) and "final_check" not in s     # 36 train pairs; no gold to check
+    assert s["train_pairs"] == 36 and s["steps"] == math.ceil(s["train_examples"] / 8)
+    assert "final_check" not in s                                         # no gold to check

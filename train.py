@@ -32,7 +32,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 
 import torch
 from tqdm.auto import tqdm
@@ -42,96 +42,23 @@ import data
 import evaluate
 import oracle
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
+from config import Config, resolve, resume_command
 from losses import LOSSES, completion_lengths
 from models import add_reward_head, load_model, pair_logps
-
-# Values a string option may take (checked before any work starts, whatever the method).
-CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
-           "aggregate": ("batch_min", "example_min", "mean"),
-           "student_reward": ("implicit-sum", "implicit-mean", "head")}
-
-
-@dataclass
-class Config:
-    # --- what to train ---------------------------------------------------------------------------------------
-    method: str = "drdo"           # a name in losses.LOSSES: dpo cdpo rdpo ipo hinge simpo orpo distill edpo pdpo drdo sft
-    model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
-    data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, a .jsonl/.json/.parquet/.csv, a hub id
-    ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
-    oracle_model: str = ""         # Oracle backbone; empty = --model
-    # --- data condition --------------------------------------------------------------------------------------
-    split: str = "all"             # all | deterministic | nondeterministic (top / bottom tercile of |gold margin|)
-    flip: float = 0.0              # share of training pairs whose labels are swapped (label noise; 0, 0.2, 0.4)
-    max_pairs: int = 0             # use at most this many training pairs (0 = all)
-    max_length: int = 128          # prompt + response tokens (512-1024 for real data)
-    max_prompt_length: int = 64    # prompt tokens kept (its end) when a pair is too long
-    # --- loss hyper-parameters (each method reads the ones it needs) -----------------------------------------
-    beta: float = 0.1              # KL strength of the DPO family (0.01-0.5)
-    label_smoothing: float = 0.1   # cdpo / rdpo: assumed label-flip rate (0-0.5)
-    kl_coef: float = 0.1           # edpo / pdpo: weight of the forward-KL term (0-1)
-    aggregate: str = "batch_min"   # edpo: batch_min | example_min | mean over ensemble members
-    ensemble: int = 0              # Oracle members; 0 = 3 for edpo, 1 otherwise
-    simpo_beta: float = 2.0        # simpo: reward scale (2-10)
-    simpo_gamma: float = 1.0       # simpo: target margin (0.5-1.5)
-    orpo_beta: float = 0.1         # orpo: weight of the odds-ratio term (0.1-1)
-    alpha: float = 1.0             # drdo: weight of the focal preference term (0 = distillation only; 0.1-1)
-    gamma: float = 2.0             # drdo: focal exponent (0 = plain log-loss; 1-5)
-    score: str = "unlikelihood"    # drdo: inner score z: unlikelihood | likelihood | odds (README deviation 5)
-    student_reward: str = "implicit-sum"  # drdo: implicit-sum (beta_r * S) | implicit-mean (beta_r * Sbar) | head
-    beta_r: float = 0.1            # drdo: scale of the implicit student reward r = beta_r * log pi(y|x)
-    distill_weight: float = 1.0    # drdo: weight of the reward-distillation term (0 = preference term only)
-    oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
-    oracle_epochs: int = 3         # Oracle: passes over the training pairs
-    oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
-    # --- optimisation ----------------------------------------------------------------------------------------
-    lr: float = 0.0                # AdamW learning rate; 0 = 1e-4 for embedded/tiny models, 1e-6 for pretrained ones
-    batch_size: int = 8            # pairs per optimizer step
-    micro_batch_size: int = 8      # pairs per forward pass; batch_size / micro_batch_size = accumulation steps
-    epochs: float = 2.0            # passes over the training pairs (DPO collapses past ~3 on the embedded task)
-    warmup: float = 0.1            # share of steps with linear warmup, then cosine decay to 0
-    weight_decay: float = 0.0      # AdamW weight decay
-    max_grad_norm: float = 1.0     # gradient clipping (0 = off)
-    bf16: bool = False             # bf16 autocast; always on with CUDA, opt-in on CPU (50x slower on AVX2 CPUs)
-    seed: int = 0                  # data order, initialisation of new heads, label flips
-    # --- outputs ---------------------------------------------------------------------------------------------
-    out: str = ""                  # run directory; empty = runs/<method>-<model>-<data>-<split>-flip<p>-s<seed>
-    eval_every: int = 50           # evaluate on held-out pairs every N steps (0 = only at the end)
-    save_every: int = 50           # checkpoint every N steps (always at the end)
-    resume: bool = False           # continue from <out>/checkpoint
-    final_check: bool = True       # embedded task: sample held-out prompts and compare with pi_ref by gold reward
-    stop_after: int = 0            # testing aid: stop (as if killed) after this many steps, without a final save
-
-
-def resolve(cfg):
-    """Fill the defaults that depend on other fields, and reject impossible combinations with one clear error."""
-    if cfg.method not in LOSSES:
-        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}")
-    if cfg.batch_size < 1 or cfg.micro_batch_size < 1 or cfg.batch_size % cfg.micro_batch_size:
-        raise ValueError(f"--batch_size {cfg.batch_size} must be a positive multiple of --micro_batch_size "
-                         f"{cfg.micro_batch_size} (accumulation steps = batch_size / micro_batch_size)")
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
-    if not 0.0 <= cfg.flip <= 1.0:
-        raise ValueError(f"--flip is a share of pairs, in [0, 1]; got {cfg.flip}")
-    small = cfg.model in ("embedded", "tiny")
-    lr = cfg.lr or (1e-4 if small else 1e-6)
-    ensemble = cfg.ensemble or (3 if cfg.method == "edpo" else 1)
-    out = cfg.out or os.path.join("runs", f"{cfg.method}-{os.path.basename(cfg.model.rstrip('/'))}-"
-                                          f"{os.path.basename(cfg.data)}-{cfg.split}-flip{cfg.flip:g}-s{cfg.seed}")
-    return replace(cfg, lr=lr, ensemble=ensemble, out=out)
 
 
 # ============================================================================================================
 # 1-3) Data, Oracle scores, cached reference log-probs
 # ============================================================================================================
 def prepare_data(cfg, log=print):
-    """-> (train_ds, test_ds, task): the pairs with the run's condition applied and, when the method consumes
-    them, Oracle scores; task is the embedded task's dict (None for other data)."""
+    """-> (train_ds, test_ds, task, oracle members): the pairs with the run's condition applied and, when the
+    method consumes them, Oracle scores (members: the Oracle directories, else []); task is the embedded
+    task's dict (None for other data)."""
     train_ds, test_ds, task = data.load_splits(cfg.data, seed=cfg.seed, log=log)
     train_ds = data.apply_condition(train_ds, cfg.split, cfg.flip, cfg.max_pairs, seed=cfg.seed)
     log(f"data: {len(train_ds)} training pairs ({cfg.data}, split {cfg.split}, {cfg.flip:.0%} labels flipped), "
         f"{len(test_ds)} held-out pairs")
+    members = []
     if LOSSES[cfg.method].needs_oracle:
         ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, alpha=cfg.oracle_alpha,
                                    ensemble=cfg.ensemble, epochs=cfg.oracle_epochs, lr=cfg.oracle_lr,
@@ -139,7 +66,7 @@ def prepare_data(cfg, log=print):
         members, _ = oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)
         train_ds = oracle.score_dataset(members, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
         test_ds = oracle.score_dataset(members, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
-    return train_ds, test_ds, task
+    return train_ds, test_ds, task, members
 
 
 def autocast(cfg, device):
@@ -323,11 +250,14 @@ def train(cfg, log=print):
         json.dump(asdict(cfg), f, indent=1)
 
     # 1-2) data (and Oracle scores)
-    train_ds, test_ds, task = prepare_data(cfg, log)
+    train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
     task_ref = task and task["reference"]
-    ckpt = checkpoint.latest(cfg.out) if cfg.resume else None
+    ckpt = cfg.resume_from or (checkpoint.latest(cfg.out) if cfg.resume else None)
     if cfg.resume and ckpt is None:
-        log(f"--resume: no checkpoint in {cfg.out}; starting from scratch")
+        raise ValueError(f"--resume: {cfg.out} holds no complete checkpoint (checkpoint-<step> with "
+                         f"{checkpoint.STATE_FILE}); run without --resume to start from the beginning")
+    if ckpt:
+        checkpoint.verify(ckpt)
     log(f"policy: {ckpt or cfg.model}")
     model, tokenizer = load_policy(cfg, ckpt, task_ref, device)
     train_ex, _ = data.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
@@ -352,6 +282,12 @@ def train(cfg, log=print):
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         log(f"resumed from {ckpt} at step {step}")
+
+    def save():
+        return checkpoint.save(cfg.out, model, tokenizer, config=asdict(cfg), keep=cfg.save_total_limit,
+                               trainer_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                              "step": step, "rng": {"torch": torch.get_rng_state(),
+                                                                    "python": random.getstate()}})
     log(f"training: {cfg.method}, {len(train_ex)} pairs, {len(plan)} steps of {cfg.batch_size} pairs "
         f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}), lr {cfg.lr:g}, "
         f"{'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}")
@@ -364,64 +300,73 @@ def train(cfg, log=print):
                        if step == 0 else None)
     bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None)
     last = {}
-    while step < len(plan):
-        window = plan[step]
-        n_pairs = sum(len(m) for m in window)
-        model.train()
-        sums = {}
-        for micro in window:
-            batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
-            # 1) policy log-probs (+ head rewards) and 2) the loss; the reference log-probs come from the cache
-            with autocast(cfg, device):
-                losses, metrics, logps = compute_loss(cfg, model, batch)
-            # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's gradient
-            # is then that of the mean over its pairs, whatever the micro-batch split (and a short last window
-            # is averaged over its own pairs). With equal micro-batches this is "mean / micro-batches".
-            loss = losses.float().sum() / n_pairs
-            if not torch.isfinite(loss):
-                good = checkpoint.latest(cfg.out)
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) at step {step + 1} of {cfg.method}; nothing was saved for this "
-                    f"step. Last good checkpoint: {good or 'none yet'} (resume with --resume). Try a lower --lr "
-                    f"(now {cfg.lr:g}) or --beta, or --max_grad_norm 1.0.")
-            loss.backward()
-            for k, v in metric_sums(metrics, losses.float(), logps).items():
-                sums[k] = sums.get(k, 0.0) + v
-        # 3) step
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        # 4) log
-        last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
-                **{k: v / n_pairs for k, v in sums.items()},
-                "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
-        if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
-            last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device))
-            with autocast(cfg, device):      # each term's pull on the weights, on the step's first micro-batch
-                last.update(term_grad_norms(cfg, model, to_device(
-                    collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device)))
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(last) + "\n")
-        bar.update()
-        bar.set_postfix(loss=f"{last['loss']:.3f}",
-                        **({"margin": f"{last['rewards/margins']:.2f}"} if "rewards/margins" in last else {}))
-        if cfg.stop_after and step >= cfg.stop_after:
-            bar.close()
-            log(f"--stop_after {cfg.stop_after}: stopping as if killed (last checkpoint kept)")
-            return {"stopped_at": step}
-        if step % cfg.save_every == 0 or step == len(plan):
-            checkpoint.save(cfg.out, model, tokenizer, config=asdict(cfg), trainer_state={
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+    with checkpoint.stop_requests() as stop:
+        while step < len(plan):
+            window = plan[step]
+            n_pairs = sum(len(m) for m in window)
+            model.train()
+            sums = {}
+            for micro in window:
+                batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
+                try:
+                    # 1) policy log-probs (+ head rewards) and 2) the loss; reference log-probs come from the cache
+                    with autocast(cfg, device):
+                        losses, metrics, logps = compute_loss(cfg, model, batch)
+                    # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's
+                    # gradient is then that of the mean over its pairs, whatever the micro-batch split (and a short
+                    # last window is averaged over its own pairs). Equal micro-batches: "mean / micro-batches".
+                    loss = losses.float().sum() / n_pairs
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss ({loss.item()}) at step {step + 1} of {cfg.method}; nothing was saved "
+                            f"for this step. Last good checkpoint: {checkpoint.latest(cfg.out) or 'none yet'} "
+                            f"(resume with --resume). Try a lower --lr (now {cfg.lr:g}) or --beta, or --max_grad_norm 1.0.")
+                    loss.backward()
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    raise MemoryError(out_of_memory_message(cfg, batch, step)) from None
+                for k, v in metric_sums(metrics, losses.float(), logps).items():
+                    sums[k] = sums.get(k, 0.0) + v
+            # 3) step
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            # 4) log
+            last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
+                    **{k: v / n_pairs for k, v in sums.items()},
+                    "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
+            if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
+                last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device))
+                with autocast(cfg, device):      # each term's pull on the weights, on the step's first micro-batch
+                    last.update(term_grad_norms(cfg, model, to_device(
+                        collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device)))
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            bar.update()
+            bar.set_postfix(loss=f"{last['loss']:.3f}",
+                            **({"margin": f"{last['rewards/margins']:.2f}"} if "rewards/margins" in last else {}))
+            if cfg.stop_after and step >= cfg.stop_after:
+                bar.close()
+                log(f"--stop_after {cfg.stop_after}: stopping as if killed (last checkpoint kept)")
+                return {"stopped_at": step}
+            if step % cfg.save_every == 0 or step == len(plan) or stop["signal"]:
+                path = save()
+            if stop["signal"]:
+                bar.close()
+                log(f"stopped by signal {stop['signal']} after step {step}; saved {path}. Resume with:\n"
+                    f"  {resume_command(cfg)}")
+                raise SystemExit(128 + stop["signal"])
     bar.close()
     objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
     if objective_start is not None:
         log(f"{cfg.method} loss on {len(probe)} training pairs: {objective_start:.4f} before, {objective_end:.4f} after")
     summary = {"method": cfg.method, "steps": step, "final": last, "reference_built": info.needs_reference,
+               "train_pairs": len(train_ds), "train_examples": len(train_ex), "oracle": oracle_members,
                "objective_start": objective_start, "objective_end": objective_end,
-               "train_seconds": round(time.time() - t_start, 1), "checkpoint": os.path.join(cfg.out, "checkpoint")}
+               "train_seconds": round(time.time() - t_start, 1), "checkpoint": checkpoint.latest(cfg.out)}
 
     # 5) the check a user wants to see: did the policy move towards higher gold reward than pi_ref?
     if cfg.final_check and task is not None:
@@ -429,6 +374,22 @@ def train(cfg, log=print):
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def is_out_of_memory(error):
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError whose message says so)."""
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text or \
+        "not enough memory" in text or "out of memory" in text
+
+
+def out_of_memory_message(cfg, batch, step):
+    rows, T = batch["input_ids"].shape
+    return (f"out of memory at step {step + 1} on a micro-batch of {rows // 2} pairs x {T} tokens. Use less memory "
+            f"per forward pass: a smaller --micro_batch_size (now {cfg.micro_batch_size}; keep --batch_size "
+            f"{cfg.batch_size}, gradient accumulation makes up the rest), a smaller --max_length (now "
+            f"{cfg.max_length}) or --max_prompt_length. Nothing was saved for this step; last checkpoint: "
+            f"{checkpoint.latest(cfg.out) or 'none yet'} (continue from it with --resume).")
 
 
 def main(argv=None):
@@ -441,7 +402,7 @@ def main(argv=None):
     print(json.dumps(asdict(cfg), indent=1))
     try:
         return train(cfg)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, MemoryError) as e:
         sys.exit(f"error: {e}")
 
 

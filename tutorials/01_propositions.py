@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 sys.path.insert(0, str(HERE.parent))          # so that `import losses` finds the repository root
-from losses import distill_loss, dpo_loss, drdo_loss, focal_preference_loss, ipo_loss, oracle_loss  # noqa: E402
+from losses import distill_loss, dpo_loss, drdo_loss, ipo_loss, oracle_loss  # noqa: E402
 
 # QUICK=1 runs a reduced version (fewer seeds and steps); the tests use it.
 QUICK = os.environ.get("TUTORIAL_QUICK", "0") == "1"

@@ -1,0 +1,119 @@
+"""The options of a training run: one @dataclass whose field comments are the --help text, the valid range or
+values of every option, and the defaults that depend on other options. train.py, bench.py and the tutorials
+build their runs from it; `python train.py --help` prints it.
+
+Every option is checked by `resolve` before any work starts (one message naming the flag, the value and
+the range); `resume_command` turns a resolved config back into the command line that continues its run.
+"""
+import os
+from dataclasses import asdict, dataclass, replace
+
+from common import check_ranges
+from losses import LOSSES
+
+
+# Valid ranges of the numeric options ("[" inclusive, "(" exclusive; common.check_ranges), and the values a
+# string option may take: all checked before any work starts, whatever the method.
+LIMITS = {
+    "flip": "[0, 1]", "max_pairs": "[0, inf)", "max_length": "[2, inf)", "max_prompt_length": "[1, inf)",
+    "beta": "(0, inf)", "label_smoothing": "[0, 0.5)", "kl_coef": "[0, inf)", "ensemble": "[0, inf)",
+    "simpo_beta": "(0, inf)", "simpo_gamma": "[0, inf)", "orpo_beta": "[0, inf)", "alpha": "[0, inf)",
+    "gamma": "[0, inf)", "beta_r": "(0, inf)", "distill_weight": "[0, inf)", "oracle_alpha": "[0, inf)",
+    "oracle_epochs": "[1, inf)", "oracle_lr": "(0, inf)", "lr": "[0, inf)", "batch_size": "[1, inf)",
+    "micro_batch_size": "[1, inf)", "epochs": "(0, inf)", "warmup": "[0, 1]", "weight_decay": "[0, inf)",
+    "max_grad_norm": "[0, inf)", "seed": "[0, inf)", "eval_every": "[0, inf)", "save_every": "[1, inf)",
+    "save_total_limit": "[1, inf)", "stop_after": "[0, inf)",
+}
+# Values a string option may take.
+CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
+           "aggregate": ("batch_min", "example_min", "mean"),
+           "student_reward": ("implicit-sum", "implicit-mean", "head")}
+
+
+@dataclass
+class Config:
+    # --- what to train ---------------------------------------------------------------------------------------
+    method: str = "drdo"           # a name in losses.LOSSES: dpo cdpo rdpo ipo hinge simpo orpo distill edpo pdpo drdo sft
+    model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
+    data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, a .jsonl/.json/.parquet/.csv, a hub id
+    ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
+    oracle_model: str = ""         # Oracle backbone; empty = --model
+    # --- data condition --------------------------------------------------------------------------------------
+    split: str = "all"             # all | deterministic | nondeterministic (top / bottom tercile of |gold margin|)
+    flip: float = 0.0              # share of training pairs whose labels are swapped (label noise; 0, 0.2, 0.4)
+    max_pairs: int = 0             # use at most this many training pairs (0 = all)
+    max_length: int = 128          # prompt + response tokens (512-1024 for real data)
+    max_prompt_length: int = 64    # prompt tokens kept (its end) when a pair is too long
+    # --- loss hyper-parameters (each method reads the ones it needs) -----------------------------------------
+    beta: float = 0.1              # KL strength of the DPO family (0.01-0.5)
+    label_smoothing: float = 0.1   # cdpo / rdpo: assumed label-flip rate (0-0.5)
+    kl_coef: float = 0.1           # edpo / pdpo: weight of the forward-KL term (0-1)
+    aggregate: str = "batch_min"   # edpo: batch_min | example_min | mean over ensemble members
+    ensemble: int = 0              # Oracle members; 0 = 3 for edpo, 1 otherwise
+    simpo_beta: float = 2.0        # simpo: reward scale (2-10)
+    simpo_gamma: float = 1.0       # simpo: target margin (0.5-1.5)
+    orpo_beta: float = 0.1         # orpo: weight of the odds-ratio term (0.1-1)
+    alpha: float = 1.0             # drdo: weight of the focal preference term (0 = distillation only; 0.1-1)
+    gamma: float = 2.0             # drdo: focal exponent (0 = plain log-loss; 1-5)
+    score: str = "unlikelihood"    # drdo: inner score z: unlikelihood | likelihood | odds (README deviation 5)
+    student_reward: str = "implicit-sum"  # drdo: implicit-sum (beta_r * S) | implicit-mean (beta_r * Sbar) | head
+    beta_r: float = 0.1            # drdo: scale of the implicit student reward r = beta_r * log pi(y|x)
+    distill_weight: float = 1.0    # drdo: weight of the reward-distillation term (0 = preference term only)
+    oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
+    oracle_epochs: int = 3         # Oracle: passes over the training pairs
+    oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
+    # --- optimisation ----------------------------------------------------------------------------------------
+    lr: float = 0.0                # AdamW learning rate; 0 = 1e-4 for embedded/tiny models, 1e-6 for pretrained ones
+    batch_size: int = 8            # pairs per optimizer step
+    micro_batch_size: int = 8      # pairs per forward pass; batch_size / micro_batch_size = accumulation steps
+    epochs: float = 2.0            # passes over the training pairs (DPO collapses past ~3 on the embedded task)
+    warmup: float = 0.1            # share of steps with linear warmup, then cosine decay to 0
+    weight_decay: float = 0.0      # AdamW weight decay
+    max_grad_norm: float = 1.0     # gradient clipping (0 = off)
+    bf16: bool = False             # bf16 autocast; always on with CUDA, opt-in on CPU (50x slower on AVX2 CPUs)
+    seed: int = 0                  # data order, initialisation of new heads, label flips
+    # --- outputs ---------------------------------------------------------------------------------------------
+    out: str = ""                  # run directory; empty = runs/<method>-<model>-<data>-<split>-flip<p>-s<seed>
+    eval_every: int = 50           # evaluate on held-out pairs every N steps (0 = only at the end)
+    save_every: int = 50           # checkpoint every N steps (always at the end)
+    resume: bool = False           # continue from the latest complete checkpoint in --out (an error if there is none)
+    resume_from: str = ""          # continue from this checkpoint directory instead (e.g. an older one)
+    save_total_limit: int = 2      # keep the newest K checkpoints (<out>/checkpoint-<step>); older ones are deleted
+    final_check: bool = True       # embedded task: sample held-out prompts and compare with pi_ref by gold reward
+    stop_after: int = 0            # testing aid: stop (as if killed) after this many steps, without a final save
+
+
+def resolve(cfg, limits=LIMITS):
+    """Fill the defaults that depend on other fields, and reject impossible combinations with one clear error.
+    `limits`: the range table (a command that adds options to Config passes its own, extended one)."""
+    if cfg.method not in LOSSES:
+        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}")
+    check_ranges(cfg, limits)
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} must be a positive multiple of --micro_batch_size "
+                         f"{cfg.micro_batch_size} (accumulation steps = batch_size / micro_batch_size)")
+    if cfg.max_prompt_length > cfg.max_length - 2:
+        raise ValueError(f"--max_prompt_length {cfg.max_prompt_length} leaves no room for a response in "
+                         f"--max_length {cfg.max_length}; use max_prompt_length <= max_length - 2")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if cfg.resume_from and not os.path.isdir(cfg.resume_from):
+        raise ValueError(f"--resume_from {cfg.resume_from}: no such directory")
+    small = cfg.model in ("embedded", "tiny")
+    lr = cfg.lr or (1e-4 if small else 1e-6)
+    ensemble = cfg.ensemble or (3 if cfg.method == "edpo" else 1)
+    out = cfg.out or os.path.join("runs", f"{cfg.method}-{os.path.basename(cfg.model.rstrip('/'))}-"
+                                          f"{os.path.basename(cfg.data)}-{cfg.split}-flip{cfg.flip:g}-s{cfg.seed}")
+    return replace(cfg, lr=lr, ensemble=ensemble, out=out)
+
+
+def resume_command(cfg):
+    """The command line that continues this run: every option that differs from its default, plus --resume."""
+    default = Config()
+    args = []
+    for name, value in asdict(cfg).items():
+        if name in ("resume", "resume_from", "stop_after") or value == getattr(default, name):
+            continue
+        args += [f"--{name}" if value is True else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return "python train.py " + " ".join(args) + " --resume"
