@@ -3,7 +3,7 @@
 A checkpoint is one directory, `<out>/checkpoint`:
     model.safetensors, config.json, tokenizer files   the policy (loads with AutoModelForCausalLM)
     reward_head.pt                                     DRDO's head student, when the policy carries one
-    trainer_state.pt                                   optimizer, scheduler, RNG states and step
+    trainer_state.pt                                   optimizer, scheduler, RNG states, step, running means
     train_config.json                                  the run's resolved config
 It is built in `checkpoint.tmp`, then swapped in: the old one is renamed `checkpoint.old`, the new one
 renamed into place, and `checkpoint.old` deleted. A crash at any moment leaves at least one complete
@@ -47,7 +47,7 @@ def latest(out):
 
 
 def load_state(path):
-    """The trainer state of a checkpoint (optimizer, scheduler, RNG, step)."""
+    """The trainer state of a checkpoint (optimizer, scheduler, RNG, step, the sums behind running means)."""
     return torch.load(os.path.join(path, STATE_FILE), weights_only=False)
 
 

@@ -946,6 +946,11 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 #     "oracle_members"  every ensemble member's rewards: (K, B) each (e-DPO's pessimism needs them all)
 #     "student"         DRDO's student rewards r(x, y_w), r(x, y_l); train.py's --student_reward says which
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
+# `running` maps a keyword argument to one of the function's OWN metrics: train.py passes, as that keyword, the
+#     mean of the metric over every training pair of the previous optimizer steps (nothing before the first
+#     step, so the function's default applies), kept in its state and saved in the checkpoint, so a resumed
+#     run is exact. The value is constant within a step, so gradient accumulation stays exact. It is how a
+#     loss with state across steps stays a pure function: BCO's reward shift, {"delta": "reward_mean"}.
 # Adding a loss = a function above + an entry here (+ a Config field for a new hyper-parameter).
 # ============================================================================================================
 @dataclass(frozen=True)
@@ -954,6 +959,7 @@ class LossInfo:
     inputs: tuple                  # names of the tensor pairs, in call order (see above)
     average_logps: bool            # True: token-averaged Sbar for "policy" and "reference"; False: summed S
     hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
+    running: dict = field(default_factory=dict)   # keyword of fn -> metric of fn whose running mean fills it
 
     @property
     def needs_reference(self):
@@ -981,4 +987,18 @@ LOSSES = {
     "drdo":    LossInfo(drdo_loss, ("student", "oracle", "policy"), True,
                         {"alpha": "alpha", "gamma": "gamma", "score": "score"}),
     "sft":     LossInfo(sft_loss, _POL, True),
+    "nca":       LossInfo(nca_loss, _REF, False, {"beta": "beta"}),
+    "apo_zero":  LossInfo(apo_zero_loss, _REF, False, {"beta": "beta"}),
+    "apo_down":  LossInfo(apo_down_loss, _REF, False, {"beta": "beta"}),
+    "sppo_hard": LossInfo(sppo_hard_loss, _REF, False, {"beta": "beta"}),
+    "exo":       LossInfo(exo_loss, _REF, False, {"beta": "beta", "epsilon": "exo_epsilon"}),
+    # delta <- running mean of the loss's own reward_mean = (r_w + r_l) / 2 (README deviation 18)
+    "bco_pair":  LossInfo(bco_pair_loss, _REF, False, {"beta": "beta"}, running={"delta": "reward_mean"}),
+    "discopop":  LossInfo(discopop_loss, _REF, False, {"beta": "beta", "tau": "discopop_tau"}),
+    "fdpo":      LossInfo(fdpo_loss, _REF, False,
+                          {"beta": "beta", "divergence": "fdpo_divergence", "alpha": "fdpo_alpha"}),
+    "cpo":       LossInfo(cpo_loss, _POL, False, {"beta": "beta", "alpha": "cpo_alpha"}),
+    # z_ref is not filled: kto_loss estimates it from each micro-batch, detached (README deviation 22)
+    "kto":       LossInfo(kto_loss, _REF, False, {"beta": "beta", "desirable_weight": "kto_desirable_weight",
+                                                  "undesirable_weight": "kto_undesirable_weight"}),
 }

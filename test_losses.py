@@ -769,6 +769,13 @@ def test_kto_estimates_z_ref_from_the_batch_without_gradient():
     torch.testing.assert_close(g_none[1], 0.1 * sprime(0.1 * (rl - z)))
 
 
+def test_kto_registry_entry_leaves_z_ref_to_the_function():
+    # train.py fills only the entry's hparams: z_ref is not one, so training uses the detached batch estimate
+    assert "z_ref" not in LOSSES["kto"].hparams and not LOSSES["kto"].running
+    import inspect
+    assert inspect.signature(kto_loss).parameters["z_ref"].default is None
+
+
 def test_losses_that_cannot_be_finite_at_the_extremes():
     # The generic test below checks every registry entry at its defaults at |beta h| = 1000. These forms are NOT
     # finite there by construction (their derivations say why), and this pins what they do instead:
@@ -843,6 +850,30 @@ def test_every_loss_against_a_fresh_rederivation():
     cases["drdo"] = (drdo_loss(c["rw"], c["rl"], c["Rw"], c["Rl"], c["ac"], c["ar"], alpha=0.6, gamma=1.5)[0],
                      ((c["Rw"] - c["Rl"]) - (c["rw"] - c["rl"])) ** 2 - 0.6 * (1 - p_u) ** 1.5 * torch.log(p_u))
     cases["sft"] = (sft_loss(c["ac"], c["ar"])[0], -c["ac"])
+    rw, rl = c["pc"] - c["rc"], c["pr"] - c["rr"]                      # rho(y_w), rho(y_l)
+    p, eps, d, tau, a = sig(b * h), 0.02, 0.2, 0.05, 0.05   # a small: exp(-a rho) stays moderate for naive logs
+    z_kto = torch.clamp(((rw + rl) / 2).mean(), min=0)
+    four = (c["pc"], c["pr"], c["rc"], c["rr"])
+    cases.update({
+        "nca": (nca_loss(*four, beta=b)[0],
+                -torch.log(sig(b * rw)) - 0.5 * torch.log(sig(-b * rw)) - 0.5 * torch.log(sig(-b * rl))),
+        "apo_zero": (apo_zero_loss(*four, beta=b)[0], -sig(b * rw) + sig(b * rl)),
+        "apo_down": (apo_down_loss(*four, beta=b)[0], sig(b * rw) - sig(b * rw - b * rl)),
+        "sppo_hard": (sppo_hard_loss(*four, beta=b)[0], (rw - 1 / (2 * b)) ** 2 + (rl + 1 / (2 * b)) ** 2),
+        "exo": (exo_loss(*four, beta=b, epsilon=eps)[0],
+                p * torch.log(p / (1 - eps)) + (1 - p) * torch.log((1 - p) / eps)),
+        "bco_pair": (bco_pair_loss(*four, beta=b, delta=d)[0],
+                     -torch.log(sig(b * rw - d)) - torch.log(sig(-(b * rl - d)))),
+        "discopop": (discopop_loss(*four, beta=b, tau=tau)[0],
+                     (1 - sig(b * h / tau)) * torch.log(1 + torch.exp(-b * h))
+                     + sig(b * h / tau) * torch.exp(-b * h)),
+        "fdpo": (fdpo_loss(*four, beta=b, divergence="alpha_divergence", alpha=a)[0],
+                 -torch.log(sig(b * ((1 - torch.exp(rw) ** -a) / a - (1 - torch.exp(rl) ** -a) / a)))),
+        "cpo": (cpo_loss(c["pc"], c["pr"], beta=b, alpha=0.7)[0],
+                -torch.log(sig(b * c["pc"] - b * c["pr"])) - 0.7 * c["pc"]),
+        "kto": (kto_loss(*four, beta=b, desirable_weight=1.0, undesirable_weight=1.5)[0],
+                (1 - sig(b * (rw - z_kto))) + 1.5 * (1 - sig(b * (z_kto - rl)))),
+    })
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
         torch.testing.assert_close(ours, fresh, msg=lambda m, n=name: f"{n}: {m}")
@@ -880,6 +911,9 @@ def test_metrics_detached_and_frozen_inputs_get_no_gradient(name):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("extreme", ["beta_h_plus_1000", "beta_h_minus_1000", "logps_near_0", "logps_near_-1000"])
 def test_every_loss_is_finite_at_extremes(name, extreme):
+    # Every entry at its function's defaults. The forms that cannot be finite here by construction (f-DPO's
+    # forward_kl / alpha_divergence, DiscoPOP with tau > 1) are not registry defaults; they are pinned in
+    # test_losses_that_cannot_be_finite_at_the_extremes.
     B = 3
     base = {k: v.float() for k, v in _random_case(B=B).items() if k != "Rk"}
     if extreme.startswith("beta_h"):
@@ -914,9 +948,23 @@ def test_shape_mismatch_is_a_clear_error():
 
 def test_registry_metadata():
     reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
-    assert reference_free == {"simpo", "orpo", "drdo", "sft"}
+    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo"}
     assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft"}
+    assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, i in LOSSES.items() if i.running))
+def test_registry_running_keywords_are_keywords_fed_by_the_loss_own_metrics(name):
+    # train.py fills each `running` keyword with the mean of the named metric over past pairs: the keyword must be
+    # a keyword-only argument that no Config field fills, and the metric one the function returns, shape (B,)
+    import inspect
+    info = LOSSES[name]
+    params = inspect.signature(info.fn).parameters
+    for keyword, metric in info.running.items():
+        assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and keyword not in info.hparams
+        _, metrics = _call(name, **{k: v for k, v in _random_case(B=5).items() if k != "Rk"})
+        assert metrics[metric].shape == (5,)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

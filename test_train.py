@@ -126,6 +126,56 @@ def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path):
     assert torch.equal(head[0]["weight"], head[1]["weight"])
 
 
+def test_bco_delta_is_the_running_mean_of_past_steps_and_survives_resume(cache, tiny_task, tmp_path):
+    # bco_pair's entry fills `delta` from the running mean of its own metric reward_mean = (r_w + r_l)/2 over
+    # every pair of the PREVIOUS optimizer steps (registry `running`). The log shows both per step: delta at step
+    # k must be the pair-weighted mean of reward_mean over steps 1..k-1 (0 at step 1), and the sums travel in the
+    # checkpoint, so a stopped and resumed run equals an uninterrupted one bit for bit.
+    common = ["--method", "bco_pair", "--epochs", "2", "--lr", "1e-3", "--save_every", "2"]
+    run(tmp_path, *common, name="whole")
+    rows = metrics(tmp_path, "whole")
+    n_train = len(tiny_task["train"])
+    sizes = [sum(len(m) for m in w) for w in train.windows(n_train, train.resolve(train.Config(epochs=2)))]
+    assert len(rows) == len(sizes) and rows[0]["bco/delta"] == 0.0
+    total = pairs = 0.0
+    for row, n in zip(rows, sizes):
+        assert row["bco/delta"] == pytest.approx(total / pairs if pairs else 0.0, rel=1e-5, abs=1e-8)
+        total, pairs = total + row["bco/reward_mean"] * n, pairs + n
+    assert any(abs(r["bco/delta"]) > 1e-4 for r in rows)              # it does move away from 0
+    run(tmp_path, *common, "--stop_after", "5", name="split")
+    state = torch.load(tmp_path / "split" / "checkpoint" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 4 and state["running"]["delta"][1] == sum(sizes[:4])
+    run(tmp_path, *common, "--resume", name="split")
+    assert metrics(tmp_path, "split") == rows
+    wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kto_z_ref_is_the_detached_batch_estimate_its_registry_entry_leaves_to_it(cache, tmp_path, monkeypatch):
+    # kto's entry fills beta and the two weights but not z_ref, so kto_loss estimates z_ref itself on every
+    # micro-batch: max(0, mean of the pairs' (rho_w + rho_l) / 2), detached. Check it against the log-ratios
+    # train.py passed in, on every training call; at step 1 pi = pi_ref, so z_ref = 0 and the loss is 1.
+    import dataclasses
+
+    import losses
+    seen = []
+
+    def spy(*args, **kwargs):
+        out = losses.kto_loss(*args, **kwargs)
+        pc, pr, rc, rr = args
+        rho = ((pc - rc) + (pr - rr)).detach() / 2
+        seen.append((set(kwargs), out[1]["z_ref"].double(), max(0.0, rho.double().mean().item()), pc.requires_grad))
+        return out
+    monkeypatch.setitem(LOSSES, "kto", dataclasses.replace(LOSSES["kto"], fn=spy))
+    run(tmp_path, "--method", "kto", "--epochs", "0.5", "--lr", "1e-3")
+    assert all(keys == {"beta", "desirable_weight", "undesirable_weight"} for keys, *_ in seen)
+    for _, z, expected, _ in seen:
+        torch.testing.assert_close(z, torch.full_like(z, expected), rtol=1e-5, atol=1e-6)
+    assert any(grad and e > 0 for *_, e, grad in seen)                 # training calls, some with z_ref > 0
+    first = metrics(tmp_path)[0]
+    assert first["kto/z_ref"] == pytest.approx(0.0, abs=1e-6) and first["loss"] == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft"])
 def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch, method):
     def no_reference(*args, **kwargs):
@@ -162,6 +212,7 @@ def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     (["--method", "dpo", "--split", "hard"], "--split must be"),
     (["--method", "drdo", "--score", "margin"], "--score must be"),
     (["--method", "edpo", "--aggregate", "max"], "--aggregate must be"),
+    (["--method", "fdpo", "--fdpo_divergence", "kl"], "--fdpo_divergence must be"),
     (["--method", "dpo", "--flip", "40"], "--flip is a share of pairs"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
@@ -176,8 +227,8 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(cache, tmp_path, monkeyp
     real = train.compute_loss
     calls = {"n": 0}
 
-    def poisoned(cfg, model, batch):
-        losses, metrics, logps = real(cfg, model, batch)
+    def poisoned(cfg, model, batch, *running):
+        losses, metrics, logps = real(cfg, model, batch, *running)
         calls["n"] += model.training                     # count training micro-batches only (not evaluation)
         return (losses * float("nan") if calls["n"] > 3 else losses), metrics, logps
     monkeypatch.setattr(train, "compute_loss", poisoned)

@@ -21,7 +21,9 @@ What happens, in order (each stage says what it is doing and caches what it buil
              judged by the gold reward nothing was trained on (evaluate.gold_check)
 
 The loss of a micro-batch is built from the method's registry entry alone (losses.LOSSES: which tensors it
-takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch.
+takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. A keyword the
+entry lists under `running` (BCO's reward shift delta) gets the mean of one of the loss's own metrics over the
+pairs of all previous optimizer steps; the loop keeps those sums and saves them in the checkpoint.
 For drdo with --student_reward head the policy also carries a scalar reward head (models.add_reward_head),
 saved beside the checkpoint as reward_head.pt.
 NOTE (deviates from paper): the DRDO paper does not state how micro-batches, schedules or clipping were set;
@@ -42,18 +44,19 @@ import data
 import evaluate
 import oracle
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
-from losses import LOSSES
+from losses import FDPO_DIVERGENCES, LOSSES
 from models import add_reward_head, load_model, pair_logps
 
 # Values a string option may take (checked before any work starts, whatever the method).
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
-           "aggregate": ("batch_min", "example_min", "mean"), "student_reward": ("head", "logprob")}
+           "aggregate": ("batch_min", "example_min", "mean"), "student_reward": ("head", "logprob"),
+           "fdpo_divergence": FDPO_DIVERGENCES}
 
 
 @dataclass
 class Config:
     # --- what to train ---------------------------------------------------------------------------------------
-    method: str = "drdo"           # a name in losses.LOSSES: dpo cdpo rdpo ipo hinge simpo orpo distill edpo pdpo drdo sft
+    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"); e.g. dpo ipo simpo kto drdo sft
     model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
     data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, a .jsonl/.json/.parquet/.csv, a hub id
     ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
@@ -77,6 +80,13 @@ class Config:
     gamma: float = 2.0             # drdo: focal exponent (0 = plain log-loss; 1-5)
     score: str = "unlikelihood"    # drdo: inner score z: unlikelihood | likelihood | odds (README deviation 5)
     student_reward: str = "head"   # drdo: head (scalar head on the policy) | logprob (mean log-prob as reward)
+    exo_epsilon: float = 1e-3      # exo: label smoothing of the pair's target distribution (1e-4 - 1e-2)
+    discopop_tau: float = 0.05     # discopop: temperature of the modulation sigmoid(beta h / tau) (paper 0.05; <= 1)
+    fdpo_divergence: str = "reverse_kl"  # fdpo: reverse_kl (= dpo) | forward_kl | js_divergence | alpha_divergence
+    fdpo_alpha: float = 0.5        # fdpo: alpha of alpha_divergence, in (0, 1) (-> 0 reverse KL, -> 1 forward KL)
+    cpo_alpha: float = 1.0         # cpo: weight of the NLL of y_w, summed log-probs (paper 1; 0.1-1)
+    kto_desirable_weight: float = 1.0    # kto: lambda_D, weight of the chosen (desirable) term (1-1.33)
+    kto_undesirable_weight: float = 1.0  # kto: lambda_U, weight of the rejected (undesirable) term (1)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
     oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
@@ -198,11 +208,12 @@ def uses_reward_head(cfg):
     return "student" in LOSSES[cfg.method].inputs and cfg.student_reward == "head"
 
 
-def compute_loss(cfg, model, batch):
+def compute_loss(cfg, model, batch, running=None):
     """-> (losses (B,), metrics dict of detached (B,) tensors, (chosen, rejected) policy log-probs).
 
     One forward of the stacked [chosen; rejected] batch; then the registry entry says which tensor pairs the
-    loss takes (in order) and which Config fields fill its keywords. Only what the entry names is read."""
+    loss takes (in order) and which Config fields fill its keywords. Only what the entry names is read.
+    `running`: {keyword: value} for the entry's `running` keywords (running_means below), else their defaults."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
     c, r, head_rewards = pair_logps(model, batch, info.average_logps, with_head=head)   # (B,), (B,)
@@ -216,7 +227,7 @@ def compute_loss(cfg, model, batch):
     }
     args = [t for name in info.inputs for t in inputs[name]()]
     kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()}
-    losses, metrics = info.fn(*args, **kwargs)
+    losses, metrics = info.fn(*args, **kwargs, **(running or {}))
     return losses, metrics, (c, r)
 
 
@@ -226,7 +237,8 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "oracle_margin": "oracle/margin", "student_margin": "student/margin",
              "distill_loss": "distill/sq_error", "focal_weight": "focal/weight", "pref_loss": "pref/loss",
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
-             "log_odds_ratio": "log_odds_ratio"}
+             "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
+             "modulation": "discopop/modulation", "z_ref": "kto/z_ref"}
 
 
 def metric_sums(metrics, losses, logps):
@@ -239,15 +251,20 @@ def metric_sums(metrics, losses, logps):
     return out
 
 
+def running_means(running):
+    """{keyword: mean} from the loop's {keyword: [sum, pairs]} of a `running` metric (empty before step 1)."""
+    return {keyword: total / pairs for keyword, (total, pairs) in running.items() if pairs}
+
+
 @torch.no_grad()
-def evaluate_pairs(cfg, model, examples, pad_id, device):
+def evaluate_pairs(cfg, model, examples, pad_id, device, running=None):
     """Held-out loss, reward accuracy and margins (eval/ prefix), micro-batch by micro-batch."""
     model.eval()
     totals, n = {}, 0
     for i in range(0, len(examples), cfg.micro_batch_size):
         batch = to_device(collate(examples[i:i + cfg.micro_batch_size], pad_id), device)
         with autocast(cfg, device):
-            losses, metrics, logps = compute_loss(cfg, model, batch)
+            losses, metrics, logps = compute_loss(cfg, model, batch, running)
         for k, v in metric_sums(metrics, losses.float(), logps).items():
             totals[k] = totals.get(k, 0.0) + v
         n += losses.shape[0]
@@ -317,11 +334,13 @@ def train(cfg, log=print):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, len(plan), cfg.warmup)
     step = 0
+    running = {keyword: [0.0, 0] for keyword in info.running}   # registry `running`: [metric sum, pairs] so far
     if ckpt:
         state = checkpoint.load_state(ckpt)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
+        running = state.get("running", running)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         log(f"resumed from {ckpt} at step {step}")
@@ -334,19 +353,19 @@ def train(cfg, log=print):
     checkpoint.truncate_log(metrics_path, step)                # a resumed run rewrites steps after its checkpoint
     probe = train_ex[:256]                # a fixed subset of training pairs: the objective before and after
     objective_start = (evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
-                       if step == 0 else None)
+                       if step == 0 else None)                 # (no running means yet: the loss's defaults)
     bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None)
     last = {}
     while step < len(plan):
         window = plan[step]
         n_pairs = sum(len(m) for m in window)
         model.train()
-        sums = {}
+        sums, means, seen = {}, running_means(running), []   # means: fixed for the whole step
         for micro in window:
             batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
             # 1) policy log-probs (+ head rewards) and 2) the loss; the reference log-probs come from the cache
             with autocast(cfg, device):
-                losses, metrics, logps = compute_loss(cfg, model, batch)
+                losses, metrics, logps = compute_loss(cfg, model, batch, means)
             # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's gradient
             # is then that of the mean over its pairs, whatever the micro-batch split (and a short last window
             # is averaged over its own pairs). With equal micro-batches this is "mean / micro-batches".
@@ -360,18 +379,22 @@ def train(cfg, log=print):
             loss.backward()
             for k, v in metric_sums(metrics, losses.float(), logps).items():
                 sums[k] = sums.get(k, 0.0) + v
+            seen += [(kw, metrics[m].float().sum().item(), len(micro)) for kw, m in info.running.items()]
         # 3) step
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        for keyword, total, pairs in seen:                     # this step's pairs enter the NEXT step's means
+            running[keyword][0] += total
+            running[keyword][1] += pairs
         step += 1
         # 4) log
         last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
                 **{k: v / n_pairs for k, v in sums.items()},
                 "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
         if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
-            last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device))
+            last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device, running_means(running)))
         with open(metrics_path, "a") as f:
             f.write(json.dumps(last) + "\n")
         bar.update()
@@ -383,10 +406,11 @@ def train(cfg, log=print):
             return {"stopped_at": step}
         if step % cfg.save_every == 0 or step == len(plan):
             checkpoint.save(cfg.out, model, tokenizer, config=asdict(cfg), trainer_state={
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "running": running,
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
     bar.close()
-    objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
+    objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device,
+                                   running_means(running))["eval/loss"]
     if objective_start is not None:
         log(f"{cfg.method} loss on {len(probe)} training pairs: {objective_start:.4f} before, {objective_end:.4f} after")
     summary = {"method": cfg.method, "steps": step, "final": last, "reference_built": info.needs_reference,
