@@ -2,6 +2,7 @@
 
 What is here
     sequence_logps        the one place where token logits become sequence log-probs
+    sequence_wpo_logps, wpo_weights   WPO's detached per-pair weights (train.py --wpo)
     log1mexp              log(1 - exp(s)), stable; used by ORPO and DRDO
     dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss      the DPO family (need pi_ref)
     simpo_loss, orpo_loss                                     reference-free baselines
@@ -21,7 +22,7 @@ distillation / e-DPO / p-DPO = Fisch et al. arXiv 2405.19316 (v2); DRDO = Nath e
 NCA = Chen et al. arXiv 2402.05369; APO = D'Oosterlinck et al. arXiv 2408.06266; SPPO = Wu et al. arXiv
 2405.00675; EXO = Ji et al. arXiv 2402.00856; BCO = Jung et al. arXiv 2404.04656; DiscoPOP = Lu et al. arXiv
 2406.08414; f-DPO = Wang et al. arXiv 2309.16240; CPO = Xu et al. arXiv 2401.08417; KTO = Ethayarajh et al.
-arXiv 2402.01306.
+arXiv 2402.01306; WPO = Zhou et al. arXiv 2406.11827.
 
 Contract (every loss):
     * inputs are per-sequence tensors of shape (B,), B = number of preference pairs;
@@ -70,6 +71,7 @@ Deviations from the papers and reconstructed details (each one is also marked `N
     20. f-DPO: no cap on exp(-alpha rho) (TRL caps it); forward_kl / alpha_divergence overflow at extremes.
     21. CPO: summed log-probs in both terms (TRL token-averages the NLL).
     22. KTO from pairs: z_ref = max(0, batch mean of the pairs' own log-ratios), detached; pair = sum of 2 terms.
+    23. WPO: the pair weight is not clamped at 1 (the authors' code and TRL clamp it); "sampled" alignment only.
 
 Run `pytest -q test_losses.py` (a few seconds) to check every formula written here.
 """
@@ -138,6 +140,55 @@ def sequence_logps(logits, labels, loss_mask, average=False):
     if average:
         return total / mask.sum(-1).clamp(min=1.0)                              # (B,)
     return total
+
+
+# ============================================================================================================
+# WPO weights (Zhou et al., arXiv 2406.11827; Sec. 3: the weighted objective, length normalisation, and
+# "sampled" weight alignment)
+#
+# 1) Off-policy pairs were written by other models; on-policy training would see pairs drawn from pi itself. WPO
+#    re-weights each pair by how likely the CURRENT policy is to produce it:
+#        loss_WPO = E[ w(x, y_w) * w(x, y_l) * loss(x, y_w, y_l) ],   w detached (no gradient through it)
+# 2) Sequence probabilities span orders of magnitude with length: use the per-token geometric mean,
+#        w(x, y) = exp( (1/|y|) * sum_t log pi(y_t | x, y_<t) )
+# 3) Weight alignment: even a sample of pi itself gets a weight well below 1 there. Divide each token's
+#    probability by its expected value when the token is drawn from pi, E_{v ~ pi}[pi(v)] = sum_v pi(v)^2:
+#        w(x, y) = exp( (1/|y|) * sum_t [ log pi(y_t | x, y_<t) - log sum_v pi(v | x, y_<t)^2 ] )
+# 4) From logits l (log pi(v) = l_v - LSE(l), and log sum_v pi(v)^2 = LSE(2 l) - 2 LSE(l)), per token:
+#        a_t = log pi(y_t) - log sum_v pi(v)^2 = l[y_t] + LSE(l) - LSE(2 l)
+#    sequence_wpo_logps returns mean_t a_t per sequence (detached); wpo_weights returns exp(a(y_w) + a(y_l)).
+# Sanity values (checked): a uniform next-token distribution gives a_t = log(1/V) - log(1/V) = 0 (weight 1);
+#   p = (0.5, 0.25, 0.25) and token 1: a_t = log(0.25 / 0.375) = log(2/3).
+# Bound: pi(y_t) / sum_v pi(v)^2 <= 1 / sum_v pi(v)^2 <= V, so a pair's weight is at most V^2 (finite).
+# NOTE (deviates from paper): the authors' released code and TRL's use_weighting clamp the pair weight at 1;
+#   the paper's formula, as we read it, has no clamp, and neither do we (max_weight=1.0 gives theirs). Only
+#   the "sampled" alignment is here (not the "greedy" one, which divides by max_v pi(v)). train.py --wpo
+#   multiplies the per-pair losses of the registry entries that allow it (README deviation 23).
+# ============================================================================================================
+@torch.no_grad()
+def sequence_wpo_logps(logits, labels, loss_mask):
+    """WPO's per-sequence mean adjusted log-prob, mean_t [log pi(y_t) - log sum_v pi(v)^2] over the completion
+    tokens (step 4), detached. Same arguments and alignment as sequence_logps. Returns (B,) fp32 (fp64 for fp64)."""
+    if logits.shape[:2] != labels.shape or labels.shape != loss_mask.shape:
+        raise ValueError(f"sequence_wpo_logps: logits {tuple(logits.shape)} must be (B, T, V) and labels "
+                         f"{tuple(labels.shape)} / loss_mask {tuple(loss_mask.shape)} must both be (B, T)")
+    logits = logits[:, :-1, :]                                                  # (B, T-1, V) position t -> t+1
+    labels = labels[:, 1:]                                                      # (B, T-1)
+    mask = loss_mask[:, 1:].to(torch.float32)                                   # (B, T-1)
+    safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels))       # (B, T-1)
+    label_logits = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)     # (B, T-1)
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    adjusted = (label_logits.to(compute_dtype) + _logsumexp_fp32(logits)
+                - _logsumexp_fp32(2 * logits))                                  # (B, T-1) a_t, step 4
+    return (adjusted * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)              # (B,)
+
+
+def wpo_weights(chosen_wpo_logps, rejected_wpo_logps, *, max_weight=None):
+    """Per-pair WPO weight exp(a(y_w) + a(y_l)) (step 4), detached; (B,) each -> (B,). max_weight=1.0 clamps
+    as the authors' code and TRL do (NOTE above)."""
+    _pair_shapes(chosen_wpo_logps, rejected_wpo_logps)
+    weights = torch.exp(chosen_wpo_logps.detach() + rejected_wpo_logps.detach())   # (B,)
+    return weights if max_weight is None else weights.clamp(max=max_weight)
 
 
 def log1mexp(s):
@@ -951,6 +1002,9 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 #     step, so the function's default applies), kept in its state and saved in the checkpoint, so a resumed
 #     run is exact. The value is constant within a step, so gradient accumulation stays exact. It is how a
 #     loss with state across steps stays a pure function: BCO's reward shift, {"delta": "reward_mean"}.
+# `wpo` True: train.py --wpo may multiply the loss's per-pair values by WPO's detached weights (wpo_weights above);
+#     set for the pairwise preference losses of the DPO family and SimPO, not for losses with an NLL, KL,
+#     Oracle or SFT term (orpo, cpo, pdpo, distill, edpo, drdo, sft), whose extra term a weight would distort.
 # Adding a loss = a function above + an entry here (+ a Config field for a new hyper-parameter).
 # ============================================================================================================
 @dataclass(frozen=True)
@@ -960,6 +1014,7 @@ class LossInfo:
     average_logps: bool            # True: token-averaged Sbar for "policy" and "reference"; False: summed S
     hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
     running: dict = field(default_factory=dict)   # keyword of fn -> metric of fn whose running mean fills it
+    wpo: bool = False              # train.py --wpo may weight its per-pair losses (WPO)
 
     @property
     def needs_reference(self):
@@ -972,13 +1027,13 @@ class LossInfo:
 
 _POL, _REF = ("policy",), ("policy", "reference")
 LOSSES = {
-    "dpo":     LossInfo(dpo_loss, _REF, False, {"beta": "beta"}),
-    "cdpo":    LossInfo(cdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
-    "rdpo":    LossInfo(rdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
+    "dpo":     LossInfo(dpo_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "cdpo":    LossInfo(cdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}, wpo=True),
+    "rdpo":    LossInfo(rdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}, wpo=True),
     # NOTE (deviates from paper): averaged log-probs for IPO, as TRL; see ipo_loss.
-    "ipo":     LossInfo(ipo_loss, _REF, True, {"beta": "beta"}),
-    "hinge":   LossInfo(hinge_loss, _REF, False, {"beta": "beta"}),
-    "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}),
+    "ipo":     LossInfo(ipo_loss, _REF, True, {"beta": "beta"}, wpo=True),
+    "hinge":   LossInfo(hinge_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}, wpo=True),
     "orpo":    LossInfo(orpo_loss, _POL, True, {"beta": "orpo_beta"}),
     "distill": LossInfo(distill_loss, _REF + ("oracle",), False, {"beta": "beta"}),
     "edpo":    LossInfo(edpo_loss, _REF + ("oracle_members",), False,
@@ -987,18 +1042,18 @@ LOSSES = {
     "drdo":    LossInfo(drdo_loss, ("student", "oracle", "policy"), True,
                         {"alpha": "alpha", "gamma": "gamma", "score": "score"}),
     "sft":     LossInfo(sft_loss, _POL, True),
-    "nca":       LossInfo(nca_loss, _REF, False, {"beta": "beta"}),
-    "apo_zero":  LossInfo(apo_zero_loss, _REF, False, {"beta": "beta"}),
-    "apo_down":  LossInfo(apo_down_loss, _REF, False, {"beta": "beta"}),
-    "sppo_hard": LossInfo(sppo_hard_loss, _REF, False, {"beta": "beta"}),
-    "exo":       LossInfo(exo_loss, _REF, False, {"beta": "beta", "epsilon": "exo_epsilon"}),
+    "nca":       LossInfo(nca_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "apo_zero":  LossInfo(apo_zero_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "apo_down":  LossInfo(apo_down_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "sppo_hard": LossInfo(sppo_hard_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "exo":       LossInfo(exo_loss, _REF, False, {"beta": "beta", "epsilon": "exo_epsilon"}, wpo=True),
     # delta <- running mean of the loss's own reward_mean = (r_w + r_l) / 2 (README deviation 18)
-    "bco_pair":  LossInfo(bco_pair_loss, _REF, False, {"beta": "beta"}, running={"delta": "reward_mean"}),
-    "discopop":  LossInfo(discopop_loss, _REF, False, {"beta": "beta", "tau": "discopop_tau"}),
+    "bco_pair":  LossInfo(bco_pair_loss, _REF, False, {"beta": "beta"}, running={"delta": "reward_mean"}, wpo=True),
+    "discopop":  LossInfo(discopop_loss, _REF, False, {"beta": "beta", "tau": "discopop_tau"}, wpo=True),
     "fdpo":      LossInfo(fdpo_loss, _REF, False,
-                          {"beta": "beta", "divergence": "fdpo_divergence", "alpha": "fdpo_alpha"}),
+                          {"beta": "beta", "divergence": "fdpo_divergence", "alpha": "fdpo_alpha"}, wpo=True),
     "cpo":       LossInfo(cpo_loss, _POL, False, {"beta": "beta", "alpha": "cpo_alpha"}),
     # z_ref is not filled: kto_loss estimates it from each micro-batch, detached (README deviation 22)
     "kto":       LossInfo(kto_loss, _REF, False, {"beta": "beta", "desirable_weight": "kto_desirable_weight",
-                                                  "undesirable_weight": "kto_undesirable_weight"}),
+                                                  "undesirable_weight": "kto_undesirable_weight"}, wpo=True),
 }

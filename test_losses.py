@@ -952,6 +952,8 @@ def test_registry_metadata():
     assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft"}
     assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
+    # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
+    assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, i in LOSSES.items() if i.running))
@@ -1078,6 +1080,56 @@ def test_sequence_logps_bf16_path_matches_fp32_including_gradient():
     (g16,) = torch.autograd.grad(out16.sum(), logits16)
     (g32,) = torch.autograd.grad(out32.sum(), logits32)
     torch.testing.assert_close(g16.float(), g32, atol=1e-2, rtol=1e-2)   # g16 is rounded to bf16
+
+
+def test_sequence_wpo_logps_hand_written():
+    # the rows of test_sequence_logps_hand_written_right_padding; per token log(p(y_t) / sum_v p(v)^2) with
+    # sum p^2 = 0.375 for A and Bq (0.25 + 0.0625 + 0.0625) and 0.66 for C (0.01 + 0.01 + 0.64):
+    # row 0: tokens 1, 2, 0 predicted by A, Bq, C: [log(0.25/0.375) + log(0.25/0.375) + log(0.1/0.66)] / 3
+    # row 1: token 2 predicted by A: log(0.25/0.375) = log(2/3)
+    logits = logits_from_probs([[A, Bq, C, A], [A, A, C, Bq]]).requires_grad_(True)
+    labels = torch.tensor([[0, 1, 2, 0], [2, 1, 2, 0]])
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    got = L.sequence_wpo_logps(logits, labels, mask)
+    torch.testing.assert_close(got, t((2 * math.log(2 / 3) + math.log(0.1 / 0.66)) / 3, math.log(2 / 3)))
+    assert not got.requires_grad                                       # detached: no graph is built
+    # a uniform next-token distribution: p = 1/V = sum p^2 -> 0 for every token, whatever the logits' offset
+    uniform = torch.full((2, 5, 7), 3.0, dtype=torch.float64)
+    ids, ones = torch.randint(0, 7, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    torch.testing.assert_close(L.sequence_wpo_logps(uniform, ids, ones), t(0.0, 0.0))
+
+
+def test_sequence_wpo_logps_matches_plain_rederivation_and_bf16():
+    g = torch.Generator().manual_seed(4)
+    B, T, V = 3, 8, 11
+    logits = torch.randn(B, T, V, generator=g) * 3
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).long()
+    p = torch.softmax(logits[:, :-1].double(), -1)                            # (B, T-1, V)
+    per_token = torch.log(p.gather(2, labels[:, 1:, None])[..., 0] / (p ** 2).sum(-1))
+    m = mask[:, 1:].double()
+    plain = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1)
+    torch.testing.assert_close(L.sequence_wpo_logps(logits, labels, mask).double(), plain, atol=1e-5, rtol=1e-5)
+    out16 = L.sequence_wpo_logps(logits.bfloat16(), labels, mask)
+    assert out16.dtype == torch.float32
+    out32 = L.sequence_wpo_logps(logits.bfloat16().float(), labels, mask)    # the same numbers, in fp32
+    torch.testing.assert_close(out16, out32, atol=1e-5, rtol=1e-5)
+
+
+def test_wpo_weights_closed_form_detach_and_clamp():
+    # a(y_w) = log(2/3), a(y_l) = log(1/2) -> w = (2/3)(1/2) = 1/3;  a = (log 2, log 1.5) -> w = 3 (> 1, kept)
+    a_w = t(math.log(2 / 3), math.log(2.0), grad=True)
+    a_l = t(math.log(0.5), math.log(1.5), grad=True)
+    w = L.wpo_weights(a_w, a_l)
+    torch.testing.assert_close(w, t(1 / 3, 3.0))
+    assert not w.requires_grad
+    # max_weight=1.0 is the authors' code / TRL's clamp (README deviation 23)
+    torch.testing.assert_close(L.wpo_weights(a_w, a_l, max_weight=1.0), t(1 / 3, 1.0))
+    # weighted DPO: each pair's loss times its weight, and the gradient is the weight times DPO's (weights constant)
+    inputs = margin_inputs([4.0, -2.0])
+    losses, _ = dpo_loss(*inputs, beta=0.1)
+    (g,) = torch.autograd.grad((losses * w).sum(), inputs[0])
+    torch.testing.assert_close(g, w * -0.1 * torch.sigmoid(-0.1 * t(4.0, -2.0)))
 
 
 def test_sequence_logps_shape_error():

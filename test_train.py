@@ -176,6 +176,18 @@ def test_kto_z_ref_is_the_detached_batch_estimate_its_registry_entry_leaves_to_i
     assert first["kto/z_ref"] == pytest.approx(0.0, abs=1e-6) and first["loss"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_wpo_multiplies_each_pair_loss_by_its_detached_weight(cache, tmp_path):
+    # --wpo with dpo: at step 1 pi = pi_ref, so every pair's DPO loss is log 2 and the weighted loss of the step is
+    # log 2 times the mean weight (the weights themselves are tested in test_losses / test_models); and the run
+    # still lowers its (weighted) objective
+    s = run(tmp_path, "--method", "dpo", "--wpo", "--epochs", "2", "--lr", "1e-3")
+    rows = metrics(tmp_path)
+    first = rows[0]
+    assert 0 < first["wpo/weight"] != pytest.approx(1.0)
+    assert first["loss"] == pytest.approx(math.log(2) * first["wpo/weight"], rel=1e-5)
+    assert s["objective_end"] < s["objective_start"]
+
+
 @pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft"])
 def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch, method):
     def no_reference(*args, **kwargs):
@@ -213,6 +225,7 @@ def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
     (["--method", "drdo", "--score", "margin"], "--score must be"),
     (["--method", "edpo", "--aggregate", "max"], "--aggregate must be"),
     (["--method", "fdpo", "--fdpo_divergence", "kl"], "--fdpo_divergence must be"),
+    (["--method", "sft", "--wpo"], "--wpo weights pairwise preference losses; sft is not one"),
     (["--method", "dpo", "--flip", "40"], "--flip is a share of pairs"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),

@@ -21,9 +21,10 @@ What happens, in order (each stage says what it is doing and caches what it buil
              judged by the gold reward nothing was trained on (evaluate.gold_check)
 
 The loss of a micro-batch is built from the method's registry entry alone (losses.LOSSES: which tensors it
-takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. A keyword the
-entry lists under `running` (BCO's reward shift delta) gets the mean of one of the loss's own metrics over the
-pairs of all previous optimizer steps; the loop keeps those sums and saves them in the checkpoint.
+takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. Two generic
+additions: an entry's `running` keywords (BCO's delta) get the mean of one of the loss's own metrics over the
+pairs of all previous steps (the sums live in the checkpoint); --wpo multiplies the per-pair losses of entries
+with wpo=True by losses.wpo_weights, detached, from the same forward (README deviations 18, 23).
 For drdo with --student_reward head the policy also carries a scalar reward head (models.add_reward_head),
 saved beside the checkpoint as reward_head.pt.
 NOTE (deviates from paper): the DRDO paper does not state how micro-batches, schedules or clipping were set;
@@ -44,7 +45,7 @@ import data
 import evaluate
 import oracle
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
-from losses import FDPO_DIVERGENCES, LOSSES
+from losses import FDPO_DIVERGENCES, LOSSES, wpo_weights
 from models import add_reward_head, load_model, pair_logps
 
 # Values a string option may take (checked before any work starts, whatever the method).
@@ -87,6 +88,7 @@ class Config:
     cpo_alpha: float = 1.0         # cpo: weight of the NLL of y_w, summed log-probs (paper 1; 0.1-1)
     kto_desirable_weight: float = 1.0    # kto: lambda_D, weight of the chosen (desirable) term (1-1.33)
     kto_undesirable_weight: float = 1.0  # kto: lambda_U, weight of the rejected (undesirable) term (1)
+    wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
     oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
@@ -119,6 +121,9 @@ def resolve(cfg):
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if cfg.wpo and not LOSSES[cfg.method].wpo:
+        raise ValueError(f"--wpo weights pairwise preference losses; {cfg.method} is not one. Use one of: "
+                         f"{' '.join(n for n, i in LOSSES.items() if i.wpo)}")
     if not 0.0 <= cfg.flip <= 1.0:
         raise ValueError(f"--flip is a share of pairs, in [0, 1]; got {cfg.flip}")
     small = cfg.model in ("embedded", "tiny")
@@ -216,7 +221,7 @@ def compute_loss(cfg, model, batch, running=None):
     `running`: {keyword: value} for the entry's `running` keywords (running_means below), else their defaults."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
-    c, r, head_rewards = pair_logps(model, batch, info.average_logps, with_head=head)   # (B,), (B,)
+    c, r, head_rewards, *wpo = pair_logps(model, batch, info.average_logps, with_head=head, wpo=cfg.wpo)   # (B,)
     inputs = {
         "policy": lambda: (c, r),
         "reference": lambda: (batch["ref_chosen"], batch["ref_rejected"]),                   # (B,) cached
@@ -228,6 +233,9 @@ def compute_loss(cfg, model, batch, running=None):
     args = [t for name in info.inputs for t in inputs[name]()]
     kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()}
     losses, metrics = info.fn(*args, **kwargs, **(running or {}))
+    if wpo:                  # --wpo, allowed for this entry (resolve): w(y_w) w(y_l) per pair, detached
+        weights = wpo_weights(*wpo[0])                                               # (B,)
+        losses, metrics = losses * weights, {**metrics, "wpo_weight": weights}
     return losses, metrics, (c, r)
 
 
@@ -238,7 +246,7 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "distill_loss": "distill/sq_error", "focal_weight": "focal/weight", "pref_loss": "pref/loss",
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
              "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
-             "modulation": "discopop/modulation", "z_ref": "kto/z_ref"}
+             "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight"}
 
 
 def metric_sums(metrics, losses, logps):
@@ -386,8 +394,7 @@ def train(cfg, log=print):
         sched.step()
         opt.zero_grad(set_to_none=True)
         for keyword, total, pairs in seen:                     # this step's pairs enter the NEXT step's means
-            running[keyword][0] += total
-            running[keyword][1] += pairs
+            running[keyword] = [running[keyword][0] + total, running[keyword][1] + pairs]
         step += 1
         # 4) log
         last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
