@@ -188,7 +188,7 @@ def test_wpo_multiplies_each_pair_loss_by_its_detached_weight(cache, tmp_path):
     assert s["objective_end"] < s["objective_start"]
 
 
-@pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft"])
+@pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft", "cpo"])
 def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch, method):
     def no_reference(*args, **kwargs):
         raise AssertionError(f"{method} asked for reference log-probs")
