@@ -4,7 +4,7 @@ A checkpoint is one directory, `<out>/checkpoint-<step>`:
     model.safetensors, config.json, tokenizer files   the policy (loads with AutoModelForCausalLM)
     reward_head.pt                                     DRDO's head student, when the policy carries one
     train_config.json                                  the run's resolved config
-    trainer_state.pt                                   optimizer, scheduler, RNG states and step (written last)
+    trainer_state.pt                                   optimizer, scheduler, RNG, step, running means (written last)
 It is written under `checkpoint-<step>.tmp` and renamed when complete: a crash or a kill while writing leaves
 only a `.tmp` directory, which `latest` never picks (and the next save deletes). After a save, all but the
 newest `keep` checkpoints are deleted (`--save_total_limit`).
@@ -95,7 +95,7 @@ def verify(path):
 
 
 def load_state(path):
-    """The trainer state of a checkpoint (optimizer, scheduler, RNG, step)."""
+    """The trainer state of a checkpoint (optimizer, scheduler, RNG, step, the sums behind running means)."""
     return torch.load(os.path.join(path, STATE_FILE), weights_only=False)
 
 

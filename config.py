@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from common import check_ranges
-from losses import LOSSES
+from losses import FDPO_DIVERGENCES, LOSSES
 
 
 # Valid ranges of the numeric options ("[" inclusive, "(" exclusive; common.check_ranges), and the values a
@@ -22,18 +22,20 @@ LIMITS = {
     "oracle_epochs": "[1, inf)", "oracle_lr": "(0, inf)", "lr": "[0, inf)", "batch_size": "[1, inf)",
     "micro_batch_size": "[1, inf)", "epochs": "(0, inf)", "warmup": "[0, 1]", "weight_decay": "[0, inf)",
     "max_grad_norm": "[0, inf)", "seed": "[0, inf)", "eval_every": "[0, inf)", "save_every": "[1, inf)",
-    "save_total_limit": "[1, inf)", "stop_after": "[0, inf)",
+    "save_total_limit": "[1, inf)", "stop_after": "[0, inf)", "exo_epsilon": "(0, 0.5)", "discopop_tau": "(0, 1]",
+    "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
+    "kto_undesirable_weight": "[0, inf)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
            "aggregate": ("batch_min", "example_min", "mean"),
-           "student_reward": ("implicit-sum", "implicit-mean", "head")}
+           "student_reward": ("implicit-sum", "implicit-mean", "head"), "fdpo_divergence": FDPO_DIVERGENCES}
 
 
 @dataclass
 class Config:
     # --- what to train ---------------------------------------------------------------------------------------
-    method: str = "drdo"           # a name in losses.LOSSES: dpo cdpo rdpo ipo hinge simpo orpo distill edpo pdpo drdo sft
+    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"); e.g. dpo ipo simpo kto edpo drdo sft
     model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
     data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, a .jsonl/.json/.parquet/.csv, a hub id
     ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
@@ -59,6 +61,14 @@ class Config:
     student_reward: str = "implicit-sum"  # drdo: implicit-sum (beta_r * S) | implicit-mean (beta_r * Sbar) | head
     beta_r: float = 0.1            # drdo: scale of the implicit student reward r = beta_r * log pi(y|x)
     distill_weight: float = 1.0    # drdo: weight of the reward-distillation term (0 = preference term only)
+    exo_epsilon: float = 1e-3      # exo: label smoothing of the pair's target distribution (1e-4 - 1e-2)
+    discopop_tau: float = 0.05     # discopop: temperature of the modulation sigmoid(beta h / tau) (paper 0.05; <= 1)
+    fdpo_divergence: str = "reverse_kl"  # fdpo: reverse_kl (= dpo) | forward_kl | js_divergence | alpha_divergence
+    fdpo_alpha: float = 0.5        # fdpo: alpha of alpha_divergence, in (0, 1) (-> 0 reverse KL, -> 1 forward KL)
+    cpo_alpha: float = 1.0         # cpo: weight of the NLL of y_w, summed log-probs (paper 1; 0.1-1)
+    kto_desirable_weight: float = 1.0    # kto: lambda_D, weight of the chosen (desirable) term (1-1.33)
+    kto_undesirable_weight: float = 1.0  # kto: lambda_U, weight of the rejected (undesirable) term (1)
+    wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
     oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
@@ -98,6 +108,9 @@ def resolve(cfg, limits=LIMITS):
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if cfg.wpo and not LOSSES[cfg.method].wpo:
+        raise ValueError(f"--wpo weights pairwise preference losses; {cfg.method} is not one. Use one of: "
+                         f"{' '.join(n for n, i in LOSSES.items() if i.wpo)}")
     if cfg.resume_from and not os.path.isdir(cfg.resume_from):
         raise ValueError(f"--resume_from {cfg.resume_from}: no such directory")
     small = cfg.model in ("embedded", "tiny")

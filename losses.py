@@ -2,6 +2,7 @@
 
 What is here
     sequence_logps        the one place where token logits become sequence log-probs
+    sequence_wpo_logps, wpo_weights   WPO's detached per-pair weights (train.py --wpo)
     log1mexp              log(1 - exp(s)), stable; used by ORPO and DRDO
     dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss      the DPO family (need pi_ref)
     simpo_loss, orpo_loss                                     reference-free baselines
@@ -9,12 +10,19 @@ What is here
     oracle_loss                                               DRDO phase 1, the Oracle (Eq. 6, reconstructed)
     focal_preference_loss, drdo_loss                          DRDO phase 2, the student (Eq. 7, reconstructed)
     sft_loss                                                  NLL of the preferred response
+    nca_loss, apo_zero_loss, apo_down_loss, sppo_hard_loss, exo_loss, bco_pair_loss, discopop_loss, fdpo_loss,
+    kto_loss                                                  the rest of the offline losses on pi / pi_ref
+    cpo_loss                                                  reference-free preference term + NLL of y_w
     LOSSES                                                    method name -> function, inputs, hyper-parameters
 
 Papers: DPO = Rafailov et al. arXiv 2305.18290; IPO = Azar et al. arXiv 2310.12036; cDPO = Mitchell's note
 "A note on DPO with noisy preferences" (2023); rDPO = Chowdhury et al. arXiv 2403.00409; SLiC-HF = Zhao et
 al. arXiv 2305.10425; SimPO = Meng et al. arXiv 2405.14734; ORPO = Hong et al. arXiv 2403.07691;
-distillation / e-DPO / p-DPO = Fisch et al. arXiv 2405.19316 (v2); DRDO = Nath et al. arXiv 2410.08458 (v2).
+distillation / e-DPO / p-DPO = Fisch et al. arXiv 2405.19316 (v2); DRDO = Nath et al. arXiv 2410.08458 (v2);
+NCA = Chen et al. arXiv 2402.05369; APO = D'Oosterlinck et al. arXiv 2408.06266; SPPO = Wu et al. arXiv
+2405.00675; EXO = Ji et al. arXiv 2402.00856; BCO = Jung et al. arXiv 2404.04656; DiscoPOP = Lu et al. arXiv
+2406.08414; f-DPO = Wang et al. arXiv 2309.16240; CPO = Xu et al. arXiv 2401.08417; KTO = Ethayarajh et al.
+arXiv 2402.01306; WPO = Zhou et al. arXiv 2406.11827.
 
 Contract (every loss):
     * inputs are per-sequence tensors of shape (B,), B = number of preference pairs;
@@ -54,9 +62,20 @@ Deviations from the papers and reconstructed details (each one is also marked `N
        chosen by the caller (a reward head, or the policy's own log-probs).
     6. log1mexp clamps its input to <= -1e-6, so a sequence the policy predicts with certainty gets a
        large finite value (and zero gradient through the clamp) instead of an infinity.
+    (7-14 concern the Oracle, the tasks and training: README "Deviations". Same numbers as the README:)
+    15. APO: Eqs. 7-8 without TRL's added constant 1 (same gradients).
+    16. SPPO (hard): one offline iteration, pi_t = pi_ref, 0/1 win probabilities, eta = 1/beta.
+    17. EXO: the pair's 0/1 label smoothed by eps (1e-3) as its target; the data set's pair as the K = 2 samples.
+    18. BCO: delta = running mean of (r_w + r_l)/2 over the pairs of PREVIOUS optimizer steps (train.py).
+    19. DiscoPOP: Eq. 5's sigmoid(beta rho / tau) (the paper's code uses sigmoid(rho)); stable exp branch.
+    20. f-DPO: no cap on exp(-alpha rho) (TRL caps it); forward_kl / alpha_divergence overflow at extremes.
+    21. CPO: summed log-probs in both terms (TRL token-averages the NLL).
+    22. KTO from pairs: z_ref = max(0, batch mean of the pairs' own log-ratios), detached; pair = sum of 2 terms.
+    23. WPO: the pair weight is not clamped at 1 (the authors' code and TRL clamp it); "sampled" alignment only.
 
 Run `pytest -q test_losses.py` (a few seconds) to check every formula written here.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -127,6 +146,55 @@ def completion_lengths(loss_mask):
     """(B, T) loss mask -> (B,) number of scored completion tokens |y| (at least 1): Sbar = S / |y|.
     The first position has no prediction (step 1 of sequence_logps), so it is never counted."""
     return loss_mask[:, 1:].sum(-1).clamp(min=1)                                # (B,)
+
+
+# ============================================================================================================
+# WPO weights (Zhou et al., arXiv 2406.11827; Sec. 3: the weighted objective, length normalisation, and
+# "sampled" weight alignment)
+#
+# 1) Off-policy pairs were written by other models; on-policy training would see pairs drawn from pi itself. WPO
+#    re-weights each pair by how likely the CURRENT policy is to produce it:
+#        loss_WPO = E[ w(x, y_w) * w(x, y_l) * loss(x, y_w, y_l) ],   w detached (no gradient through it)
+# 2) Sequence probabilities span orders of magnitude with length: use the per-token geometric mean,
+#        w(x, y) = exp( (1/|y|) * sum_t log pi(y_t | x, y_<t) )
+# 3) Weight alignment: even a sample of pi itself gets a weight well below 1 there. Divide each token's
+#    probability by its expected value when the token is drawn from pi, E_{v ~ pi}[pi(v)] = sum_v pi(v)^2:
+#        w(x, y) = exp( (1/|y|) * sum_t [ log pi(y_t | x, y_<t) - log sum_v pi(v | x, y_<t)^2 ] )
+# 4) From logits l (log pi(v) = l_v - LSE(l), and log sum_v pi(v)^2 = LSE(2 l) - 2 LSE(l)), per token:
+#        a_t = log pi(y_t) - log sum_v pi(v)^2 = l[y_t] + LSE(l) - LSE(2 l)
+#    sequence_wpo_logps returns mean_t a_t per sequence (detached); wpo_weights returns exp(a(y_w) + a(y_l)).
+# Sanity values (checked): a uniform next-token distribution gives a_t = log(1/V) - log(1/V) = 0 (weight 1);
+#   p = (0.5, 0.25, 0.25) and token 1: a_t = log(0.25 / 0.375) = log(2/3).
+# Bound: pi(y_t) / sum_v pi(v)^2 <= 1 / sum_v pi(v)^2 <= V, so a pair's weight is at most V^2 (finite).
+# NOTE (deviates from paper): the authors' released code and TRL's use_weighting clamp the pair weight at 1;
+#   the paper's formula, as we read it, has no clamp, and neither do we (max_weight=1.0 gives theirs). Only
+#   the "sampled" alignment is here (not the "greedy" one, which divides by max_v pi(v)). train.py --wpo
+#   multiplies the per-pair losses of the registry entries that allow it (README deviation 23).
+# ============================================================================================================
+@torch.no_grad()
+def sequence_wpo_logps(logits, labels, loss_mask):
+    """WPO's per-sequence mean adjusted log-prob, mean_t [log pi(y_t) - log sum_v pi(v)^2] over the completion
+    tokens (step 4), detached. Same arguments and alignment as sequence_logps. Returns (B,) fp32 (fp64 for fp64)."""
+    if logits.shape[:2] != labels.shape or labels.shape != loss_mask.shape:
+        raise ValueError(f"sequence_wpo_logps: logits {tuple(logits.shape)} must be (B, T, V) and labels "
+                         f"{tuple(labels.shape)} / loss_mask {tuple(loss_mask.shape)} must both be (B, T)")
+    logits = logits[:, :-1, :]                                                  # (B, T-1, V) position t -> t+1
+    labels = labels[:, 1:]                                                      # (B, T-1)
+    mask = loss_mask[:, 1:].to(torch.float32)                                   # (B, T-1)
+    safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels))       # (B, T-1)
+    label_logits = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)     # (B, T-1)
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    adjusted = (label_logits.to(compute_dtype) + _logsumexp_fp32(logits)
+                - _logsumexp_fp32(2 * logits))                                  # (B, T-1) a_t, step 4
+    return (adjusted * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)              # (B,)
+
+
+def wpo_weights(chosen_wpo_logps, rejected_wpo_logps, *, max_weight=None):
+    """Per-pair WPO weight exp(a(y_w) + a(y_l)) (step 4), detached; (B,) each -> (B,). max_weight=1.0 clamps
+    as the authors' code and TRL do (NOTE above)."""
+    _pair_shapes(chosen_wpo_logps, rejected_wpo_logps)
+    weights = torch.exp(chosen_wpo_logps.detach() + rejected_wpo_logps.detach())   # (B,)
+    return weights if max_weight is None else weights.clamp(max=max_weight)
 
 
 def log1mexp(s):
@@ -594,6 +662,361 @@ def sft_loss(policy_chosen_logps, policy_rejected_logps):
 
 
 # ============================================================================================================
+# The rest of the offline preference losses: NCA, APO, SPPO, EXO, BCO, DiscoPOP, f-DPO, CPO, KTO
+# Every one below but CPO takes the DPO family's four summed log-probs (B,) and reads r = beta * rho as its
+# reward, as the papers do; s'(u) = sigmoid(u) * sigmoid(-u) is the logistic derivative.
+# ============================================================================================================
+
+
+# ============================================================================================================
+# NCA, noise contrastive alignment, pairwise form (Chen et al., arXiv 2402.05369; Table 1, NCA on preference data)
+#
+# 1) Parametrise the optimal policy by a reward, r_theta(x, y) = beta * rho(y), as in DPO
+#    (pi* = pi_ref * exp(r / beta) / Z).
+# 2) Noise-contrastive view: a response is a sample of pi* or of the "noise" pi_ref. NCA classifies each
+#    response ON ITS OWN (absolute likelihood), where DPO / InfoNCA compare the responses (relative):
+#        K responses with rewards R_i:  loss = - sum_i [ softmax_i(R / alpha) * log sigmoid(r_theta(y_i))
+#                                                        + (1/K) * log sigmoid(-r_theta(y_i)) ]
+# 3) A preference pair is K = 2 with the label as the target weights (1, 0) (the alpha -> 0 limit), r = beta * rho:
+#        loss = -log sigmoid(r_w) - 1/2 log sigmoid(-r_w) - 1/2 log sigmoid(-r_l)
+#             = softplus(-r_w) + softplus(r_w) / 2 + softplus(r_l) / 2
+# 4) Not a function of h alone: y_w is pulled to a FINITE optimum and y_l pushed down separately, so the
+#    chosen likelihood does not fall as it often does under DPO (the paper's motivation).
+# Gradient (checked):  d loss / d rho(y_w) = beta * [ sigmoid(r_w) / 2 - sigmoid(-r_w) ]
+#                      d loss / d rho(y_l) = beta * sigmoid(r_l) / 2
+# Optimum (checked): the y_w part is smallest where sigmoid(r_w) / sigmoid(-r_w) = e^(r_w) = 2, i.e.
+#   beta * rho(y_w) = log 2 (value log(3/2) + log(3)/2 = 0.954771); the y_l part falls to 0 as rho(y_l) -> -inf.
+# Sanity values (checked): pi = pi_ref -> 2 log 2 = 1.386294;  beta = 0.1, rho_w = 10, rho_l = -10 ->
+#   softplus(-1) + softplus(1)/2 + softplus(-1)/2 = 0.313262 + 0.656631 + 0.156631 = 1.126524
+# NOTE (deviates from paper): none (TRL's nca_pair is the same). Log-probs are summed.
+# ============================================================================================================
+def nca_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             *, beta=0.1):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,) step 1
+    losses = F.softplus(-r_w) + 0.5 * F.softplus(r_w) + 0.5 * F.softplus(r_l)   # (B,) step 3
+    return losses, _reward_metrics(r_w, r_l)
+
+
+# ============================================================================================================
+# APO, anchored preference optimization (D'Oosterlinck et al., arXiv 2408.06266; Eq. 7 APO-zero, Eq. 8 APO-down)
+#
+# 1) DPO constrains only the GAP h: both likelihoods may rise or fall together. APO states, for the data set at
+#    hand, which way each response moves relative to pi_ref (its anchor), with r = beta * rho:
+# 2) APO-zero (Eq. 7), when y_w is better than what the policy writes: raise y_w and lower y_l, each on its own:
+#        loss = -sigmoid(r_w) + sigmoid(r_l)
+# 3) APO-down (Eq. 8), when y_w is worse than what the policy writes (but better than y_l): lower y_w, and
+#    lower y_l more, through a sigmoid of the gap:
+#        loss = sigmoid(r_w) - sigmoid(r_w - r_l) = sigmoid(r_w) - sigmoid(beta * h)
+#    Both are bounded in (-1, 1), saturate for large |r| (no push to infinity) and are 0 at pi = pi_ref.
+# Gradients (checked):
+#    zero:  d / d rho(y_w) = -beta s'(r_w);                    d / d rho(y_l) = +beta s'(r_l)
+#    down:  d / d rho(y_w) = beta [ s'(r_w) - s'(beta h) ];    d / d rho(y_l) = +beta s'(beta h)
+#    At pi = pi_ref (all s' = 1/4): zero moves rho_w up and rho_l down at rate beta/4 each; down leaves rho_w
+#    (1/4 - 1/4 = 0) and moves rho_l down.
+# Sanity values (checked): beta = 0.1, rho_w = 10, rho_l = -10:
+#    zero -> sigmoid(-1) - sigmoid(1) = -0.462117;   down -> sigmoid(1) - sigmoid(2) = -0.149738
+# NOTE (deviates from paper): TRL's apo_zero / apo_down add the constant 1 to each (1 - sigmoid(r_w) +
+#   sigmoid(r_l); sigmoid(r_w) + 1 - sigmoid(beta h)), so their values are >= 0; we write Eqs. 7-8 without
+#   it: our values are TRL's minus 1, the gradients identical (README deviation 15). Log-probs are summed.
+# ============================================================================================================
+def apo_zero_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                  *, beta=0.1):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,)
+    losses = -torch.sigmoid(r_w) + torch.sigmoid(r_l)                           # (B,) step 2
+    return losses, _reward_metrics(r_w, r_l)
+
+
+def apo_down_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                  *, beta=0.1):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,)
+    losses = torch.sigmoid(r_w) - torch.sigmoid(beta * h)                       # (B,) step 3
+    return losses, _reward_metrics(r_w, r_l)
+
+
+# ============================================================================================================
+# SPPO with hard win probabilities (Wu et al., arXiv 2405.00675; Algorithm 1, Eq. 4.7 there; TRL's sppo_hard)
+#
+# 1) Self-play: the target is the Nash equilibrium of the game whose payoff is the preference probability
+#    P(y > y' | x). Multiplicative weights give the next iterate
+#        pi_{t+1}(y) = pi_t(y) * exp(eta * P(y > pi_t | x)) / Z_t(x)
+# 2) Fit pi_theta to it by regressing each response's log-ratio on the exponent, with log Z(x) ~ eta / 2:
+#        loss(y) = ( log(pi_theta(y) / pi_t(y)) - eta * (P(y > pi_t | x) - 1/2) )^2
+# 3) Hard probabilities on an offline pair, P = 1 for y_w and 0 for y_l; pi_t = pi_ref; eta = 1/beta:
+#        loss = ( rho(y_w) - 1/(2 beta) )^2 + ( rho(y_l) + 1/(2 beta) )^2
+# 4) Equivalently (checked): loss = (h - 1/beta)^2 / 2 + (rho(y_w) + rho(y_l))^2 / 2, i.e. IPO's regression of
+#    the gap (here to 1/beta) plus a term holding the two log-ratios symmetric about 0.
+# Gradient (checked): d / d rho(y_w) = 2 (rho(y_w) - 1/(2 beta));  d / d rho(y_l) = 2 (rho(y_l) + 1/(2 beta))
+# Optimum (checked): rho(y_w) = +1/(2 beta) and rho(y_l) = -1/(2 beta), loss 0: finite for every pair.
+# Sanity values (checked): beta = 0.1, pi = pi_ref -> 5^2 + 5^2 = 50.
+# NOTE (deviates from paper): SPPO itself iterates: pi_t is the previous iterate, the responses are sampled from
+#   it and P(y > pi_t) is estimated with a preference model (PairRM). Here: one offline iteration, hard 0/1
+#   probabilities, eta = 1/beta, pi_t = pi_ref (TRL's sppo_hard; README deviation 16). Log-probs are summed.
+# ============================================================================================================
+def sppo_hard_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                   *, beta=0.1):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    target = 0.5 / beta                                                         # eta / 2 with eta = 1/beta
+    losses = (chosen_logratios - target) ** 2 + (rejected_logratios + target) ** 2   # (B,) step 3
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+# ============================================================================================================
+# EXO, efficient exact optimization, pairwise form (Ji et al., arXiv 2402.00856; Eq. 16 there)
+#
+# 1) Over K responses y_1..y_K to x, two distributions:
+#        the policy's   p_theta(i) = exp(beta * rho(y_i)) / sum_j exp(beta * rho(y_j))     (beta = EXO's beta_pi)
+#        the label's    p_label(i), from the rewards or the preference labels of the y_i
+# 2) EXO minimises KL(p_theta || p_label), the REVERSE KL (mode seeking): with many samples it moves the
+#    policy like the RLHF objective, KL(pi_theta || pi*); DPO's loss is a forward cross-entropy instead.
+# 3) A preference pair: K = 2 and p_theta = (sigmoid(u), sigmoid(-u)) with u = beta * h. The 0/1 label cannot
+#    be a KL target (log 0), so it is smoothed to (1 - eps, eps):
+#        loss = p log(p / (1 - eps)) + (1 - p) log((1 - p) / eps),   p = sigmoid(u)
+#    with log p = logsigmoid(u) and log(1 - p) = logsigmoid(-u) (finite at |u| = 1000).
+# 4) The minimiser is finite: p = 1 - eps, u* = log((1 - eps) / eps) (6.906755 for eps = 1e-3), loss 0. cDPO
+#    with label_smoothing eps has the same minimiser: its loss is the forward cross-entropy
+#    CE(label, p) = KL(label || p) + H(label), ours the reverse KL(p || label) (checked).
+# Gradient (checked): d loss / d h = beta * p (1 - p) * (u - log((1 - eps) / eps))
+# Sanity values (checked): h = 0 -> -log 2 - log(eps (1 - eps)) / 2 = 2.761231 for eps = 1e-3.
+# NOTE (reconstructs paper): the hard label smoothed by eps (default 1e-3, as TRL's exo_pair) is how the
+#   pairwise form runs on 0/1 preferences; the paper's K samples from pi_sft are the data set's two responses
+#   here (README deviation 17). Log-probs are summed.
+# ============================================================================================================
+def exo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             *, beta=0.1, epsilon=1e-3):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    if not 0.0 < epsilon < 0.5:
+        raise ValueError(f"exo_loss: epsilon (label smoothing) must be in (0, 0.5), got {epsilon}")
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    u = beta * h                                                                # (B,) step 3
+    log_p, log_1mp = F.logsigmoid(u), F.logsigmoid(-u)                          # (B,), (B,)
+    losses = (torch.exp(log_p) * (log_p - math.log1p(-epsilon))
+              + torch.exp(log_1mp) * (log_1mp - math.log(epsilon)))             # (B,)
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+# ============================================================================================================
+# BCO, binary classifier optimization on a pair (Jung et al., arXiv 2404.04656; Sec. 3, the binary
+# cross-entropy loss with reward shift)
+#
+# 1) A binary classifier whose logit is the implicit reward r = beta * rho: y_w is class 1 ("thumbs up") and
+#    y_l class 0 ("thumbs down"), each example on its own, shifted by delta:
+#        loss = -log sigmoid(r_w - delta) - log sigmoid(-(r_l - delta))
+#             = softplus(delta - r_w) + softplus(r_l - delta)
+# 2) It bounds DPO from above: sigmoid(a) sigmoid(b) <= sigmoid(a + b) (1 + e^-a + e^-b + e^-(a+b) >= 1 + e^-(a+b));
+#    with a = r_w - delta and b = delta - r_l, a + b = beta * h, so BCO >= DPO's loss for EVERY delta (checked).
+# 3) The reward shift delta tightens the bound; the paper sets it to the mean reward,
+#        delta = ( E[r(x, y_w)] + E[r(x, y_l)] ) / 2,
+#    kept as a running mean during training, so it needs state across steps and is passed in.
+#    With delta at a pair's own midpoint (r_w + r_l)/2 the loss is 2 * softplus(-beta h / 2) (checked).
+# Gradient (checked, delta a constant): d / d rho(y_w) = -beta sigmoid(delta - r_w)
+#                                       d / d rho(y_l) = +beta sigmoid(r_l - delta)
+# Sanity values (checked): pi = pi_ref, delta = 0 -> 2 log 2 = 1.386294;  beta = 0.1, rho_w = 10, rho_l = -10,
+#   delta = 0 -> 2 softplus(-1) = 0.626523.
+# Metrics: reward_shift (delta, per pair) and reward_mean = (r_w + r_l) / 2, the quantity whose running mean
+#   train.py passes back as delta (LOSSES["bco_pair"].running; README "BCO's reward shift").
+# NOTE (deviates from paper): train.py's delta is the mean of reward_mean over every pair of the PREVIOUS optimizer
+#   steps (0 at step 1, when pi = pi_ref and every reward is 0); TRL folds the current batch into its running
+#   mean before using it. BCO's density-ratio weighting for unpaired data (UDM) is not included (README
+#   deviation 18). Log-probs are summed.
+# ============================================================================================================
+def bco_pair_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                  *, beta=0.1, delta=0.0):
+    """Shapes: all inputs (B,) summed log-probs; delta a float or a tensor broadcastable to (B,), treated as a
+    constant. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,)
+    delta = torch.as_tensor(delta, dtype=h.dtype, device=h.device).detach().expand_as(h)   # (B,) step 3
+    losses = F.softplus(delta - r_w) + F.softplus(r_l - delta)                  # (B,) step 1
+    return losses, _reward_metrics(r_w, r_l, reward_shift=delta, reward_mean=0.5 * (r_w + r_l))
+
+
+# ============================================================================================================
+# DiscoPOP, the log-ratio modulated loss (Lu et al., arXiv 2406.08414; Eq. 5 there, "LRML")
+#
+# 1) Found by an LLM-driven search over losses f(beta * h) of the DPO form; with u = beta * h:
+#        m(u) = sigmoid(u / tau)                                   (tau = 0.05)
+#        loss = (1 - m) * softplus(-u) + m * exp(-u)                (logistic loss blended into exponential)
+# 2) u << 0 (the pair ranked the wrong way): ~ softplus(-u), DPO's loss;  u >> 0: ~ exp(-u), the exponential
+#    loss, which decays faster than DPO's, so well-ranked pairs stop pulling sooner.
+# 3) Stable form: m * exp(-u) = exp( logsigmoid(u / tau) - u ). The naive product is 0 * inf = NaN at
+#    u = -1000 (exp(1000) overflows); ours is exp(-19000) = 0 (checked). For tau < 1 the loss is finite
+#    everywhere; for tau > 1 the exponential branch itself grows like exp((1 - 1/tau) |u|) as u -> -inf and
+#    overflows at |u| = 1000: not finite there by construction (checked with tau = 2).
+# Gradient (checked), with d m / d u = m (1 - m) / tau:
+#        d loss / d u = m (1 - m) / tau * (exp(-u) - softplus(-u)) - (1 - m) sigmoid(-u) - m exp(-u)
+#        d loss / d h = beta * d loss / d u
+# Sanity values (checked): h = 0 -> (log 2 + 1) / 2 = 0.846574; d loss / d u at 0 = (1 - log 2) * 5 - 3/4 =
+#   +0.784264 (tau = 0.05): POSITIVE, so from pi = pi_ref the first steps lower h, into a shallow local minimum
+#   at u ~ -0.119 (0.785925) before the descent past the local maximum at u ~ +0.072 (0.878290). The paper
+#   reports this non-convexity (Sec. 6.1, "negative gradients at the starting point rho = 0").
+# Reduction (checked): tau -> infinity gives m = 1/2, the paper's "CELL" loss (softplus(-u) + exp(-u)) / 2.
+# NOTE (reconstructs paper): Eq. 5 (sigmoid(beta rho / tau)) is implemented, as TRL's discopop. The paper's Eq. 4
+#   writes (sigmoid(beta rho / tau) - 1) for the first weight (a sign slip: Eq. 5 has 1 - sigmoid), and its
+#   appendix code modulates with sigmoid(rho), without beta / tau, which equals Eq. 5 at the paper's
+#   beta = tau = 0.05 only (README deviation 19). Log-probs are summed.
+# ============================================================================================================
+def discopop_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                  *, beta=0.1, tau=0.05):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics (+ modulation m)."""
+    if not tau > 0.0:
+        raise ValueError(f"discopop_loss: tau must be > 0, got {tau}")
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    u = beta * h                                                                # (B,)
+    logistic = torch.sigmoid(-u / tau) * F.softplus(-u)                         # (B,) (1 - m) softplus(-u)
+    exponential = torch.exp(F.logsigmoid(u / tau) - u)                          # (B,) m exp(-u), step 3
+    losses = logistic + exponential                                             # (B,) step 1
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios,
+                                   modulation=torch.sigmoid(u / tau))
+
+
+# ============================================================================================================
+# f-DPO (Wang et al., arXiv 2309.16240; Sec. 4, the DPO loss under an f-divergence constraint; f' in its Table 1)
+#
+# 1) Replace the reverse-KL constraint of the RLHF objective by an f-divergence:
+#        max_pi  E_pi[ r ]  -  beta * E_{pi_ref}[ f( pi / pi_ref ) ]
+# 2) Its optimality (KKT) conditions give the reward through f' (f' invertible, 0 outside its domain):
+#        r(x, y) = beta * f'( pi(y) / pi_ref(y) ) + const(x)
+# 3) Bradley-Terry on that reward, u = pi / pi_ref = exp(rho); const(x) cancels:
+#        z    = beta * [ f'(u_w) - f'(u_l) ]
+#        loss = -log sigmoid(z) = softplus(-z)
+# 4) The divergences, g(rho) = f'(exp(rho)) up to an additive constant (it cancels in z):
+#        reverse_kl        f = u log u                              f' = log u + 1          g = rho   (DPO)
+#        forward_kl        f = -log u                               f' = -1/u               g = -exp(-rho)
+#        js_divergence     f = u log u - (u + 1) log((u + 1) / 2)   f' = log(2u / (1 + u))  g = logsigmoid(rho)
+#        alpha_divergence  f = (u^(1-a) - (1-a) u - a) / (a (a-1))  f' = (1 - u^(-a)) / a   g = -exp(-a rho) / a
+#    alpha -> 0 gives reverse_kl and alpha -> 1 gives forward_kl (checked).
+# Gradient (checked): d loss / d rho(y_w) = -beta sigmoid(-z) g'(rho_w)
+#                     d loss / d rho(y_l) = +beta sigmoid(-z) g'(rho_l)
+#   with g'(rho) = 1 | exp(-rho) | sigmoid(-rho) | exp(-alpha rho)
+# Reductions (checked): reverse_kl equals dpo_loss exactly; pi = pi_ref gives log 2 for every divergence.
+# Sanity values (checked): forward_kl, rho_w = log 2, rho_l = 0: z = beta (-1/2 + 1), so beta = 2 -> softplus(-1)
+#   = 0.313262;  js_divergence, rho_w = log 3, rho_l = 0: z = beta (log(3/4) - log(1/2)) = beta log 1.5.
+# Not finite by construction: forward_kl and alpha_divergence are exponential in the log-ratios, so at
+#   |rho| = 10000 (|beta h| = 1000) exp(alpha |rho|) overflows: the loss is +inf (y_w very unlikely) or 0 with a
+#   NaN gradient (y_l very unlikely). reverse_kl and js_divergence are finite there (checked).
+# NOTE (deviates from paper): alpha is restricted to (0, 1), the paper's range. TRL caps the exponent (cap_exp)
+#   to avoid the overflow; we do not: a NaN stops train.py with a clear message (README deviation 20).
+#   Log-probs are summed.
+# ============================================================================================================
+FDPO_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+def _fdpo_g(logratios, divergence, alpha):
+    """g(rho) = f'(exp(rho)) up to a constant, for each divergence (step 4)."""
+    if divergence == "reverse_kl":
+        return logratios                                                        # (B,)
+    if divergence == "forward_kl":
+        return -torch.exp(-logratios)                                           # (B,)
+    if divergence == "js_divergence":
+        return F.logsigmoid(logratios)                                          # (B,)
+    return -torch.exp(-alpha * logratios) / alpha                               # (B,) alpha_divergence
+
+
+def fdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+              *, beta=0.1, divergence="reverse_kl", alpha=0.5):
+    """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics (+ pref_logit z)."""
+    if divergence not in FDPO_DIVERGENCES:
+        raise ValueError(f"fdpo_loss: divergence must be one of {', '.join(FDPO_DIVERGENCES)}; got {divergence!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"fdpo_loss: alpha (of alpha_divergence) must be in (0, 1), got {alpha}")
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    z = beta * (_fdpo_g(chosen_logratios, divergence, alpha)
+                - _fdpo_g(rejected_logratios, divergence, alpha))               # (B,) step 3
+    losses = F.softplus(-z)                                                     # (B,)
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, pref_logit=z)
+
+
+# ============================================================================================================
+# CPO, contrastive preference optimization (Xu et al., arXiv 2401.08417; Sec. 3, L_prefer + L_NLL)
+#
+# 1) The paper bounds DPO's loss with an ideal reference from above by the same loss with a UNIFORM reference
+#    (whose log-probs cancel in the gap) plus a behaviour-cloning term; the preference part is reference-free:
+#        L_prefer = -log sigmoid( beta * S(y_w) - beta * S(y_l) )
+# 2) The preference part alone does not keep pi on the preferred data: behaviour cloning on y_w,
+#        L_NLL = -S(y_w)
+# 3)     loss = L_prefer + alpha * L_NLL          (alpha = 1 in the paper; TRL's cpo_alpha)
+# Gradient (checked): with v = beta (S(y_w) - S(y_l)),
+#        d loss / d S(y_w) = -beta sigmoid(-v) - alpha;   d loss / d S(y_l) = +beta sigmoid(-v)
+# Reduction (checked): alpha = 0 gives dpo_loss with every reference log-prob 0.
+# Sanity values (checked): S(y_w) = S(y_l) = -10, beta = 0.1, alpha = 1 -> log 2 + 10 = 10.693147
+# Rewards (TRL's CPO): chosen_rewards = beta * S(y_w), rejected_rewards = beta * S(y_l); plus pref_loss, nll_loss.
+# NOTE (deviates from paper): log-probs are SUMMED in both terms: the paper writes the sequence log-likelihood
+#   log pi(y | x) in both, and the registry gives a loss one reduction. TRL's CPOTrainer sums for the preference
+#   term but token-averages the NLL, so the same alpha weighs the NLL about |y| times more here
+#   (README deviation 21).
+# ============================================================================================================
+def cpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1, alpha=1.0):
+    """Shapes: (B,) SUMMED policy log-probs S. Returns losses (B,), metrics."""
+    if not alpha >= 0.0:
+        raise ValueError(f"cpo_loss: alpha (weight of the NLL term) must be >= 0, got {alpha}")
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps)
+    chosen_rewards = beta * policy_chosen_logps                                 # (B,)
+    rejected_rewards = beta * policy_rejected_logps                             # (B,)
+    pref = F.softplus(-(chosen_rewards - rejected_rewards))                     # (B,) step 1
+    nll = -policy_chosen_logps                                                  # (B,) step 2
+    losses = pref + alpha * nll                                                 # (B,) step 3
+    return losses, _reward_metrics(chosen_rewards, rejected_rewards, pref_loss=pref, nll_loss=nll)
+
+
+# ============================================================================================================
+# KTO from pairs (Ethayarajh et al., arXiv 2402.01306; Sec. 4, the loss L_KTO = E[ lambda_y - v(x, y) ])
+#
+# 1) Prospect-theoretic value of an output relative to a reference point z_ref, with rho = rho(y):
+#        desirable y:    v = lambda_D * sigmoid( beta * (rho - z_ref) )
+#        undesirable y:  v = lambda_U * sigmoid( beta * (z_ref - rho) )
+#        z_ref = KL( pi(y'|x) || pi_ref(y'|x) ), not back-propagated
+# 2) Per example: loss = lambda_y - v(x, y) (the data need no pairs: each example is desirable or not).
+# 3) A preference pair gives one of each, y_w desirable and y_l undesirable; the pair's loss is their SUM
+#    (lambda - lambda sigmoid(u) = lambda sigmoid(-u)):
+#        loss = lambda_D sigmoid( beta (z_ref - rho_w) ) + lambda_U sigmoid( beta (rho_l - z_ref) )
+# 4) z_ref is passed in, or (z_ref=None, which is what train.py uses) estimated from the inputs:
+#        z_ref = max(0, mean over the batch of (rho(y_w) + rho(y_l)) / 2), detached
+#    a micro-batch estimate of KL(pi || pi_ref) from the responses at hand.
+# Gradient (checked, z_ref a constant):
+#        d loss / d rho(y_w) = -lambda_D beta s'(beta (z_ref - rho_w))
+#        d loss / d rho(y_l) = +lambda_U beta s'(beta (rho_l - z_ref))
+# Reduction (checked): z_ref = 0, lambda_D = lambda_U = 1 gives 1 + apo_zero_loss (= TRL's apo_zero).
+# Sanity values (checked): pi = pi_ref -> z_ref = 0 and loss (lambda_D + lambda_U) / 2 = 1 for unit weights.
+# Rewards: chosen_rewards = beta * rho(y_w), rejected_rewards = beta * rho(y_l); plus z_ref (per pair).
+# NOTE (deviates from paper): the paper estimates z_ref on MISMATCHED pairs (x_i with y_j of another prompt of
+#   the micro-batch: an extra forward pass) and trains on unpaired examples; here it is the mean of the pairs' own
+#   log-ratios (no extra pass; same clamp at 0 and detach), so it depends on the micro-batch split; and a pair
+#   counts its two examples as a sum (the paper's mean over examples is half of it) (README deviation 22).
+#   Log-probs are summed.
+# ============================================================================================================
+def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             *, beta=0.1, desirable_weight=1.0, undesirable_weight=1.0, z_ref=None):
+    """Shapes: all inputs (B,) summed log-probs; z_ref None (estimated, step 4), a float or a tensor
+    broadcastable to (B,). Returns losses (B,), metrics (+ z_ref)."""
+    if not (desirable_weight >= 0.0 and undesirable_weight >= 0.0):
+        raise ValueError(f"kto_loss: desirable_weight and undesirable_weight must be >= 0, got "
+                         f"{desirable_weight}, {undesirable_weight}")
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    if z_ref is None:
+        z_ref = (0.5 * (chosen_logratios + rejected_logratios)).mean().clamp(min=0.0)   # () step 4
+    z = torch.as_tensor(z_ref, dtype=h.dtype, device=h.device).detach().expand_as(h)     # (B,)
+    losses = (desirable_weight * torch.sigmoid(beta * (z - chosen_logratios))
+              + undesirable_weight * torch.sigmoid(beta * (rejected_logratios - z)))    # (B,) step 3
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, z_ref=z)
+
+
+# ============================================================================================================
 # Registry: method name -> the function, what the trainer must feed it, and its hyper-parameters
 #
 # `inputs` lists, in call order, the pairs of (B,) tensors the function takes before its keywords:
@@ -603,6 +1026,14 @@ def sft_loss(policy_chosen_logps, policy_rejected_logps):
 #     "oracle_members"  every ensemble member's rewards: (K, B) each (e-DPO's pessimism needs them all)
 #     "student"         DRDO's student rewards r(x, y_w), r(x, y_l); train.py's --student_reward says which
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
+# `running` maps a keyword argument to one of the function's OWN metrics: train.py passes, as that keyword, the
+#     mean of the metric over every training pair of the previous optimizer steps (nothing before the first
+#     step, so the function's default applies), kept in its state and saved in the checkpoint, so a resumed
+#     run is exact. The value is constant within a step, so gradient accumulation stays exact. It is how a
+#     loss with state across steps stays a pure function: BCO's reward shift, {"delta": "reward_mean"}.
+# `wpo` True: train.py --wpo may multiply the loss's per-pair values by WPO's detached weights (wpo_weights above);
+#     set for the pairwise preference losses of the DPO family and SimPO, not for losses with an NLL, KL,
+#     Oracle or SFT term (orpo, cpo, pdpo, distill, edpo, drdo, sft), whose extra term a weight would distort.
 # Adding a loss = a function above + an entry here (+ a Config field for a new hyper-parameter).
 # ============================================================================================================
 @dataclass(frozen=True)
@@ -612,6 +1043,8 @@ class LossInfo:
     average_logps: bool            # True: token-averaged Sbar for "policy" and "reference"; False: summed S
     hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
     terms: dict = field(default_factory=dict)     # term name -> keyword overrides that leave only that term
+    running: dict = field(default_factory=dict)   # keyword of fn -> metric of fn whose running mean fills it
+    wpo: bool = False              # train.py --wpo may weight its per-pair losses (WPO)
 
     @property
     def needs_reference(self):
@@ -624,13 +1057,13 @@ class LossInfo:
 
 _POL, _REF = ("policy",), ("policy", "reference")
 LOSSES = {
-    "dpo":     LossInfo(dpo_loss, _REF, False, {"beta": "beta"}),
-    "cdpo":    LossInfo(cdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
-    "rdpo":    LossInfo(rdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}),
+    "dpo":     LossInfo(dpo_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "cdpo":    LossInfo(cdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}, wpo=True),
+    "rdpo":    LossInfo(rdpo_loss, _REF, False, {"beta": "beta", "label_smoothing": "label_smoothing"}, wpo=True),
     # NOTE (deviates from paper): averaged log-probs for IPO, as TRL; see ipo_loss.
-    "ipo":     LossInfo(ipo_loss, _REF, True, {"beta": "beta"}),
-    "hinge":   LossInfo(hinge_loss, _REF, False, {"beta": "beta"}),
-    "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}),
+    "ipo":     LossInfo(ipo_loss, _REF, True, {"beta": "beta"}, wpo=True),
+    "hinge":   LossInfo(hinge_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}, wpo=True),
     "orpo":    LossInfo(orpo_loss, _POL, True, {"beta": "orpo_beta"}),
     "distill": LossInfo(distill_loss, _REF + ("oracle",), False, {"beta": "beta"}),
     "edpo":    LossInfo(edpo_loss, _REF + ("oracle_members",), False,
@@ -640,4 +1073,18 @@ LOSSES = {
                         {"alpha": "alpha", "gamma": "gamma", "score": "score", "distill_weight": "distill_weight"},
                         terms={"distill": {"alpha": 0.0}, "pref": {"distill_weight": 0.0}}),
     "sft":     LossInfo(sft_loss, _POL, True),
+    "nca":       LossInfo(nca_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "apo_zero":  LossInfo(apo_zero_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "apo_down":  LossInfo(apo_down_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "sppo_hard": LossInfo(sppo_hard_loss, _REF, False, {"beta": "beta"}, wpo=True),
+    "exo":       LossInfo(exo_loss, _REF, False, {"beta": "beta", "epsilon": "exo_epsilon"}, wpo=True),
+    # delta <- running mean of the loss's own reward_mean = (r_w + r_l) / 2 (README deviation 18)
+    "bco_pair":  LossInfo(bco_pair_loss, _REF, False, {"beta": "beta"}, running={"delta": "reward_mean"}, wpo=True),
+    "discopop":  LossInfo(discopop_loss, _REF, False, {"beta": "beta", "tau": "discopop_tau"}, wpo=True),
+    "fdpo":      LossInfo(fdpo_loss, _REF, False,
+                          {"beta": "beta", "divergence": "fdpo_divergence", "alpha": "fdpo_alpha"}, wpo=True),
+    "cpo":       LossInfo(cpo_loss, _POL, False, {"beta": "beta", "alpha": "cpo_alpha"}),
+    # z_ref is not filled: kto_loss estimates it from each micro-batch, detached (README deviation 22)
+    "kto":       LossInfo(kto_loss, _REF, False, {"beta": "beta", "desirable_weight": "kto_desirable_weight",
+                                                  "undesirable_weight": "kto_undesirable_weight"}, wpo=True),
 }

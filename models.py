@@ -4,7 +4,8 @@
     add_reward_head(model)    the Oracle's reward head, also DRDO's head student: Linear(d_model, 1) in fp32
     forward_with_reward       one forward -> (logits, reward read at the last real token)
     save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
-    batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected)
+    batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected),
+                              and on request WPO's weights' inputs from the same forward
     sample_completions        n samples per prompt, the same for every model given the same seed
 
 The reward head: R(x, y) = w . h_last + b, with h_last the final hidden state at the LAST NON-PADDING token
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from common import atomic_dir, cache_root, go_offline, hub_reachable
-from losses import sequence_logps
+from losses import sequence_logps, sequence_wpo_logps
 
 HEAD_FILE = "reward_head.pt"
 HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
@@ -74,12 +75,30 @@ def load_model(name, task_reference=None, dtype=torch.float32):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, **{k: v for k, v in NO_DROPOUT.items() if k in config_keys})
     except OSError as e:
-        where = "a local directory" if os.path.isdir(path) else "the Hugging Face hub"
-        raise ValueError(f"could not load model {name!r} ({path}) from {where}: {str(e).splitlines()[0]}\n"
-                         f"Without internet, use one of: {OFFLINE_MODELS}") from None
+        raise unavailable(name, path, e) from None
     if tokenizer.pad_token is None:                       # e.g. Llama-family tokenizers: pad with EOS
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def unavailable(name, path, error):
+    where = "a local directory" if os.path.isdir(path) else "the Hugging Face hub"
+    return ValueError(f"could not load model {name!r} ({path}) from {where}: {str(error).splitlines()[0]}\n"
+                      f"Without internet, use one of: {OFFLINE_MODELS}")
+
+
+def check_available(name):
+    """Fail in seconds, before any data is built, when a hub model can be neither downloaded (no network) nor
+    found in the local Hugging Face cache. Names of this repository and local directories always pass."""
+    path = HUB_MODELS.get(name, name)
+    if not name or name in ("embedded", "tiny", "smollm2-135m") or os.path.isdir(path) or hub_reachable():
+        return
+    from transformers import AutoConfig
+    go_offline()
+    try:
+        AutoConfig.from_pretrained(path)
+    except OSError as e:
+        raise unavailable(name, path, e) from None
 
 
 def smollm2_dir():
@@ -166,22 +185,28 @@ def load_reward_model(path, **from_pretrained_kwargs):
 # ============================================================================================================
 # Log-probs of a collated batch
 # ============================================================================================================
-def batch_logps(model, batch, average=False, with_head=False):
+def batch_logps(model, batch, average=False, with_head=False, wpo=False):
     """One forward of a collated batch -> (log-probs (N,) of the loss_mask tokens, head rewards (N,) or None).
-    `average`: token-averaged Sbar instead of the sum S (losses.sequence_logps)."""
+    `average`: token-averaged Sbar instead of the sum S (losses.sequence_logps). `wpo`: a third value, WPO's
+    detached mean adjusted log-probs (N,) from the same logits (losses.sequence_wpo_logps; train.py --wpo)."""
     if with_head:
         logits, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"])
     else:
         logits, rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, None
-    return sequence_logps(logits, batch["input_ids"], batch["loss_mask"], average=average), rewards   # (N,)
+    logps = sequence_logps(logits, batch["input_ids"], batch["loss_mask"], average=average)   # (N,)
+    if wpo:
+        return logps, rewards, sequence_wpo_logps(logits, batch["input_ids"], batch["loss_mask"])  # (N,)
+    return logps, rewards
 
 
-def pair_logps(model, batch, average=False, with_head=False):
+def pair_logps(model, batch, average=False, with_head=False, wpo=False):
     """A stacked [chosen; rejected] batch (data.collate), one forward -> (chosen (B,), rejected (B,),
-    (head chosen (B,), head rejected (B,)) or None)."""
-    logps, rewards = batch_logps(model, batch, average, with_head)                # (2B,), (2B,) or None
+    (head chosen (B,), head rejected (B,)) or None), and with `wpo` a fourth value: (chosen, rejected) WPO
+    mean adjusted log-probs, (B,) each, detached."""
+    logps, rewards, *wpo_logps = batch_logps(model, batch, average, with_head, wpo)   # (2B,) each, or None
     B = logps.shape[0] // 2
-    return logps[:B], logps[B:], (None if rewards is None else (rewards[:B], rewards[B:]))
+    out = (logps[:B], logps[B:], None if rewards is None else (rewards[:B], rewards[B:]))
+    return out + ((wpo_logps[0][:B], wpo_logps[0][B:]),) if wpo else out
 
 
 # ============================================================================================================

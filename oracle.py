@@ -30,7 +30,8 @@ import data
 from common import (cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
                     weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
-from models import add_reward_head, forward_with_reward, load_model, load_reward_model, save_model
+from models import (add_reward_head, check_available, forward_with_reward, load_model, load_reward_model,
+                    save_model)
 
 
 def oracle_batch_loss(model, batch, alpha=0.1):
@@ -211,6 +212,7 @@ def main(argv=None):
     quiet_transformers()
     print(json.dumps(asdict(cfg), indent=1))
     try:
+        check_available(cfg.model)
         train_ds, test_ds, task = data.load_splits(cfg.data, cfg.held_out, cfg.seed)
         members, report = ensure_oracles(cfg, train_ds, test_ds, task and task["reference"])
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:

@@ -61,7 +61,7 @@ def test_train_oracle_and_evaluate_from_an_empty_checkout(checkout):
 @pytest.mark.parametrize("args", [
     ["train.py", "--method", "dpo", "--model", "opt-125m"],
     ["train.py", "--method", "dpo", "--data", "ultrafeedback"],
-    ["oracle.py", "--model", "opt-125m", "--data", "embedded-tiny", "--epochs", "1"],
+    ["oracle.py", "--model", "opt-125m"],
 ])
 def test_no_network_and_no_offline_variable_gives_the_clear_message_fast(checkout, args):
     # transformers / datasets alone would retry for about a minute; models.load_model and data.load_preferences

@@ -1,6 +1,7 @@
 """Tests of models.py on a tiny random OPT (seconds): the reward head's last-token pooling under right and
 left padding, save/load of a model with a head (and the clear error for a plain LM), models by name and their
 offline errors, and pair_logps against sequence log-probs computed row by row."""
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,6 +83,26 @@ def test_pair_logps_equals_row_by_row_log_softmax():
     c_avg, r_avg, _ = models.pair_logps(model, batch, average=True)
     lengths = torch.tensor([3, 3, 2, 4], dtype=torch.float64)
     torch.testing.assert_close(torch.cat([c_avg, r_avg]).double(), torch.tensor(expected) / lengths,
+                               atol=1e-5, rtol=0)
+
+
+def test_pair_logps_with_wpo_adds_the_adjusted_mean_log_probs_row_by_row():
+    # WPO's input: per completion token log p(y_t) - log sum_v p(v)^2, averaged over the completion, computed here
+    # row by row from softmax probabilities; the first three outputs are unchanged and the fourth is detached
+    model = tiny_opt()
+    batch = pair_batch()
+    c, r, head, (wc, wr) = models.pair_logps(model, batch, wpo=True)
+    c0, r0, _ = models.pair_logps(model, batch)
+    assert head is None and torch.equal(c, c0) and torch.equal(r, r0)
+    assert not wc.requires_grad and not wr.requires_grad
+    rows = [([2, 3], [4, 5, 1]), ([2], [4, 4, 1]), ([2, 3], [6, 1]), ([2], [7, 8, 9, 1])]
+    expected = []
+    for prompt, completion in rows:
+        p = torch.softmax(model(input_ids=torch.tensor([prompt + completion])).logits[0].double(), -1)   # (T, V)
+        terms = [math.log(p[len(prompt) - 1 + k, tok].item() / (p[len(prompt) - 1 + k] ** 2).sum().item())
+                 for k, tok in enumerate(completion)]
+        expected.append(sum(terms) / len(terms))
+    torch.testing.assert_close(torch.cat([wc, wr]).double(), torch.tensor(expected, dtype=torch.float64),
                                atol=1e-5, rtol=0)
 
 

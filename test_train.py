@@ -73,7 +73,9 @@ def record_calls(monkeypatch, method):
 # ------------------------------------------------------------------------------------------------------------
 FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "--aggregate", "example_min",
          "--simpo_beta", "1.7", "--simpo_gamma", "0.3", "--orpo_beta", "0.45", "--alpha", "0.6", "--gamma", "1.5",
-         "--score", "odds", "--distill_weight", "0.8", "--beta_r", "0.09"]
+         "--score", "odds", "--distill_weight", "0.8", "--beta_r", "0.09", "--exo_epsilon", "0.002",
+         "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
+         "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -81,6 +83,10 @@ EXPECTED_KWARGS = {
     "pdpo": {"beta": 0.123, "kl_coef": 0.21}, "edpo": {"beta": 0.123, "kl_coef": 0.21, "aggregate": "example_min"},
     "simpo": {"beta": 1.7, "gamma": 0.3}, "orpo": {"beta": 0.45}, "sft": {},
     "drdo": {"alpha": 0.6, "gamma": 1.5, "score": "odds", "distill_weight": 0.8},
+    "nca": {"beta": 0.123}, "apo_zero": {"beta": 0.123}, "apo_down": {"beta": 0.123}, "sppo_hard": {"beta": 0.123},
+    "exo": {"beta": 0.123, "epsilon": 0.002}, "bco_pair": {"beta": 0.123}, "discopop": {"beta": 0.123, "tau": 0.07},
+    "fdpo": {"beta": 0.123, "divergence": "js_divergence", "alpha": 0.3}, "cpo": {"beta": 0.123, "alpha": 0.8},
+    "kto": {"beta": 0.123, "desirable_weight": 1.2, "undesirable_weight": 0.9},
 }
 
 
@@ -99,11 +105,13 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *FLAGS, *oracle)
     assert s["objective_end"] < s["objective_start"] - 1e-3, s
     # every call has exactly the expected keywords; on evaluation steps, a loss with named terms (drdo) is also
-    # called once per term with that term's overrides (train.term_grad_norms)
+    # called once per term with that term's overrides (train.term_grad_norms); running-mean keywords (bco_pair's
+    # delta, from step 2 on) are checked in their own test
     expected = EXPECTED_KWARGS[method]
     allowed = [expected] + [expected | o for o in LOSSES[method].terms.values()]
-    assert all(c["kwargs"] in allowed for c in calls), [c["kwargs"] for c in calls if c["kwargs"] not in allowed]
-    assert sum(c["kwargs"] == expected for c in calls) >= s["steps"]
+    given = [{k: v for k, v in c["kwargs"].items() if k not in LOSSES[method].running} for c in calls]
+    assert all(kw in allowed for kw in given), [kw for kw in given if kw not in allowed]
+    assert sum(kw == expected for kw in given) >= s["steps"]
     # steps: each of the 3 epochs is ceil(n / 8) windows of at most 8 pairs, n = pairs that tokenize
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
@@ -199,7 +207,66 @@ def test_student_reward_is_what_the_flag_says(cache, tmp_path, monkeypatch, stud
         assert torch.equal(rw, torch.zeros_like(rw)) and torch.equal(rl, torch.zeros_like(rl))
 
 
-@pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft"])
+def test_bco_delta_is_the_running_mean_of_past_steps_and_survives_resume(cache, tmp_path):
+    # bco_pair's entry fills `delta` from the running mean of its own metric reward_mean = (r_w + r_l)/2 over
+    # every pair of the PREVIOUS optimizer steps (registry `running`). The log shows both per step: delta at step
+    # k must be the pair-weighted mean of reward_mean over steps 1..k-1 (0 at step 1), and the sums travel in the
+    # checkpoint, so a stopped and resumed run equals an uninterrupted one bit for bit.
+    args = ["--method", "bco_pair", "--epochs", "2", "--lr", "1e-3", "--save_every", "2"]
+    s = run(tmp_path, *args, name="whole")
+    rows = metrics(tmp_path, "whole")
+    n = s["train_examples"]                      # windows of 8 pairs per epoch; the last of an epoch is short
+    sizes = [min(8, n - i) for _ in range(2) for i in range(0, n, 8)]
+    assert len(rows) == len(sizes) and rows[0]["bco/delta"] == 0.0
+    total = pairs = 0.0
+    for row, size in zip(rows, sizes):
+        assert row["bco/delta"] == pytest.approx(total / pairs if pairs else 0.0, rel=1e-5, abs=1e-8)
+        total, pairs = total + row["bco/reward_mean"] * size, pairs + size
+    assert any(abs(r["bco/delta"]) > 1e-4 for r in rows)              # it does move away from 0
+    run(tmp_path, *args, "--stop_after", "5", name="split")
+    state = checkpoint.load_state(checkpoint.latest(str(tmp_path / "split")))
+    assert state["step"] == 4 and state["running"]["delta"][1] == sum(sizes[:4])
+    run(tmp_path, *args, "--resume", name="split")
+    assert metrics(tmp_path, "split") == rows
+    wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_kto_z_ref_is_the_detached_batch_estimate_its_registry_entry_leaves_to_it(cache, tmp_path, monkeypatch):
+    # kto's entry fills beta and the two weights but not z_ref, so kto_loss estimates z_ref itself on every
+    # micro-batch: max(0, mean of the pairs' (rho_w + rho_l) / 2), detached. Check it against the log-ratios
+    # train.py passed in, on every training call; at step 1 pi = pi_ref, so z_ref = 0 and the loss is 1.
+    import losses
+    seen = []
+
+    def spy(*args, **kwargs):
+        out = losses.kto_loss(*args, **kwargs)
+        pc, pr, rc, rr = args
+        rho = ((pc - rc) + (pr - rr)).detach() / 2
+        seen.append((set(kwargs), out[1]["z_ref"].double(), max(0.0, rho.double().mean().item()), pc.requires_grad))
+        return out
+    monkeypatch.setitem(LOSSES, "kto", replace(LOSSES["kto"], fn=spy))
+    run(tmp_path, "--method", "kto", "--epochs", "0.5", "--lr", "1e-3")
+    assert all(keys == {"beta", "desirable_weight", "undesirable_weight"} for keys, *_ in seen)
+    for _, z, expected, _ in seen:
+        torch.testing.assert_close(z, torch.full_like(z, expected), rtol=1e-5, atol=1e-6)
+    assert any(grad and e > 0 for *_, e, grad in seen)                 # training calls, some with z_ref > 0
+    first = metrics(tmp_path)[0]
+    assert first["kto/z_ref"] == pytest.approx(0.0, abs=1e-6) and first["loss"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_wpo_multiplies_each_pair_loss_by_its_detached_weight(cache, tmp_path):
+    # --wpo with dpo: at step 1 pi = pi_ref, so every pair's DPO loss is log 2 and the weighted loss of the step is
+    # log 2 times the mean weight (the weights themselves are tested in test_losses / test_models); and the run
+    # still lowers its (weighted) objective
+    s = run(tmp_path, "--method", "dpo", "--wpo", "--epochs", "2", "--lr", "1e-3")
+    first = metrics(tmp_path)[0]
+    assert 0 < first["wpo/weight"] != pytest.approx(1.0)
+    assert first["loss"] == pytest.approx(math.log(2) * first["wpo/weight"], rel=1e-5)
+    assert s["objective_end"] < s["objective_start"]
+
+
+@pytest.mark.parametrize("method", ["drdo", "simpo", "orpo", "sft", "cpo"])
 def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch, method):
     def no_reference(*args, **kwargs):
         raise AssertionError(f"{method} asked for reference log-probs")
@@ -367,8 +434,8 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(cache, tmp_path, monkeyp
     real = train.compute_loss
     calls = {"n": 0}
 
-    def poisoned(cfg, model, batch, overrides=None):
-        losses, metrics_, logps = real(cfg, model, batch, overrides)
+    def poisoned(cfg, model, batch, keywords=None):
+        losses, metrics_, logps = real(cfg, model, batch, keywords)
         calls["n"] += model.training                     # count training micro-batches only (not evaluation)
         return (losses * float("nan") if calls["n"] > 3 else losses), metrics_, logps
     monkeypatch.setattr(train, "compute_loss", poisoned)
@@ -384,11 +451,11 @@ def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monke
     real = train.compute_loss
     calls = {"n": 0}
 
-    def oom(cfg, model, batch, overrides=None):
+    def oom(cfg, model, batch, keywords=None):
         calls["n"] += model.training
         if calls["n"] > 3:
             raise error
-        return real(cfg, model, batch, overrides)
+        return real(cfg, model, batch, keywords)
     monkeypatch.setattr(train, "compute_loss", oom)
     with pytest.raises(SystemExit, match=r"out of memory at step 4 .*--micro_batch_size \(now 8.*--max_length.*"
                                          r"last checkpoint: .*checkpoint-2"):
@@ -413,6 +480,9 @@ def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monke
     (["--method", "drdo", "--score", "margin"], "--score must be one of"),
     (["--method", "edpo", "--aggregate", "max"], "--aggregate must be one of"),
     (["--method", "drdo", "--student_reward", "logprob"], "--student_reward must be one of"),
+    (["--method", "fdpo", "--fdpo_divergence", "kl"], "--fdpo_divergence must be one of"),
+    (["--method", "sft", "--wpo"], "--wpo weights pairwise preference losses; sft is not one"),
+    (["--method", "discopop", "--discopop_tau", "2"], r"--discopop_tau must be in \(0, 1\]"),
     (["--method", "dpo", "--flip", "40"], r"--flip must be in \[0, 1\]; got 40"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),

@@ -21,7 +21,11 @@ What happens, in order (each stage says what it is doing and caches what it buil
              judged by the gold reward nothing was trained on (evaluate.gold_check)
 
 The loss of a micro-batch is built from the method's registry entry alone (losses.LOSSES: which tensors it
-takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch.
+takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. Three generic
+additions, each declared in the registry: an entry's `running` keywords (BCO's delta) get the mean of one of
+the loss's own metrics over the pairs of all previous steps (the sums live in the checkpoint); its `terms`
+are isolated on evaluation steps to log each term's gradient norm; and --wpo multiplies the per-pair losses
+of entries with wpo=True by losses.wpo_weights, detached, from the same forward (README deviations 18, 23).
 For drdo with --student_reward head the policy also carries a scalar reward head (models.add_reward_head),
 saved beside the checkpoint as reward_head.pt.
 NOTE (deviates from paper): the DRDO paper does not state how micro-batches, schedules or clipping were set;
@@ -43,8 +47,8 @@ import evaluate
 import oracle
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
 from config import Config, resolve, resume_command
-from losses import LOSSES, completion_lengths
-from models import add_reward_head, load_model, pair_logps
+from losses import LOSSES, completion_lengths, wpo_weights
+from models import add_reward_head, check_available, load_model, pair_logps
 
 
 # ============================================================================================================
@@ -130,11 +134,12 @@ def uses_reward_head(cfg):
 
 def loss_inputs(cfg, model, batch):
     """One forward of the stacked [chosen; rejected] batch -> (the positional tensors of the method's loss, in
-    the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them).
+    the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them;
+    with --wpo, WPO's (chosen, rejected) adjusted log-probs from the same logits, else None).
     Only what the entry names is read from the batch."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
-    c_sum, r_sum, head_rewards = pair_logps(model, batch, average=False, with_head=head)     # (B,) S
+    c_sum, r_sum, head_rewards, *wpo = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo)  # S
     n = completion_lengths(batch["loss_mask"])                                               # (2B,) |y|
     c_mean, r_mean = c_sum / n[:len(c_sum)], r_sum / n[len(c_sum):]                          # (B,) Sbar
     policy = (c_mean, r_mean) if info.average_logps else (c_sum, r_sum)
@@ -148,30 +153,38 @@ def loss_inputs(cfg, model, batch):
         "student": lambda: (head_rewards if head else (cfg.beta_r * c_sum, cfg.beta_r * r_sum)
                             if cfg.student_reward == "implicit-sum" else (cfg.beta_r * c_mean, cfg.beta_r * r_mean)),
     }
-    return [t for name in info.inputs for t in inputs[name]()], policy
+    return [t for name in info.inputs for t in inputs[name]()], policy, (wpo[0] if wpo else None)
 
 
-def compute_loss(cfg, model, batch, overrides=None):
+def compute_loss(cfg, model, batch, keywords=None):
     """-> (losses (B,), metrics dict of detached (B,) tensors, (chosen, rejected) policy log-probs).
     The registry entry says which tensors the loss takes (loss_inputs) and which Config fields fill its
-    keywords; `overrides` replaces some keywords (used to isolate one term of a loss)."""
+    keywords; `keywords` adds or replaces some (the running means of `running` entries, a term's overrides)."""
     info = LOSSES[cfg.method]
-    args, policy = loss_inputs(cfg, model, batch)
-    kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()} | (overrides or {})
+    args, policy, wpo = loss_inputs(cfg, model, batch)
+    kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()} | (keywords or {})
     losses, metrics = info.fn(*args, **kwargs)
+    if wpo is not None:        # --wpo, allowed for this entry (config.resolve): w(y_w) w(y_l) per pair, detached
+        weights = wpo_weights(*wpo)                                                  # (B,)
+        losses, metrics = losses * weights, {**metrics, "wpo_weight": weights}
     return losses, metrics, policy
 
 
-def term_grad_norms(cfg, model, batch):
+def term_grad_norms(cfg, model, batch, keywords=None):
     """Gradient norm of each term of the loss alone (the registry's `terms`), on one batch: which term drives
     the update. -> {"grad_norm/<term>": float}; {} for a loss without named terms."""
     params = [p for p in model.parameters() if p.requires_grad]
     out = {}
     for name, overrides in LOSSES[cfg.method].terms.items():
-        losses, _, _ = compute_loss(cfg, model, batch, overrides)
+        losses, _, _ = compute_loss(cfg, model, batch, (keywords or {}) | overrides)
         grads = torch.autograd.grad(losses.float().mean(), params, allow_unused=True)
         out[f"grad_norm/{name}"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
     return out
+
+
+def running_means(running):
+    """{keyword: mean} from the loop's {keyword: [sum, pairs]} of a `running` metric (empty before step 1)."""
+    return {keyword: total / pairs for keyword, (total, pairs) in running.items() if pairs}
 
 
 # Metric names in the JSONL log: TRL's for the common ones, then ours (README "Metrics").
@@ -180,7 +193,8 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "oracle_margin": "oracle/margin", "student_margin": "student/margin",
              "distill_loss": "distill/sq_error", "focal_weight": "focal/weight", "pref_loss": "pref/loss",
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
-             "log_odds_ratio": "log_odds_ratio"}
+             "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
+             "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight"}
 
 
 def metric_sums(metrics, losses, logps):
@@ -194,14 +208,14 @@ def metric_sums(metrics, losses, logps):
 
 
 @torch.no_grad()
-def evaluate_pairs(cfg, model, examples, pad_id, device):
+def evaluate_pairs(cfg, model, examples, pad_id, device, keywords=None):
     """Held-out loss, reward accuracy and margins (eval/ prefix), micro-batch by micro-batch."""
     model.eval()
     totals, n = {}, 0
     for i in range(0, len(examples), cfg.micro_batch_size):
         batch = to_device(collate(examples[i:i + cfg.micro_batch_size], pad_id), device)
         with autocast(cfg, device):
-            losses, metrics, logps = compute_loss(cfg, model, batch)
+            losses, metrics, logps = compute_loss(cfg, model, batch, keywords)
         for k, v in metric_sums(metrics, losses.float(), logps).items():
             totals[k] = totals.get(k, 0.0) + v
         n += losses.shape[0]
@@ -249,7 +263,9 @@ def train(cfg, log=print):
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
 
-    # 1-2) data (and Oracle scores)
+    # 1-2) data (and Oracle scores); first, every model the run needs must be loadable (seconds, not minutes)
+    for name in (cfg.model, cfg.ref_model, cfg.oracle_model):
+        check_available(name)
     train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
     task_ref = task and task["reference"]
     ckpt = cfg.resume_from or (checkpoint.latest(cfg.out) if cfg.resume else None)
@@ -274,11 +290,13 @@ def train(cfg, log=print):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, len(plan), cfg.warmup)
     step = 0
+    running = {keyword: [0.0, 0] for keyword in info.running}   # registry `running`: [metric sum, pairs] so far
     if ckpt:
         state = checkpoint.load_state(ckpt)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
+        running = state.get("running", running)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         log(f"resumed from {ckpt} at step {step}")
@@ -286,8 +304,8 @@ def train(cfg, log=print):
     def save():
         return checkpoint.save(cfg.out, model, tokenizer, config=asdict(cfg), keep=cfg.save_total_limit,
                                trainer_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                              "step": step, "rng": {"torch": torch.get_rng_state(),
-                                                                    "python": random.getstate()}})
+                                              "step": step, "running": running,
+                                              "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
     log(f"training: {cfg.method}, {len(train_ex)} pairs, {len(plan)} steps of {cfg.batch_size} pairs "
         f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}), lr {cfg.lr:g}, "
         f"{'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}")
@@ -297,7 +315,7 @@ def train(cfg, log=print):
     checkpoint.truncate_log(metrics_path, step)                # a resumed run rewrites steps after its checkpoint
     probe = train_ex[:256]                # a fixed subset of training pairs: the objective before and after
     objective_start = (evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
-                       if step == 0 else None)
+                       if step == 0 else None)                 # (no running means yet: the loss's defaults)
     bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None)
     last = {}
     with checkpoint.stop_requests() as stop:
@@ -305,13 +323,13 @@ def train(cfg, log=print):
             window = plan[step]
             n_pairs = sum(len(m) for m in window)
             model.train()
-            sums = {}
+            sums, means, seen = {}, running_means(running), []   # means: fixed for the whole step
             for micro in window:
                 batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
                 try:
                     # 1) policy log-probs (+ head rewards) and 2) the loss; reference log-probs come from the cache
                     with autocast(cfg, device):
-                        losses, metrics, logps = compute_loss(cfg, model, batch)
+                        losses, metrics, logps = compute_loss(cfg, model, batch, means)
                     # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's
                     # gradient is then that of the mean over its pairs, whatever the micro-batch split (and a short
                     # last window is averaged over its own pairs). Equal micro-batches: "mean / micro-batches".
@@ -328,21 +346,24 @@ def train(cfg, log=print):
                     raise MemoryError(out_of_memory_message(cfg, batch, step)) from None
                 for k, v in metric_sums(metrics, losses.float(), logps).items():
                     sums[k] = sums.get(k, 0.0) + v
+                seen += [(kw, metrics[m].float().sum().item(), len(micro)) for kw, m in info.running.items()]
             # 3) step
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            for keyword, total, pairs in seen:                 # this step's pairs enter the NEXT step's means
+                running[keyword] = [running[keyword][0] + total, running[keyword][1] + pairs]
             step += 1
             # 4) log
             last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
                     **{k: v / n_pairs for k, v in sums.items()},
                     "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
             if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
-                last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device))
+                last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device, running_means(running)))
                 with autocast(cfg, device):      # each term's pull on the weights, on the step's first micro-batch
                     last.update(term_grad_norms(cfg, model, to_device(
-                        collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device)))
+                        collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device), means))
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(last) + "\n")
             bar.update()
