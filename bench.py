@@ -1,30 +1,38 @@
 """Speed and memory of one training step of any method: a script that prints numbers, not a test.
 
     python bench.py --method dpo --model opt-125m --steps 5 --batch_size 4 --micro_batch_size 4 \
-        --max_length 128 --max_prompt_length 32
-    python bench.py --method drdo --model tiny --data embedded-tiny --steps 2
+        --max_length 128 --max_prompt_length 32                       # one configuration: one JSON line
+    python bench.py --method drdo --model opt-125m --lora_r 16 --gradient_checkpointing --steps 3
+    python bench.py --table --model opt-125m --steps 2                # full / LoRA / LoRA + checkpointing,
+                                                                      # each in its own process; a markdown table
+    python bench.py --budget                                          # computed memory of opt-1.3b and a 7B model
+                                                                      # in bf16 on a 24 GB GPU
 
-It times `--steps` optimizer steps (after one untimed warm-up step) of train.compute_loss + backward + AdamW
-on synthetic batches of `--batch_size` pairs, every row `--max_length` tokens of which `--max_prompt_length`
-are prompt, and prints one JSON line: step time, tokens/s and peak memory (CUDA: max allocated; CPU: peak
-RSS of the process). Reference log-probs and Oracle scores are random constants: in real runs they are
-cached on disk, so they cost nothing inside the loop, as here. Without hub access, --model opt-125m /
-opt-350m / opt-1.3b time a random-init model of the same architecture (same cost).
-These machines drift in speed: compare two settings only by interleaving their runs.
+One configuration: `--steps` optimizer steps (after one untimed warm-up step) of train.compute_loss + backward
++ AdamW on synthetic batches of `--batch_size` pairs, every row `--max_length` tokens of which
+`--max_prompt_length` are prompt; peak memory is CUDA's max allocated, or the process's peak RSS on CPU.
+Reference log-probs and Oracle scores are constants, as in real runs, where they are cached on disk;
+`--live_reference` instead runs a frozen reference forward every micro-batch (what a trainer without cached
+reference log-probs does, e.g. TRL's DPOTrainer by default): the baseline of the memory goal in the README.
+`--full_logits` computes the LM head at every position (as with transformers < 5) to measure what computing
+it on completion positions only saves. Without hub access, --model opt-125m / opt-350m / opt-1.3b time a
+random-init model of the same architecture (same cost).
+These machines drift in speed: compare two settings only within one --table run (interleaved), as ratios.
 """
 import json
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+import models
 import train
 from common import parse_config, quiet_transformers
 from config import LIMITS, resolve
 from embedded import EMBEDDED_PRESETS, embedded_task
-from models import HUB_MODELS, add_reward_head, load_model
 
 OPT_SIZES = {"opt-125m": (768, 12, 12), "opt-350m": (1024, 24, 16), "opt-1.3b": (2048, 24, 32)}  # d, layers, heads
 
@@ -32,6 +40,10 @@ OPT_SIZES = {"opt-125m": (768, 12, 12), "opt-350m": (1024, 24, 16), "opt-1.3b": 
 @dataclass
 class BenchConfig(train.Config):
     steps: int = 5                 # timed optimizer steps (one untimed warm-up step runs first)
+    live_reference: bool = False   # run a frozen reference forward each micro-batch (no cached log-probs)
+    full_logits: bool = False      # LM head at every position (the comparison for logits-at-completions-only)
+    table: bool = False            # run the memory/speed table for --model (each row its own process) and print it
+    budget: bool = False           # print the computed memory budget of opt-1.3b and a 7B model on a 24 GB GPU
 
 
 def bench_model(cfg, log=print):
@@ -39,24 +51,27 @@ def bench_model(cfg, log=print):
     task_ref = (embedded_task(EMBEDDED_PRESETS[cfg.data], log=lambda *_: None)["reference"]
                 if cfg.data in EMBEDDED_PRESETS else None)
     try:
-        model, _ = load_model(cfg.model, task_ref)
+        return models.load_model(cfg.model, task_ref)[0]
     except ValueError as e:
-        if cfg.model not in HUB_MODELS:
+        if cfg.model not in models.HUB_MODELS:
             raise
         from transformers import OPTConfig, OPTForCausalLM
         d, layers, heads = OPT_SIZES[cfg.model]
         log(f"{str(e).splitlines()[0]}\n-> timing a random-init {cfg.model} ARCHITECTURE instead (same cost)")
-        model = OPTForCausalLM(OPTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
-                                         ffn_dim=4 * d, word_embed_proj_dim=d if d != 1024 else 512,
-                                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
-    if train.uses_reward_head(cfg):
-        add_reward_head(model)
-    return model
+        return OPTForCausalLM(OPTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                                        ffn_dim=4 * d, word_embed_proj_dim=d if d != 1024 else 512,
+                                        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
 
 
 def bench(cfg, log=print):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = bench_model(cfg, log).to(device).train()
+    models.PACK_LOGITS = not cfg.full_logits
+    base = bench_model(cfg, log)
+    reference = None
+    if cfg.live_reference and not cfg.lora_r:              # a second, frozen copy (LoRA: the adapters-off model)
+        import copy
+        reference = copy.deepcopy(base).to(device).eval().requires_grad_(False)
+    model = train.prepare_policy(base, cfg, device=device).train()
     V, B, T, P = model.config.vocab_size, cfg.micro_batch_size, cfg.max_length, cfg.max_prompt_length
     gen = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(3, V, (2 * B, T), generator=gen),                 # (2B, T)
@@ -65,9 +80,9 @@ def bench(cfg, log=print):
              "ref_chosen": -torch.rand(B, generator=gen) * 50, "ref_rejected": -torch.rand(B, generator=gen) * 50,
              "chosen_scores": torch.randn(cfg.ensemble, B, generator=gen),               # (K, B)
              "rejected_scores": torch.randn(cfg.ensemble, B, generator=gen)}
-    batch = train.to_device(batch, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    n_params = sum(p.numel() for p in model.parameters())
+    batch = models.to_device(batch, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-6)
     accum = cfg.batch_size // cfg.micro_batch_size
     times = []
     for i in range(cfg.steps + 1):                             # step 0 is a warm-up and is not timed
@@ -75,7 +90,12 @@ def bench(cfg, log=print):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(accum):
-            with train.autocast(cfg, device):
+            if cfg.live_reference:                             # what caching the reference log-probs avoids
+                with torch.no_grad(), models.autocast(cfg, device), \
+                        (model.disable_adapter() if cfg.lora_r else torch.autocast(device.type, enabled=False)):
+                    c, r = models.pair_logps(reference or model, batch, train.LOSSES[cfg.method].average_logps)["logps"]
+                batch["ref_chosen"], batch["ref_rejected"] = c.float(), r.float()
+            with models.autocast(cfg, device):
                 losses, _, _ = train.compute_loss(cfg, model, batch)
             (losses.float().sum() / cfg.batch_size).backward()
         opt.step()
@@ -88,22 +108,113 @@ def bench(cfg, log=print):
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     t = torch.tensor(times)
     tokens = 2 * cfg.batch_size * T
-    return {"method": cfg.method, "model": cfg.model, "params_M": round(n_params / 1e6, 2),
-            "pairs_per_step": cfg.batch_size, "tokens_per_step": tokens, "step_s": t.mean().item(),
-            "step_s_std": t.std().item() if len(t) > 1 else 0.0, "tokens_per_s": tokens / t.mean().item(),
-            "peak_memory_GB": round(peak, 2),
+    return {"method": cfg.method, "model": cfg.model, "lora_r": cfg.lora_r,
+            "gradient_checkpointing": cfg.gradient_checkpointing, "live_reference": cfg.live_reference,
+            "full_logits": cfg.full_logits, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "trainable_M": round(sum(p.numel() for p in trainable) / 1e6, 3), "pairs_per_step": cfg.batch_size,
+            "tokens_per_step": tokens, "step_s": t.mean().item(), "step_s_std": t.std().item() if len(t) > 1 else 0.0,
+            "tokens_per_s": tokens / t.mean().item(), "peak_memory_GB": round(peak, 3),
             "memory": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
             "dtype": "bf16 autocast" if cfg.bf16 or device.type == "cuda" else "fp32", "device": device.type,
             "threads": torch.get_num_threads()}
 
 
+# ============================================================================================================
+# The table: every row in its own process (peak RSS is per process), rows interleaved by repetition
+# ============================================================================================================
+ROWS = {   # name -> flags; the goal compares drdo + LoRA with dpo full fine-tuning and a live reference
+    "dpo, full, live reference": ["--method", "dpo", "--live_reference"],
+    "dpo, full, cached reference": ["--method", "dpo"],
+    "drdo, full": ["--method", "drdo"],
+    "drdo, LoRA r=16": ["--method", "drdo", "--lora_r", "16"],
+    "drdo, LoRA r=16 + checkpointing": ["--method", "drdo", "--lora_r", "16", "--gradient_checkpointing"],
+    "dpo, LoRA r=16 (cached reference)": ["--method", "dpo", "--lora_r", "16"],
+    "dpo, LoRA r=16 + checkpointing": ["--method", "dpo", "--lora_r", "16", "--gradient_checkpointing"],
+    "dpo, full, full logits": ["--method", "dpo", "--full_logits"],
+}
+
+
+def table(cfg, argv, log=print):
+    shared = [a for a in argv if a not in ("--table",)]
+    results = {}
+    for name, flags in ROWS.items():
+        cmd = [sys.executable, __file__, *shared, *flags]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
+        results[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        log(f"{name}: {results[name]['step_s']:.2f} s/step, {results[name]['peak_memory_GB']:.2f} GB", )
+    base = results["dpo, full, live reference"]
+    lines = [f"| {cfg.model}, {cfg.batch_size} pairs x {cfg.max_length} tokens ({cfg.max_prompt_length} prompt), "
+             f"{base['dtype']} | trainable params (M) | s / step | tokens / s | peak memory (GB) | memory vs "
+             "dpo live ref | time vs dpo live ref |", "|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        lines.append(f"| {name} | {res['trainable_M']:.2f} | {res['step_s']:.2f} | {res['tokens_per_s']:.0f} | "
+                     f"{res['peak_memory_GB']:.2f} | {res['peak_memory_GB'] / base['peak_memory_GB']:.2f} | "
+                     f"{res['step_s'] / base['step_s']:.2f} |")
+    print("\n".join(lines))
+    return results
+
+
+# ============================================================================================================
+# The computed budget for a GPU (bf16 autocast; formulas in the README)
+# ============================================================================================================
+HEADROOM_GB = 2.0          # the CUDA context, the allocator's fragmentation, temporary buffers: not computed
+ARCHS = {   # name: parameters, layers, hidden size, vocabulary
+    "opt-1.3b": (1.316e9, 24, 2048, 50272),
+    "7B (Llama-2-7B shape)": (6.74e9, 32, 4096, 32000),
+}
+
+
+def budget(pairs=1, tokens=1024, completion=512, lora_r=16, gpu_gb=24):
+    """Memory of one training micro-batch of `pairs` pairs (2 * pairs rows of `tokens` tokens) -> table rows.
+
+    full fine-tuning  fp32 master weights 4 + fp32 gradients 4 + AdamW moments 8 = 16 bytes per parameter
+    LoRA              frozen base in bf16, 2 bytes per parameter; adapters (r * (d_in + d_out) per linear
+                      layer; about 7 * 2 * r * d per layer for a Llama block) at 16 bytes per parameter
+    activations       without checkpointing ~34 bytes per token per layer per hidden unit (bf16, fused
+                      attention; Korthikanti et al. 2022, arXiv 2205.05198, Sec. 4); with checkpointing the
+                      layer inputs (2 bytes per hidden unit per token per layer) plus one layer's 34
+    logits            bf16 logits + their fp32 log-sum-exp work, 6 bytes per vocabulary entry, at the
+                      completion positions only (this repository), or at every position
+    """
+    rows = []
+    for name, (n, layers, d, vocab) in ARCHS.items():
+        toks = 2 * pairs * tokens
+        act_full = 34 * toks * d * layers
+        act_ckpt = 2 * toks * d * layers + 34 * toks * d
+        logits_packed = 6 * 2 * pairs * completion * vocab
+        adapters = 7 * 2 * lora_r * d * layers
+        for label, weights, act in (
+                ("full fine-tune", 16 * n, act_full), ("full + checkpointing", 16 * n, act_ckpt),
+                ("LoRA", 2 * n + 16 * adapters, act_full), ("LoRA + checkpointing", 2 * n + 16 * adapters, act_ckpt)):
+            total = (weights + act + logits_packed) / 2**30
+            rows.append((name, label, weights / 2**30, act / 2**30, logits_packed / 2**30, total,
+                         total + HEADROOM_GB <= gpu_gb))
+    return rows
+
+
+def print_budget(pairs=1, tokens=1024, completion=512, lora_r=16, gpu_gb=24):
+    print(f"| model | setting | weights + grads + optimizer (GB) | activations (GB) | logits (GB) | total (GB) | "
+          f"fits {gpu_gb} GB |\n|---|---|---|---|---|---|---|")
+    for name, label, w, a, lg, total, fits in budget(pairs, tokens, completion, lora_r, gpu_gb):
+        print(f"| {name} | {label} | {w:.1f} | {a:.1f} | {lg:.1f} | {total:.1f} | {'yes' if fits else 'no'} |")
+    print(f"(micro-batch of {pairs} pair = {2 * pairs} rows x {tokens} tokens, {completion} of them completion; "
+          f"LoRA r = {lora_r}; 'fits' leaves {HEADROOM_GB:g} GB for the CUDA context and fragmentation)")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
+    if cfg.budget:
+        return print_budget()
     try:
         cfg = resolve(cfg, {**LIMITS, "steps": "[1, inf)"})
     except ValueError as e:
         sys.exit(f"error: {e}")
     quiet_transformers()
+    if cfg.table:
+        return table(cfg, argv, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(asdict(cfg)), file=sys.stderr)
     res = bench(cfg, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res))

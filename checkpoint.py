@@ -1,7 +1,9 @@
 """A training run's state on disk: checkpoints written atomically, kept K at a time, verified, and resumed exactly.
 
 A checkpoint is one directory, `<out>/checkpoint-<step>`:
-    model.safetensors, config.json, tokenizer files   the policy (loads with AutoModelForCausalLM)
+    model.safetensors, config.json, tokenizer files   the policy (loads with AutoModelForCausalLM); with LoRA,
+                                                       adapter_model.safetensors + adapter_config.json instead
+                                                       (loads with peft's AutoPeftModelForCausalLM)
     reward_head.pt                                     DRDO's head student, when the policy carries one
     train_config.json                                  the run's resolved config
     trainer_state.pt                                   optimizer, scheduler, RNG, step, running means (written last)
@@ -67,14 +69,15 @@ def verify(path):
         raise ValueError(f"checkpoint {path} cannot be loaded: {os.path.join(path, name)}: "
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. {hint}.")
 
-    required = {"config.json", "train_config.json"}
-    for name in sorted(required | {n for n in os.listdir(path) if n.endswith(".json")}):   # incl. tokenizer files
+    present = os.listdir(path)
+    required = {"train_config.json", "adapter_config.json" if "adapter_config.json" in present else "config.json"}
+    for name in sorted(required | {n for n in present if n.endswith(".json")}):   # incl. tokenizer files
         try:
             with open(os.path.join(path, name)) as f:
                 json.load(f)
         except Exception as e:                                     # missing, truncated, not JSON
             fail(name, e)
-    weights = [n for n in os.listdir(path) if n.endswith(".safetensors")]
+    weights = [n for n in present if n.endswith(".safetensors")]
     if not weights:
         fail("model.safetensors", "no weights file")
     for name in weights:

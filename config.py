@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 from common import check_ranges
 from losses import FDPO_DIVERGENCES, LOSSES
+from runlog import check_report_to
 
 
 # Valid ranges of the numeric options ("[" inclusive, "(" exclusive; common.check_ranges), and the values a
@@ -24,12 +25,13 @@ LIMITS = {
     "max_grad_norm": "[0, inf)", "seed": "[0, inf)", "eval_every": "[0, inf)", "save_every": "[1, inf)",
     "save_total_limit": "[1, inf)", "stop_after": "[0, inf)", "exo_epsilon": "(0, 0.5)", "discopop_tau": "(0, 1]",
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
-    "kto_undesirable_weight": "[0, inf)",
+    "kto_undesirable_weight": "[0, inf)", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
            "aggregate": ("batch_min", "example_min", "mean"),
-           "student_reward": ("implicit-sum", "implicit-mean", "head"), "fdpo_divergence": FDPO_DIVERGENCES}
+           "student_reward": ("implicit-sum", "implicit-mean", "head"), "fdpo_divergence": FDPO_DIVERGENCES,
+           "base_dtype": ("auto", "fp32", "bf16")}
 
 
 @dataclass
@@ -81,10 +83,20 @@ class Config:
     weight_decay: float = 0.0      # AdamW weight decay
     max_grad_norm: float = 1.0     # gradient clipping (0 = off)
     bf16: bool = False             # bf16 autocast; always on with CUDA, opt-in on CPU (50x slower on AVX2 CPUs)
+    # --- memory: what fits one consumer GPU (README, "Training a 1B-7B model on one 24 GB GPU") --------------
+    lora_r: int = 0                # LoRA rank (8-64); 0 = full fine-tuning. Only adapters (and drdo's head) train;
+                                   # the DPO family's pi_ref is the same model with its adapters switched off
+    lora_alpha: float = 16.0       # LoRA: the adapters' update is scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.0      # LoRA: dropout on the adapters' input (0 keeps the policy = pi_ref at step 1)
+    lora_target_modules: str = "all-linear"  # LoRA: comma-separated module names, or all-linear (all but the LM head)
+    save_merged: bool = False      # LoRA: at the end, also save the adapters merged into the base model (<out>/merged)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~25% slower
+    base_dtype: str = "auto"       # dtype of frozen LoRA base weights: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     seed: int = 0                  # data order, initialisation of new heads, label flips
     # --- outputs ---------------------------------------------------------------------------------------------
     out: str = ""                  # run directory; empty = runs/<method>-<model>-<data>-<split>-flip<p>-s<seed>
     eval_every: int = 50           # evaluate on held-out pairs every N steps (0 = only at the end)
+    report_to: str = ""            # also send the logged rows to: tensorboard, wandb (comma-separated; pip install it)
     save_every: int = 50           # checkpoint every N steps (always at the end)
     resume: bool = False           # continue from the latest complete checkpoint in --out (an error if there is none)
     resume_from: str = ""          # continue from this checkpoint directory instead (e.g. an older one)
@@ -108,6 +120,9 @@ def resolve(cfg, limits=LIMITS):
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    if (cfg.save_merged or cfg.lora_dropout) and not cfg.lora_r:
+        raise ValueError("--save_merged and --lora_dropout apply to LoRA training; add --lora_r (e.g. 16)")
+    check_report_to(cfg.report_to)
     if cfg.wpo and not LOSSES[cfg.method].wpo:
         raise ValueError(f"--wpo weights pairwise preference losses; {cfg.method} is not one. Use one of: "
                          f"{' '.join(n for n, i in LOSSES.items() if i.wpo)}")

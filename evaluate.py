@@ -126,7 +126,7 @@ def check_config(cfg):
 def completion_logps(model, pairs, pad_id, batch_size=64):
     """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
     model.eval()
-    return torch.cat([batch_logps(model, data.collate_completions(pairs[i:i + batch_size], pad_id))[0].double()
+    return torch.cat([batch_logps(model, data.collate_completions(pairs[i:i + batch_size], pad_id))["logps"].double()
                       for i in range(0, len(pairs), batch_size)])
 
 
@@ -136,7 +136,8 @@ def oracle_rewards(model, pairs, pad_id, batch_size=64):
     out = []
     for i in range(0, len(pairs), batch_size):
         b = data.collate_completions(pairs[i:i + batch_size], pad_id)
-        out.append(forward_with_reward(model, b["input_ids"], b["attention_mask"])[1].double())
+        out.append(forward_with_reward(model, b["input_ids"], b["attention_mask"],
+                                       torch.zeros_like(b["input_ids"]))[1].double())      # rewards only
     return torch.cat(out)
 
 
@@ -146,7 +147,7 @@ def preference_accuracy(policy, reference, examples, pad_id):
     (ties count half; pi = pi_ref gives exactly 0.5) -> (accuracy, standard error)."""
     def logps(model):
         model.eval()
-        c, r = zip(*[pair_logps(model, data.collate(examples[i:i + 32], pad_id))[:2]
+        c, r = zip(*[pair_logps(model, data.collate(examples[i:i + 32], pad_id))["logps"]
                      for i in range(0, len(examples), 32)])
         return torch.cat(c).double(), torch.cat(r).double()
     pc, pr = logps(policy)

@@ -87,31 +87,42 @@ from torch.utils.checkpoint import checkpoint
 # ============================================================================================================
 # Sequence log-probs
 # ============================================================================================================
-def _logsumexp_fp32(logits):
-    """logsumexp over the vocabulary in fp32, (B, T, V) -> (B, T), without a second (B, T, V) copy alive.
+def _logsumexp_fp32(logits, chunk=512):
+    """logsumexp over the vocabulary in fp32, (..., V) -> (...), without a second full-size copy alive.
 
-    fp32 logits: torch.logsumexp saves only its input (the logits, alive anyway) and its (B, T) output.
-    bf16/fp16 logits: an fp32 copy is needed for accuracy; we make it one row at a time, and under
-    activation checkpointing, so backward recomputes the row's copy instead of storing all B of them.
+    fp32 logits: torch.logsumexp saves only its input (the logits, alive anyway) and its output.
+    bf16/fp16 logits: an fp32 copy is needed for accuracy; we make it `chunk` positions at a time, under
+    activation checkpointing, so backward recomputes a chunk's copy instead of storing all of them.
     """
     if logits.dtype in (torch.float32, torch.float64):
-        return torch.logsumexp(logits, dim=-1)                                  # (B, T)
+        return torch.logsumexp(logits, dim=-1)                                  # (...)
+    flat = logits.reshape(-1, logits.shape[-1])                                 # (P, V) P positions
 
-    def row_lse(row):                                                           # (T, V) -> (T,)
-        return torch.logsumexp(row.float(), dim=-1)
+    def lse(part):                                                              # (p, V) -> (p,)
+        return torch.logsumexp(part.float(), dim=-1)
 
-    if torch.is_grad_enabled() and logits.requires_grad:
-        rows = [checkpoint(row_lse, logits[i], use_reentrant=False) for i in range(logits.shape[0])]
-    else:
-        rows = [row_lse(logits[i]) for i in range(logits.shape[0])]
-    return torch.stack(rows)                                                    # (B, T)
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    parts = [checkpoint(lse, flat[i:i + chunk], use_reentrant=False) if grad else lse(flat[i:i + chunk])
+             for i in range(0, flat.shape[0], chunk)]
+    return torch.cat(parts).reshape(logits.shape[:-1])                          # (...)
+
+
+def token_logps(logits, labels):
+    """log pi(label) at each position: logit[label] - logsumexp_v logit[v], in fp32 (fp64 for fp64 logits).
+    (..., V) logits and (...) labels -> (...). This is log_softmax + gather without the (..., V) log-softmax."""
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (...)
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)            # fp32, or fp64 if given
+    return label_logits.to(compute_dtype) - _logsumexp_fp32(logits)             # (...)
 
 
 def sequence_logps(logits, labels, loss_mask, average=False):
     """Per-sequence log-prob of the completion tokens.
 
     Args:
-        logits:    (B, T, V) output of a causal LM on `input_ids` (any float dtype).
+        logits:    (B, T, V) output of a causal LM on `input_ids`, any float dtype; OR (M, V), the logits at
+                   only the M positions t whose NEXT token is a completion token (loss_mask[:, t + 1] = 1),
+                   in row-major order: what a model returns with logits_to_keep = that (B, T) boolean mask
+                   (models.completion_mask). The LM head then never runs on prompt positions.
         labels:    (B, T) token ids aligned with the input ids (usually the input ids themselves).
         loss_mask: (B, T) 1 on completion tokens, 0 on prompt and padding; aligned with the input ids.
         average:   False -> S(y), the SUM over completion tokens (DPO, IPO paper, distillation, e-DPO);
@@ -122,21 +133,31 @@ def sequence_logps(logits, labels, loss_mask, average=False):
     Step by step:
       1) shift by one: the logit at position t predicts token t+1, so logits[:, :-1] is scored against
          labels[:, 1:] and the mask is shifted with the labels (the first token has no prediction);
-      2) log pi(y_t) = logit[y_t] - logsumexp_v logit[v], in fp32 (this is log_softmax + gather, without
-         materialising the (B, T, V) log-softmax);
-      3) zero the prompt and padding positions, sum (or divide by the number of completion tokens).
+      2) log pi(y_t) = logit[y_t] - logsumexp_v logit[v], in fp32 (token_logps);
+      3) keep the completion positions, sum per sequence (or divide by the number of completion tokens).
+    Both layouts give the same numbers (tested); the packed one skips the prompt's share of the LM head.
     """
-    if logits.shape[:2] != labels.shape or labels.shape != loss_mask.shape:
-        raise ValueError(f"sequence_logps: logits {tuple(logits.shape)} must be (B, T, V) and labels "
-                         f"{tuple(labels.shape)} / loss_mask {tuple(loss_mask.shape)} must both be (B, T)")
-    logits = logits[:, :-1, :]                                                  # (B, T-1, V) step 1
-    labels = labels[:, 1:]                                                      # (B, T-1)
-    mask = loss_mask[:, 1:].to(torch.float32)                                   # (B, T-1)
-    safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels))       # (B, T-1) no -100 in gather
-    label_logits = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)     # (B, T-1)
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)            # fp32, or fp64 if given
-    token_logps = label_logits.to(compute_dtype) - _logsumexp_fp32(logits)      # (B, T-1) step 2
-    total = (token_logps * mask).sum(-1)                                        # (B,)    step 3
+    return _per_sequence(logits, labels, loss_mask, token_logps, average, "sequence_logps")
+
+
+def _per_sequence(logits, labels, loss_mask, per_token, average, name):
+    """Steps 1-3 of sequence_logps for any per-token function of (logits, label) -> (B,)."""
+    B, T = loss_mask.shape
+    if labels.shape != loss_mask.shape or not (logits.dim() == 3 and logits.shape[:2] == labels.shape or
+                                                logits.dim() == 2 and logits.shape[0] == int(loss_mask[:, 1:].sum())):
+        raise ValueError(f"{name}: logits {tuple(logits.shape)} must be (B, T, V), or (M, V) with M the number of "
+                         f"completion tokens; labels {tuple(labels.shape)} and loss_mask {tuple(loss_mask.shape)} "
+                         "must both be (B, T)")
+    mask = loss_mask[:, 1:]                                                     # (B, T-1) step 1
+    if logits.dim() == 3:                                                       # every position
+        safe_labels = torch.where(mask > 0, labels[:, 1:], torch.zeros_like(labels[:, 1:]))  # no -100 in gather
+        values = per_token(logits[:, :-1, :], safe_labels)                      # (B, T-1) step 2
+        total = (values * mask.to(values.dtype)).sum(-1)                        # (B,)    step 3
+    else:                                                                       # completion positions only
+        keep = mask.bool()                                                      # (B, T-1)
+        values = per_token(logits, labels[:, 1:][keep])                         # (M,)    step 2
+        rows = keep.nonzero()[:, 0]                                             # (M,) the row of each value
+        total = torch.zeros(B, dtype=values.dtype, device=values.device).index_add(0, rows, values)  # step 3
     if average:
         return total / completion_lengths(loss_mask).to(total.dtype)            # (B,)
     return total
@@ -171,22 +192,25 @@ def completion_lengths(loss_mask):
 #   the "sampled" alignment is here (not the "greedy" one, which divides by max_v pi(v)). train.py --wpo
 #   multiplies the per-pair losses of the registry entries that allow it (README deviation 23).
 # ============================================================================================================
+def wpo_token_values(logits, labels):
+    """a_t = l[y_t] + LSE(l) - LSE(2 l) at each position (step 4): (..., V), (...) -> (...), fp32."""
+    label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)          # (...)
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    return label_logits.to(compute_dtype) + _logsumexp_fp32(logits) - _logsumexp_fp32(2 * logits)
+
+
 @torch.no_grad()
 def sequence_wpo_logps(logits, labels, loss_mask):
     """WPO's per-sequence mean adjusted log-prob, mean_t [log pi(y_t) - log sum_v pi(v)^2] over the completion
-    tokens (step 4), detached. Same arguments and alignment as sequence_logps. Returns (B,) fp32 (fp64 for fp64)."""
-    if logits.shape[:2] != labels.shape or labels.shape != loss_mask.shape:
-        raise ValueError(f"sequence_wpo_logps: logits {tuple(logits.shape)} must be (B, T, V) and labels "
-                         f"{tuple(labels.shape)} / loss_mask {tuple(loss_mask.shape)} must both be (B, T)")
-    logits = logits[:, :-1, :]                                                  # (B, T-1, V) position t -> t+1
-    labels = labels[:, 1:]                                                      # (B, T-1)
-    mask = loss_mask[:, 1:].to(torch.float32)                                   # (B, T-1)
-    safe_labels = torch.where(mask > 0, labels, torch.zeros_like(labels))       # (B, T-1)
-    label_logits = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)     # (B, T-1)
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    adjusted = (label_logits.to(compute_dtype) + _logsumexp_fp32(logits)
-                - _logsumexp_fp32(2 * logits))                                  # (B, T-1) a_t, step 4
-    return (adjusted * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)              # (B,)
+    tokens (step 4), detached. Same arguments and layouts as sequence_logps. Returns (B,) fp32 (fp64 for fp64)."""
+    return _per_sequence(logits, labels, loss_mask, wpo_token_values, True, "sequence_wpo_logps")
+
+
+@torch.no_grad()
+def sequence_mean_logits(logits, labels, loss_mask):
+    """Mean logit over the completion tokens and the vocabulary, per sequence, detached: TRL's logits/chosen,
+    logits/rejected (a drift watch, not part of any loss). Same arguments and layouts as sequence_logps."""
+    return _per_sequence(logits, labels, loss_mask, lambda lg, _: lg.float().mean(-1), True, "sequence_mean_logits")
 
 
 def wpo_weights(chosen_wpo_logps, rejected_wpo_logps, *, max_weight=None):

@@ -5,7 +5,7 @@
     forward_with_reward       one forward -> (logits, reward read at the last real token)
     save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
     batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected),
-                              and on request WPO's weights' inputs from the same forward
+                              and on request head rewards, WPO's inputs and mean logits, from one forward
     sample_completions        n samples per prompt, the same for every model given the same seed
 
 The reward head: R(x, y) = w . h_last + b, with h_last the final hidden state at the LAST NON-PADDING token
@@ -16,6 +16,7 @@ practice; the DRDO paper (arXiv 2410.08458) does not state its head (README, dev
 
 Shapes: N = rows of a batch (2B for a pair batch), T = tokens, V = vocabulary, d = hidden size.
 """
+import functools
 import importlib.util
 import os
 
@@ -24,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from common import atomic_dir, cache_root, go_offline, hub_reachable
-from losses import sequence_logps, sequence_wpo_logps
+from losses import sequence_logps, sequence_mean_logits, sequence_wpo_logps
 
 HEAD_FILE = "reward_head.pt"
 HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
@@ -123,6 +124,52 @@ def smollm2_dir():
 
 
 # ============================================================================================================
+# Precision and devices
+# ============================================================================================================
+def autocast(cfg, device):
+    """bf16 autocast: always on CUDA, on the CPU only with --bf16 (bf16 matmuls are up to 50x slower than fp32
+    on CPUs without bf16 instructions). Log-softmax and the reward head stay fp32 either way."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 or device.type == "cuda")
+
+
+def to_device(batch, device):
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ============================================================================================================
+# Memory: LoRA adapters (peft) and gradient checkpointing
+# ============================================================================================================
+def add_lora(model, r, alpha=16.0, dropout=0.0, target_modules="all-linear"):
+    """Wrap `model` with LoRA adapters (peft): the base weights are frozen, only the adapters train. Adapters
+    start as the identity (peft zero-initialises B in W + B A), so the wrapped model equals the base model
+    until the first step. target_modules: "all-linear" (every linear layer but the LM head) or names."""
+    from peft import LoraConfig, get_peft_model
+    targets = "all-linear" if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                            task_type="CAUSAL_LM"))
+
+
+def load_lora(model, path):
+    """Adapters saved by save_model (peft's adapter_model.safetensors + adapter_config.json) onto `model`,
+    trainable (to resume a run)."""
+    from peft import PeftModel
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
+
+
+def is_lora(model):
+    return hasattr(model, "disable_adapter")
+
+
+def enable_gradient_checkpointing(model):
+    """Keep only each layer's input in the forward pass and recompute the rest in backward (the non-reentrant
+    variant, which needs no input gradients, so it works with frozen LoRA bases too)."""
+    base = model.get_base_model() if is_lora(model) else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+    return model
+
+
+# ============================================================================================================
 # The reward head (the Oracle; DRDO's head student)
 # ============================================================================================================
 def add_reward_head(model):
@@ -140,9 +187,11 @@ def last_token_index(attention_mask):
     return T - 1 - flipped_first_one                                            # (N,)
 
 
-def forward_with_reward(model, input_ids, attention_mask):
-    """One forward pass -> (logits (N, T, V), rewards (N,) fp32 from the reward head at the last real token)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+def forward_with_reward(model, input_ids, attention_mask, loss_mask=None):
+    """One forward pass -> (logits, rewards (N,) fp32 from the reward head at the last real token). logits are
+    (N, T, V), or only the completion positions (M, V) of `loss_mask` when given (see forward); pass an
+    all-zero loss_mask when only the rewards are wanted."""
+    out = forward(model, input_ids, attention_mask, loss_mask, output_hidden_states=True)
     hidden = out.hidden_states[-1]                                              # (N, T, d)
     idx = last_token_index(attention_mask)                                      # (N,)
     h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]   # (N, d)
@@ -185,28 +234,71 @@ def load_reward_model(path, **from_pretrained_kwargs):
 # ============================================================================================================
 # Log-probs of a collated batch
 # ============================================================================================================
-def batch_logps(model, batch, average=False, with_head=False, wpo=False):
-    """One forward of a collated batch -> (log-probs (N,) of the loss_mask tokens, head rewards (N,) or None).
-    `average`: token-averaged Sbar instead of the sum S (losses.sequence_logps). `wpo`: a third value, WPO's
-    detached mean adjusted log-probs (N,) from the same logits (losses.sequence_wpo_logps; train.py --wpo)."""
+def completion_mask(loss_mask):
+    """(N, T) loss mask -> (N, T) bool: True at the positions t whose NEXT token is a completion token, the only
+    logits a sequence log-prob needs (position t predicts token t + 1)."""
+    keep = torch.zeros_like(loss_mask, dtype=torch.bool)                        # (N, T)
+    keep[:, :-1] = loss_mask[:, 1:].bool()
+    return keep
+
+
+@functools.lru_cache(maxsize=None)
+def packs_logits(model_class):
+    """Does this transformers version slice the hidden states with a boolean (N, T) `logits_to_keep` before the
+    LM head (transformers >= 5), and does this model class's forward take it? Then logits are computed only
+    there. (A LoRA-wrapped model is asked about its base model's class.)"""
+    import inspect
+
+    import transformers.modeling_utils as mu
+    if not hasattr(mu, "slice_logits_to_keep") or "logits_to_keep" not in inspect.signature(model_class.forward).parameters:
+        return False
+    probe = mu.slice_logits_to_keep(torch.zeros(1, 3, 1), torch.tensor([[True, False, True]]))
+    return tuple(probe.shape) == (2, 1)
+
+
+PACK_LOGITS = True        # bench.py --full_logits switches it off to measure what the packing saves
+
+
+def forward(model, input_ids, attention_mask, loss_mask=None, **kwargs):
+    """model(...) with, when `loss_mask` is given and the model supports it (packs_logits), logits only at the
+    positions that predict a completion token: (M, V) instead of (N, T, V). On a long prompt most of the LM
+    head's work (and the largest activation of a small model) is prompt positions nobody scores. Anything
+    losses.sequence_logps reads is computed the same way either way (tested)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model     # through a peft wrapper
+    if loss_mask is not None and PACK_LOGITS and packs_logits(type(base)):
+        kwargs["logits_to_keep"] = completion_mask(loss_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False):
+    """One forward of a collated batch -> dict of (N,) tensors, one value per row:
+        "logps"        log-probs of the loss_mask tokens: the sum S, or the token mean Sbar with `average`
+        "head"         the reward head's rewards (with_head)
+        "wpo"          WPO's detached mean adjusted log-probs (losses.sequence_wpo_logps; train.py --wpo)
+        "logits_mean"  the detached mean logit over the completion tokens and the vocabulary (TRL's
+                       logits/chosen, logits/rejected: a drift watch)
+    The LM head runs on completion positions only (forward)."""
+    ids, mask = batch["input_ids"], batch["loss_mask"]
     if with_head:
-        logits, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"])
+        logits, rewards = forward_with_reward(model, ids, batch["attention_mask"], mask)
     else:
-        logits, rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, None
-    logps = sequence_logps(logits, batch["input_ids"], batch["loss_mask"], average=average)   # (N,)
+        logits, rewards = forward(model, ids, batch["attention_mask"], mask).logits, None
+    out = {"logps": sequence_logps(logits, ids, mask, average=average)}                      # (N,)
+    if rewards is not None:
+        out["head"] = rewards                                                                # (N,)
     if wpo:
-        return logps, rewards, sequence_wpo_logps(logits, batch["input_ids"], batch["loss_mask"])  # (N,)
-    return logps, rewards
+        out["wpo"] = sequence_wpo_logps(logits, ids, mask)                                   # (N,)
+    if logits_mean:
+        out["logits_mean"] = sequence_mean_logits(logits, ids, mask)                         # (N,)
+    return out
 
 
-def pair_logps(model, batch, average=False, with_head=False, wpo=False):
-    """A stacked [chosen; rejected] batch (data.collate), one forward -> (chosen (B,), rejected (B,),
-    (head chosen (B,), head rejected (B,)) or None), and with `wpo` a fourth value: (chosen, rejected) WPO
-    mean adjusted log-probs, (B,) each, detached."""
-    logps, rewards, *wpo_logps = batch_logps(model, batch, average, with_head, wpo)   # (2B,) each, or None
-    B = logps.shape[0] // 2
-    out = (logps[:B], logps[B:], None if rewards is None else (rewards[:B], rewards[B:]))
-    return out + ((wpo_logps[0][:B], wpo_logps[0][B:]),) if wpo else out
+def pair_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False):
+    """A stacked [chosen; rejected] batch (data.collate), one forward -> batch_logps's dict with each value
+    split into its (chosen (B,), rejected (B,)) halves."""
+    out = batch_logps(model, batch, average, with_head, wpo, logits_mean)
+    B = out["logps"].shape[0] // 2
+    return {k: (v[:B], v[B:]) for k, v in out.items()}
 
 
 # ============================================================================================================

@@ -36,9 +36,11 @@ from models import (add_reward_head, check_available, forward_with_reward, load_
 
 def oracle_batch_loss(model, batch, alpha=0.1):
     """BT + alpha * NLL(y_w) on a collated batch (rows 0..B-1 chosen, B..2B-1 rejected) -> (mean loss, metrics)."""
-    logits, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"])  # (2B, T, V), (2B,)
-    B = rewards.shape[0] // 2
-    chosen_nll = -sequence_logps(logits[:B], batch["input_ids"][:B], batch["loss_mask"][:B], average=True)  # (B,)
+    B = batch["input_ids"].shape[0] // 2
+    chosen_only = batch["loss_mask"].clone()                                    # (2B, T) the NLL is of y_w only:
+    chosen_only[B:] = 0                                                         # no logits for rejected rows
+    logits, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"], chosen_only)
+    chosen_nll = -sequence_logps(logits, batch["input_ids"], chosen_only, average=True)[:B]  # (B,)
     losses, metrics = oracle_loss(rewards[:B], rewards[B:], chosen_nll, alpha=alpha)
     return losses.mean(), metrics
 
@@ -48,7 +50,8 @@ def score(model, batch):
     """Oracle rewards of a collated batch: (chosen (B,), rejected (B,)), eval mode, no gradient."""
     was_training = model.training
     model.eval()
-    _, rewards = forward_with_reward(model, batch["input_ids"], batch["attention_mask"])
+    ids = batch["input_ids"]
+    _, rewards = forward_with_reward(model, ids, batch["attention_mask"], torch.zeros_like(ids))   # no logits
     model.train(was_training)
     B = rewards.shape[0] // 2
     return rewards[:B], rewards[B:]

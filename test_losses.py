@@ -1192,6 +1192,26 @@ def test_wpo_weights_closed_form_detach_and_clamp():
     torch.testing.assert_close(g, w * -0.1 * torch.sigmoid(-0.1 * t(4.0, -2.0)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_sequence_logps_packed_layout_equals_the_full_one(dtype):
+    # the (M, V) layout = the full logits at the positions that predict a completion token, row-major
+    g = torch.Generator().manual_seed(6)
+    B, T, V = 3, 7, 11
+    full = (torch.randn(B, T, V, generator=g) * 3).to(dtype)
+    labels = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]])
+    keep = torch.zeros(B, T, dtype=torch.bool)
+    keep[:, :-1] = mask[:, 1:].bool()
+    packed = full[keep]                                                  # (M, V), M = 3 + 6 + 2
+    assert packed.shape == (11, V)
+    for average in (False, True):
+        torch.testing.assert_close(sequence_logps(packed, labels, mask, average),
+                                   sequence_logps(full, labels, mask, average))
+    torch.testing.assert_close(L.sequence_wpo_logps(packed, labels, mask), L.sequence_wpo_logps(full, labels, mask))
+    with pytest.raises(ValueError, match="or \\(M, V\\)"):
+        sequence_logps(packed[:-1], labels, mask)                        # one position missing
+
+
 def test_sequence_logps_shape_error():
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
         sequence_logps(torch.zeros(2, 4, 3), torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5))

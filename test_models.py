@@ -70,7 +70,8 @@ def test_pair_logps_equals_row_by_row_log_softmax():
     # an independent computation: each row alone, log_softmax, the completion tokens' log-probs summed by hand
     model = tiny_opt()
     batch = pair_batch()
-    c, r, head = models.pair_logps(model, batch)
+    out = models.pair_logps(model, batch)
+    (c, r), head = out["logps"], out.get("head")
     assert head is None
     rows = [([2, 3], [4, 5, 1]), ([2], [4, 4, 1]), ([2, 3], [6, 1]), ([2], [7, 8, 9, 1])]   # chosen, then rejected
     expected = []
@@ -80,7 +81,7 @@ def test_pair_logps_equals_row_by_row_log_softmax():
         expected.append(sum(logp[len(prompt) - 1 + k, tok].item() for k, tok in enumerate(completion)))
     torch.testing.assert_close(torch.cat([c, r]).double(), torch.tensor(expected, dtype=torch.float64),
                                atol=1e-5, rtol=0)
-    c_avg, r_avg, _ = models.pair_logps(model, batch, average=True)
+    c_avg, r_avg = models.pair_logps(model, batch, average=True)["logps"]
     lengths = torch.tensor([3, 3, 2, 4], dtype=torch.float64)
     torch.testing.assert_close(torch.cat([c_avg, r_avg]).double(), torch.tensor(expected) / lengths,
                                atol=1e-5, rtol=0)
@@ -91,9 +92,10 @@ def test_pair_logps_with_wpo_adds_the_adjusted_mean_log_probs_row_by_row():
     # row by row from softmax probabilities; the first three outputs are unchanged and the fourth is detached
     model = tiny_opt()
     batch = pair_batch()
-    c, r, head, (wc, wr) = models.pair_logps(model, batch, wpo=True)
-    c0, r0, _ = models.pair_logps(model, batch)
-    assert head is None and torch.equal(c, c0) and torch.equal(r, r0)
+    out = models.pair_logps(model, batch, wpo=True)
+    (c, r), (wc, wr) = out["logps"], out["wpo"]
+    c0, r0 = models.pair_logps(model, batch)["logps"]
+    assert "head" not in out and torch.equal(c, c0) and torch.equal(r, r0)
     assert not wc.requires_grad and not wr.requires_grad
     rows = [([2, 3], [4, 5, 1]), ([2], [4, 4, 1]), ([2, 3], [6, 1]), ([2], [7, 8, 9, 1])]
     expected = []
@@ -103,6 +105,40 @@ def test_pair_logps_with_wpo_adds_the_adjusted_mean_log_probs_row_by_row():
                  for k, tok in enumerate(completion)]
         expected.append(sum(terms) / len(terms))
     torch.testing.assert_close(torch.cat([wc, wr]).double(), torch.tensor(expected, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+
+
+def test_logits_only_at_completion_positions_give_the_same_logps_and_gradients():
+    # forward(loss_mask=...) returns (M, V) logits, M = completion tokens; the log-probs and their gradients
+    # with respect to every weight equal those from the full (N, T, V) logits
+    model = tiny_opt()
+    batch = pair_batch()
+    assert models.packs_logits(type(model))
+    packed = models.forward(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).logits
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    M = int(batch["loss_mask"][:, 1:].sum())
+    assert packed.shape == (M, full.shape[-1]) and M == 3 + 3 + 2 + 4
+    from losses import sequence_logps
+    a = sequence_logps(packed, batch["input_ids"], batch["loss_mask"])
+    b = sequence_logps(full, batch["input_ids"], batch["loss_mask"])
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    ga = torch.autograd.grad(a.sum(), list(model.parameters()), allow_unused=True)
+    gb = torch.autograd.grad(b.sum(), list(model.parameters()), allow_unused=True)
+    for x, y in zip(ga, gb):
+        if x is not None or y is not None:
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_logits_mean_is_the_mean_logit_over_completion_tokens_and_vocabulary():
+    # TRL's logits/chosen: for each row, the mean of the logits at the positions that predict its completion
+    # tokens, over the whole vocabulary; recomputed here from the full logits, row by row
+    model = tiny_opt()
+    batch = pair_batch()
+    (c, r) = models.pair_logps(model, batch, logits_mean=True)["logits_mean"]
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    rows = [([2, 3], [4, 5, 1]), ([2], [4, 4, 1]), ([2, 3], [6, 1]), ([2], [7, 8, 9, 1])]
+    expected = [full[i, len(p) - 1:len(p) - 1 + len(y)].mean().item() for i, (p, y) in enumerate(rows)]
+    torch.testing.assert_close(torch.cat([c, r]).double(), torch.tensor(expected, dtype=torch.float64),
                                atol=1e-5, rtol=0)
 
 

@@ -45,10 +45,13 @@ import checkpoint
 import data
 import evaluate
 import oracle
-from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
+from common import cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
 from losses import LOSSES, completion_lengths, wpo_weights
-from models import add_reward_head, check_available, load_model, pair_logps
+from models import (add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing, load_lora,
+                    load_model, pair_logps, save_model, to_device)
+from reference import reference_logps
+from runlog import metric_sums, open_sinks
 
 
 # ============================================================================================================
@@ -73,48 +76,6 @@ def prepare_data(cfg, log=print):
     return train_ds, test_ds, task, members
 
 
-def autocast(cfg, device):
-    enabled = cfg.bf16 or device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-@torch.no_grad()
-def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print):
-    """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
-    tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example."""
-    ref_name = cfg.ref_model or cfg.model
-    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
-    identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name   # retrained -> new key
-    key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
-                       [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
-                       cfg.max_length, cfg.max_prompt_length, average, cfg.bf16])
-    path = os.path.join(cache_root(), f"reflogps-{key}.pt")
-    if os.path.exists(path):
-        log(f"pi_ref log-probs ({name}): cached in {path}")
-        chosen, rejected = torch.load(path)
-    else:
-        log(f"pi_ref log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}")
-        ref, _ = load_model(ref_name, task_ref)
-        ref.to(device).eval()
-        chosen, rejected = [], []
-        for i in range(0, len(examples), 32):
-            batch = to_device(data.collate(examples[i:i + 32], tokenizer.pad_token_id), device)
-            with autocast(cfg, device):
-                c, r, _ = pair_logps(ref, batch, average)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
-        chosen, rejected = torch.cat(chosen), torch.cat(rejected)
-        torch.save((chosen, rejected), path + ".tmp")
-        os.replace(path + ".tmp", path)
-        del ref                                                     # freed before the policy is trained
-    for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
-        e["ref_chosen"], e["ref_rejected"] = c, r
-
-
-def to_device(batch, device):
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def collate(examples, pad_token_id):
     """data.collate plus the cached reference log-probs, as (B,) tensors."""
     batch = data.collate(examples, pad_token_id)
@@ -135,11 +96,12 @@ def uses_reward_head(cfg):
 def loss_inputs(cfg, model, batch):
     """One forward of the stacked [chosen; rejected] batch -> (the positional tensors of the method's loss, in
     the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them;
-    with --wpo, WPO's (chosen, rejected) adjusted log-probs from the same logits, else None).
+    the forward's other outputs: models.pair_logps's dict, with WPO's inputs under --wpo).
     Only what the entry names is read from the batch."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
-    c_sum, r_sum, head_rewards, *wpo = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo)  # S
+    out = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo, logits_mean=True)
+    (c_sum, r_sum), head_rewards = out["logps"], out.get("head")                             # (B,) S
     n = completion_lengths(batch["loss_mask"])                                               # (2B,) |y|
     c_mean, r_mean = c_sum / n[:len(c_sum)], r_sum / n[len(c_sum):]                          # (B,) Sbar
     policy = (c_mean, r_mean) if info.average_logps else (c_sum, r_sum)
@@ -153,7 +115,7 @@ def loss_inputs(cfg, model, batch):
         "student": lambda: (head_rewards if head else (cfg.beta_r * c_sum, cfg.beta_r * r_sum)
                             if cfg.student_reward == "implicit-sum" else (cfg.beta_r * c_mean, cfg.beta_r * r_mean)),
     }
-    return [t for name in info.inputs for t in inputs[name]()], policy, (wpo[0] if wpo else None)
+    return [t for name in info.inputs for t in inputs[name]()], policy, out
 
 
 def compute_loss(cfg, model, batch, keywords=None):
@@ -161,11 +123,13 @@ def compute_loss(cfg, model, batch, keywords=None):
     The registry entry says which tensors the loss takes (loss_inputs) and which Config fields fill its
     keywords; `keywords` adds or replaces some (the running means of `running` entries, a term's overrides)."""
     info = LOSSES[cfg.method]
-    args, policy, wpo = loss_inputs(cfg, model, batch)
+    args, policy, forward_out = loss_inputs(cfg, model, batch)
     kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()} | (keywords or {})
     losses, metrics = info.fn(*args, **kwargs)
-    if wpo is not None:        # --wpo, allowed for this entry (config.resolve): w(y_w) w(y_l) per pair, detached
-        weights = wpo_weights(*wpo)                                                  # (B,)
+    metrics = {**metrics, "chosen_logits_mean": forward_out["logits_mean"][0],
+               "rejected_logits_mean": forward_out["logits_mean"][1]}
+    if "wpo" in forward_out:    # --wpo, allowed for this entry (config.resolve): w(y_w) w(y_l) per pair, detached
+        weights = wpo_weights(*forward_out["wpo"])                                  # (B,)
         losses, metrics = losses * weights, {**metrics, "wpo_weight": weights}
     return losses, metrics, policy
 
@@ -187,29 +151,9 @@ def running_means(running):
     return {keyword: total / pairs for keyword, (total, pairs) in running.items() if pairs}
 
 
-# Metric names in the JSONL log: TRL's for the common ones, then ours (README "Metrics").
-LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/rejected",
-             "margins": "rewards/margins", "accuracies": "rewards/accuracies",
-             "oracle_margin": "oracle/margin", "student_margin": "student/margin",
-             "distill_loss": "distill/sq_error", "focal_weight": "focal/weight", "pref_loss": "pref/loss",
-             "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
-             "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
-             "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight"}
-
-
-def metric_sums(metrics, losses, logps):
-    """Per-pair values summed over a micro-batch (divided by the window's pair count when logged)."""
-    out = {"loss": losses.detach().sum().item(), "logps/chosen": logps[0].detach().sum().item(),
-           "logps/rejected": logps[1].detach().sum().item()}
-    for k, v in metrics.items():
-        if k in LOG_NAMES and v.dim() == 1:
-            out[LOG_NAMES[k]] = v.float().sum().item()
-    return out
-
-
 @torch.no_grad()
 def evaluate_pairs(cfg, model, examples, pad_id, device, keywords=None):
-    """Held-out loss, reward accuracy and margins (eval/ prefix), micro-batch by micro-batch."""
+    """Held-out loss, reward accuracy and margins (eval_ prefix, as the HF trainers), micro-batch by micro-batch."""
     model.eval()
     totals, n = {}, 0
     for i in range(0, len(examples), cfg.micro_batch_size):
@@ -219,7 +163,7 @@ def evaluate_pairs(cfg, model, examples, pad_id, device, keywords=None):
         for k, v in metric_sums(metrics, losses.float(), logps).items():
             totals[k] = totals.get(k, 0.0) + v
         n += losses.shape[0]
-    return {f"eval/{k}": v / n for k, v in totals.items()}
+    return {f"eval_{k}": v / n for k, v in totals.items()}
 
 
 # ============================================================================================================
@@ -243,14 +187,29 @@ def windows(n_examples, cfg):
 
 
 def load_policy(cfg, ckpt, task_ref, device):
-    """The policy to train: the checkpoint to resume, else --model; with DRDO's head student, its head."""
-    model, tokenizer = load_model(ckpt or cfg.model, task_ref)
+    """The policy to train: --model, or the checkpoint to resume (with LoRA, --model under the checkpoint's
+    adapters), prepared by prepare_policy. -> (model, tokenizer)."""
+    bf16 = cfg.lora_r and (cfg.base_dtype == "bf16" or cfg.base_dtype == "auto" and device.type == "cuda")
+    model, tokenizer = load_model(cfg.model if cfg.lora_r else ckpt or cfg.model, task_ref,
+                                  dtype=torch.bfloat16 if bf16 else torch.float32)     # frozen LoRA base: bf16 on GPU
+    return prepare_policy(model, cfg, ckpt, device), tokenizer
+
+
+def prepare_policy(model, cfg, ckpt=None, device=None):
+    """With --lora_r, LoRA adapters on the frozen model (new, or the checkpoint's); with
+    --gradient_checkpointing, layer activations recomputed in backward; with DRDO's head student, its reward
+    head (zero-initialised, or the checkpoint's). New adapters and heads are seeded by --seed."""
+    torch.manual_seed(cfg.seed)
+    if cfg.lora_r:
+        model = (load_lora(model, ckpt) if ckpt else
+                 add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if uses_reward_head(cfg):
-        torch.manual_seed(cfg.seed)
         add_reward_head(model)                            # zero-init: student margins start at 0
         if ckpt:
             model.reward_head.load_state_dict(torch.load(os.path.join(ckpt, "reward_head.pt")))
-    return model.to(device), tokenizer
+    return model.to(device) if device is not None else model
 
 
 def train(cfg, log=print):
@@ -283,11 +242,12 @@ def train(cfg, log=print):
     info = LOSSES[cfg.method]
     if info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
-            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log)
+            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=model)
 
     # 4) optimizer, schedule, state
     plan = windows(len(train_ex), cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]          # LoRA: adapters (+ drdo's head)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, len(plan), cfg.warmup)
     step = 0
     running = {keyword: [0.0, 0] for keyword in info.running}   # registry `running`: [metric sum, pairs] so far
@@ -308,17 +268,19 @@ def train(cfg, log=print):
                                               "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
     log(f"training: {cfg.method}, {len(train_ex)} pairs, {len(plan)} steps of {cfg.batch_size} pairs "
         f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}), lr {cfg.lr:g}, "
-        f"{'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}")
+        f"{'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}; "
+        f"{sum(p.numel() for p in trainable) / 1e6:.3g}M of {sum(p.numel() for p in model.parameters()) / 1e6:.3g}M "
+        f"parameters train{' (LoRA)' if cfg.lora_r else ''}{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     if not ckpt and os.path.exists(metrics_path):
         os.remove(metrics_path)
     checkpoint.truncate_log(metrics_path, step)                # a resumed run rewrites steps after its checkpoint
     probe = train_ex[:256]                # a fixed subset of training pairs: the objective before and after
-    objective_start = (evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
+    objective_start = (evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval_loss"]
                        if step == 0 else None)                 # (no running means yet: the loss's defaults)
     bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None)
     last = {}
-    with checkpoint.stop_requests() as stop:
+    with checkpoint.stop_requests() as stop, open_sinks(cfg.report_to, cfg.out, asdict(cfg), step) as report:
         while step < len(plan):
             window = plan[step]
             n_pairs = sum(len(m) for m in window)
@@ -348,7 +310,7 @@ def train(cfg, log=print):
                     sums[k] = sums.get(k, 0.0) + v
                 seen += [(kw, metrics[m].float().sum().item(), len(micro)) for kw, m in info.running.items()]
             # 3) step
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -366,6 +328,7 @@ def train(cfg, log=print):
                         collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device), means))
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(last) + "\n")
+            report(last)
             bar.update()
             bar.set_postfix(loss=f"{last['loss']:.3f}",
                             **({"margin": f"{last['rewards/margins']:.2f}"} if "rewards/margins" in last else {}))
@@ -381,7 +344,7 @@ def train(cfg, log=print):
                     f"  {resume_command(cfg)}")
                 raise SystemExit(128 + stop["signal"])
     bar.close()
-    objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval/loss"]
+    objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval_loss"]
     if objective_start is not None:
         log(f"{cfg.method} loss on {len(probe)} training pairs: {objective_start:.4f} before, {objective_end:.4f} after")
     summary = {"method": cfg.method, "steps": step, "final": last, "reference_built": info.needs_reference,
@@ -392,6 +355,10 @@ def train(cfg, log=print):
     # 5) the check a user wants to see: did the policy move towards higher gold reward than pi_ref?
     if cfg.final_check and task is not None:
         summary["final_check"] = evaluate.gold_check(model, tokenizer, task, log)
+    if cfg.save_merged:                  # LoRA: W + (alpha / r) B A folded into the base weights, a plain model
+        summary["merged"] = os.path.join(cfg.out, "merged")
+        save_model(model.merge_and_unload(), tokenizer, summary["merged"])
+        log(f"merged model (loads with AutoModelForCausalLM): {summary['merged']}")
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -409,8 +376,11 @@ def out_of_memory_message(cfg, batch, step):
     return (f"out of memory at step {step + 1} on a micro-batch of {rows // 2} pairs x {T} tokens. Use less memory "
             f"per forward pass: a smaller --micro_batch_size (now {cfg.micro_batch_size}; keep --batch_size "
             f"{cfg.batch_size}, gradient accumulation makes up the rest), a smaller --max_length (now "
-            f"{cfg.max_length}) or --max_prompt_length. Nothing was saved for this step; last checkpoint: "
-            f"{checkpoint.latest(cfg.out) or 'none yet'} (continue from it with --resume).")
+            f"{cfg.max_length}) or --max_prompt_length"
+            + ("" if cfg.gradient_checkpointing else ", --gradient_checkpointing (activations)")
+            + ("" if cfg.lora_r else ", --lora_r 16 (no gradients or optimizer state for the base weights)")
+            + f". Nothing was saved for this step; last checkpoint: {checkpoint.latest(cfg.out) or 'none yet'} "
+              "(continue from it with --resume).")
 
 
 def main(argv=None):
