@@ -1239,3 +1239,56 @@ def test_sequence_logps_keeps_no_second_full_size_fp32_copy_for_backward(dtype):
     assert not full, [tuple(t.shape) for t in full]
     out.sum().backward()                               # and the gradient is still computed
     assert torch.isfinite(logits.grad.float()).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dynamics on a tabular toy: implicit-reward DRDO on a tied pair (the README's claim for the default student)
+# ------------------------------------------------------------------------------------------------------------
+def test_implicit_reward_drdo_settles_a_tied_pair_at_a_finite_gap_near_the_oracle_target_unlike_dpo():
+    # One prompt, two one-token responses, policy pi = softmax(theta), pi_ref uniform. The pair (y1 > y2) is a
+    # tie for the Oracle: dR = 0. Write g = S(y1) - S(y2) = theta_1 - theta_2. With one token, Sbar = S, and
+    # with two responses e^S(y1) = p, e^S(y2) = 1 - p, so the unlikelihood score is
+    #     z = log(1 - e^S(y2)) - log(1 - e^S(y1)) = log p - log(1 - p) = g.
+    # Implicit-sum DRDO: L(g) = (0 - beta_r g)^2 + alpha F_gamma(g); its minimum solves
+    #     2 beta_r^2 g + alpha F'_gamma(g) = 0,   F'(g) = (1-p)^gamma [gamma p log p - (1-p)], p = sigmoid(g),
+    # a finite gap that shrinks to the Oracle's target 0 as alpha -> 0. DPO's loss softplus(-beta g) has no
+    # minimum: g grows without bound (like log t under gradient descent).
+    beta_r, gamma, lr, steps = 1.0, 2.0, 0.1, 1000        # GD on g: factor 1 - 4 lr beta_r^2 = 0.6 per step
+
+    def equilibrium(alpha):                                  # bisection on 2 beta_r^2 g + alpha F'(g) = 0
+        def f(g):
+            p = 1 / (1 + math.exp(-g))
+            return 2 * beta_r ** 2 * g + alpha * (1 - p) ** gamma * (gamma * p * math.log(p) - (1 - p))
+        lo, hi = 0.0, 10.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+        return (lo + hi) / 2
+
+    def run(loss_of_theta):
+        theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        gaps = []
+        for _ in range(steps):
+            (grad,) = torch.autograd.grad(loss_of_theta(theta), theta)
+            with torch.no_grad():
+                theta -= lr * grad
+            gaps.append((theta[0] - theta[1]).item())
+        return gaps
+
+    def drdo(alpha):
+        def loss(theta):
+            S = torch.log_softmax(theta, 0)                  # S(y1), S(y2); one token each, so Sbar = S
+            losses, _ = drdo_loss(beta_r * S[:1], beta_r * S[1:], t(0.0), t(0.0), S[:1], S[1:], alpha=alpha,
+                                  gamma=gamma, score="unlikelihood")
+            return losses.sum()
+        return loss
+
+    for alpha in (1.0, 0.2):
+        gaps = run(drdo(alpha))
+        assert gaps[-1] == pytest.approx(equilibrium(alpha), abs=1e-6), (alpha, gaps[-1], equilibrium(alpha))
+        assert abs(gaps[-1] - gaps[-300]) < 1e-9                            # settled
+    assert equilibrium(0.2) < equilibrium(1.0) < 0.25                      # smaller alpha: closer to 0
+    assert abs(run(drdo(0.0))[-1]) < 1e-9                                  # pure distillation: exactly the target
+
+    dpo = run(lambda theta: dpo_loss(theta[:1], theta[1:], t(0.0), t(0.0), beta=0.1)[0].sum())
+    assert dpo[-1] > 10 * equilibrium(1.0) and dpo[-1] - dpo[-300] > 0.05   # large, and still growing

@@ -134,9 +134,17 @@ for (cond, seed), runs in jobs.items():
             train.train(cfg, log=lambda *a, **k: None)
             print(f"trained {name:<60} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
         paths[name] = out
-    res = evaluate.evaluate(evaluate.EvalConfig(
-        policies=",".join(paths.values()), names=",".join(paths), data=DATA, temperatures="0,1",
-        ood_temperatures="1", prompts=PROMPTS, samples=SAMPLES), log=lambda *a, **k: None)
+    # each evaluation is kept on disk beside its runs, so an interrupted study does not evaluate twice
+    eval_cfg = evaluate.EvalConfig(policies=",".join(paths.values()), names=",".join(paths), data=DATA,
+                                   temperatures="0,1", ood_temperatures="1", prompts=PROMPTS, samples=SAMPLES)
+    saved = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}", "evaluation.json")
+    if os.path.exists(saved) and json.load(open(saved))["config"] == json.loads(json.dumps(eval_cfg.__dict__)):
+        res = json.load(open(saved))
+    else:
+        res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
+        with open(saved + ".tmp", "w") as f:
+            json.dump(res, f)
+        os.replace(saved + ".tmp", saved)
     results[f"{cond}|{seed}"] = res
     print(f"evaluated {cond} seed {seed} ({(time.time() - t_start) / 60:.1f} min so far)", flush=True)
 wall = time.time() - t_start
