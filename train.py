@@ -13,10 +13,12 @@ What happens, in order (each stage says what it is doing and caches what it buil
              oracle.py: the Oracle (an ensemble for edpo) is trained once on the SAME noisy training pairs
              and its scores cached
  3) pi_ref   methods that consume reference log-probs: computed once per pair, cached on disk, and the
-             reference model freed; reference-free methods (drdo, simpo, orpo, sft) never load it
- 4) loop     AdamW on fp32 master weights, warmup then cosine decay (common.cosine_schedule), gradient
-             clipping, gradient accumulation, bf16 autocast on CUDA (on CPU with --bf16), held-out
-             evaluation, atomic checkpoints and exact resume (checkpoint.py)
+             reference model freed (reference.py); reference-free methods (drdo, simpo, orpo, cpo, sft)
+             never load it
+ 4) loop     AdamW on fp32 master weights (LoRA: adapters only), warmup then cosine decay
+             (common.cosine_schedule), gradient clipping, gradient accumulation, bf16 autocast on CUDA (on
+             CPU with --bf16), optional gradient checkpointing, held-out evaluation, atomic checkpoints,
+             exact resume, SIGTERM saves (checkpoint.py), metrics.jsonl and --report_to sinks (runlog.py)
  5) check    on the embedded task: samples of the trained policy on held-out prompts against pi_ref's,
              judged by the gold reward nothing was trained on (evaluate.gold_check)
 
@@ -26,8 +28,9 @@ additions, each declared in the registry: an entry's `running` keywords (BCO's d
 the loss's own metrics over the pairs of all previous steps (the sums live in the checkpoint); its `terms`
 are isolated on evaluation steps to log each term's gradient norm; and --wpo multiplies the per-pair losses
 of entries with wpo=True by losses.wpo_weights, detached, from the same forward (README deviations 18, 23).
-For drdo with --student_reward head the policy also carries a scalar reward head (models.add_reward_head),
-saved beside the checkpoint as reward_head.pt.
+drdo's student reward is the policy's implicit reward beta_r * log pi(y|x) (student_rewards); with
+--student_reward head the policy carries a scalar reward head instead (models.add_reward_head), saved beside
+the checkpoint as reward_head.pt.
 NOTE (deviates from paper): the DRDO paper does not state how micro-batches, schedules or clipping were set;
 the values here are common DPO practice (TRL, the DPO reference code), not the paper's (README deviation 14).
 """
@@ -93,6 +96,16 @@ def uses_reward_head(cfg):
     return "student" in LOSSES[cfg.method].inputs and cfg.student_reward == "head"
 
 
+def student_rewards(cfg, head_rewards, sums, means):
+    """DRDO's student reward r(x, y) of (y_w, y_l): the policy's implicit reward beta_r * log pi(y|x), summed
+    (implicit-sum) or token-averaged (implicit-mean), or a reward head on the policy (head, an ablation;
+    README deviation 5)."""
+    if cfg.student_reward == "head":
+        return head_rewards
+    logps = sums if cfg.student_reward == "implicit-sum" else means
+    return cfg.beta_r * logps[0], cfg.beta_r * logps[1]
+
+
 def loss_inputs(cfg, model, batch):
     """One forward of the stacked [chosen; rejected] batch -> (the positional tensors of the method's loss, in
     the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them;
@@ -110,10 +123,7 @@ def loss_inputs(cfg, model, batch):
         "reference": lambda: (batch["ref_chosen"], batch["ref_rejected"]),                   # (B,) cached
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
-        # DRDO's student reward r(x, y): the policy's implicit reward beta_r * log pi(y|x) (summed or
-        # token-averaged), or a reward head on the policy (an ablation; README deviation 5)
-        "student": lambda: (head_rewards if head else (cfg.beta_r * c_sum, cfg.beta_r * r_sum)
-                            if cfg.student_reward == "implicit-sum" else (cfg.beta_r * c_mean, cfg.beta_r * r_mean)),
+        "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),
     }
     return [t for name in info.inputs for t in inputs[name]()], policy, out
 
