@@ -201,6 +201,6 @@ def test_reproduction_study_runs_and_its_tables_match_its_numbers(tmp_path, tiny
         assert cell == f"{g0 + (g1 - g0) * (2.0 - k0) / (k1 - k0):+.3f}"
     else:
         assert cell == "—"
-    assert list(res["ablations"]) == ["default (alpha 1 gamma 2 unlikelihood implicit-sum)"]
-    assert "| default (alpha 1 gamma 2 unlikelihood implicit-sum) | " in table
+    assert list(res["ablations"]) == ["default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02)"]
+    assert "| default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02) | " in table
     assert "Commit: `" in table and (tmp_path / "fig" / "frontier_quick.png").stat().st_size > 10_000

@@ -35,6 +35,7 @@
 #
 #     python tutorials/02_reproduction.py            # the whole study (several hours on 2 CPU cores; README)
 #     python tutorials/02_reproduction.py --quick    # 2 strengths, 1 seed, clean labels, 100 prompts
+#     python tutorials/02_reproduction.py --report   # the tables from what is already evaluated (while it runs)
 #
 # It writes `tutorials/results/reproduction.md` (or `reproduction_quick.md`), a JSON with every number and
 # `tutorials/figures/frontier.png`.
@@ -59,32 +60,38 @@ from common import parse_config, quiet_transformers  # noqa: E402
 
 QUICK = "--quick" in sys.argv or bool(os.environ.get("REPRO_QUICK"))
 DATA = os.environ.get("REPRO_DATA", "embedded")        # tests use embedded-tiny
-# method -> (the flag its strength sets, the strengths, fixed extra flags). The strength is each method's
-# own knob on how far it may move from pi_ref (larger beta = closer to pi_ref for every method here).
+# name -> (method, the flag its strength sets, the strengths, fixed extra flags). The strength is each method's
+# own knob on how far it may move from pi_ref (larger beta = closer to pi_ref for the methods with a KL term).
+# DRDO has no KL term: beta_r scales the distillation targets, and since its gradients are clipped and Adam
+# is scale-invariant, every beta_r ends at about the same KL. Its strength knob is the step size, so DRDO
+# gets two sweeps: beta_r at the default lr, and lr at the default beta_r ("drdo (lr)").
 FRONTIER = {
-    "dpo": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "ipo": ("--beta", [0.1, 0.3, 1.0, 3.0], []),
-    "simpo": ("--simpo_beta", [0.5, 1.0, 2.0, 4.0], []),      # gamma = beta / 2 (SimPO's gamma/beta ratio)
-    "distill": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "edpo": ("--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "drdo": ("--beta_r", [0.02, 0.05, 0.1, 0.3], ["--student_reward", "implicit-sum"]),
+    "dpo": ("dpo", "--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "ipo": ("ipo", "--beta", [0.1, 0.3, 1.0, 3.0], []),
+    "simpo": ("simpo", "--simpo_beta", [0.5, 1.0, 2.0, 4.0], []),   # gamma = beta / 2 (SimPO's gamma/beta ratio)
+    "distill": ("distill", "--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "edpo": ("edpo", "--beta", [0.02, 0.05, 0.1, 0.3], []),
+    "drdo": ("drdo", "--beta_r", [0.005, 0.01, 0.02, 0.05], ["--student_reward", "implicit-sum"]),
+    "drdo (lr)": ("drdo", "--lr", [2e-5, 5e-5, 1e-4, 2e-4], ["--student_reward", "implicit-sum", "--beta_r", "0.02"]),
 }
-DRDO_BASE = ["--method", "drdo", "--beta_r", "0.1", "--student_reward", "implicit-sum"]
+DRDO_BASE = ["--method", "drdo", "--beta_r", "0.02", "--student_reward", "implicit-sum"]
 ABLATIONS = {                                  # DRDO variants, clean labels; every flag not named is the default
-    "default (alpha 1 gamma 2 unlikelihood implicit-sum)": [],
+    "default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02)": [],
     "distillation only (alpha 0)": ["--alpha", "0"],
     "preference term only (distill_weight 0)": ["--distill_weight", "0"],
     **{f"gamma {g:g}": ["--gamma", str(g)] for g in (0, 0.5, 1, 5)},
     "score likelihood": ["--score", "likelihood"],
     "score odds": ["--score", "odds"],
     "student implicit-mean (beta_r 1)": ["--student_reward", "implicit-mean", "--beta_r", "1.0"],
+    "student implicit-mean (beta_r 0.2)": ["--student_reward", "implicit-mean", "--beta_r", "0.2"],
     "student head": ["--student_reward", "head"],
 }
 CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"], "non-deterministic": ["--split", "nondeterministic"]}
 SEEDS = [0, 1, 2]
 PROMPTS, SAMPLES = 200, 2
+REPORT_ONLY = "--report" in sys.argv     # build the tables from the evaluations already on disk; train nothing
 if QUICK:
-    FRONTIER = {m: (flag, values[1:3], extra) for m, (flag, values, extra) in FRONTIER.items()}
+    FRONTIER = {m: (method, flag, values[1:3], extra) for m, (method, flag, values, extra) in FRONTIER.items()}
     ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:3]}
     CONDITIONS, SEEDS, PROMPTS = {"clean": []}, [0], 100
 if os.environ.get("REPRO_METHODS"):
@@ -97,7 +104,7 @@ RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + 
 
 
 def run_args(method, flag, value, extra):
-    args = ["--method", method, flag, str(value), *extra]
+    args = ["--method", method, flag, f"{value:g}", *extra]
     if method == "simpo":
         args += ["--simpo_gamma", str(value / 2)]
     return args
@@ -115,7 +122,7 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 jobs = {}                                         # (condition, seed) -> {run name: args}
 for cond in CONDITIONS:
     for seed in SEEDS:
-        runs = {f"{m}@{v:g}": run_args(m, flag, v, extra) for m, (flag, values, extra) in FRONTIER.items()
+        runs = {f"{m}@{v:g}": run_args(method, flag, v, extra) for m, (method, flag, values, extra) in FRONTIER.items()
                 for v in values}
         if cond == "clean":
             runs.update({f"drdo[{name}]": DRDO_BASE + args for name, args in ABLATIONS.items()})
@@ -126,6 +133,9 @@ for (cond, seed), runs in jobs.items():
     for name, args in runs.items():
         out = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}",
                            name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", ""))
+        if REPORT_ONLY:
+            paths[name] = out
+            continue
         if not os.path.exists(os.path.join(out, "summary.json")):
             t0 = time.time()
             cfg = train.resolve(parse_config(train.Config, [
@@ -140,6 +150,8 @@ for (cond, seed), runs in jobs.items():
     saved = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}", "evaluation.json")
     if os.path.exists(saved) and json.load(open(saved))["config"] == json.loads(json.dumps(eval_cfg.__dict__)):
         res = json.load(open(saved))
+    elif REPORT_ONLY:
+        continue
     else:
         res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
         with open(saved + ".tmp", "w") as f:
@@ -159,7 +171,14 @@ wall = time.time() - t_start
 # the target lies outside the seed's KL range); then mean ± std over seeds.
 
 # %%
+DONE = {(c, s) for c in CONDITIONS for s in SEEDS if f"{c}|{s}" in results}     # (all of them unless --report)
+
+
 def point(cond, seed, name):
+    if (cond, seed) not in DONE:
+        nan = float("nan")
+        return {k: nan for k in ("kl", "gain", "gain_se", "ood_gain", "greedy_gain", "greedy_repetition",
+                                 "repetition", "distinct2")}
     r = results[f"{cond}|{seed}"]["sets"]
     t1, t0 = r["in_distribution"]["T=1"]["policies"][name], r["in_distribution"]["T=0"]["policies"][name]
     ood = r["out_of_distribution"]["T=1"]["policies"][name]
@@ -188,11 +207,14 @@ def interpolate(points, key, kl):
 
 
 MATCHED_KL = [2.0, 5.0, 10.0]
-frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][1]] for s in SEEDS} for m in FRONTIER}
+frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][2]] for s in SEEDS} for m in FRONTIER}
             for c in CONDITIONS}
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+missing = [f"{c} seed {s}" for c in CONDITIONS for s in SEEDS if (c, s) not in DONE]
 lines = [f"# DRDO study{' (quick)' if QUICK else ''}: reward–KL frontier and ablations", "",
+         *([f"**Partial:** not yet evaluated: {', '.join(missing)} (cells average the seeds that are).", ""]
+           if missing else []),
          f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}`  ",
          f"Commit: `{commit}`; hardware: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
          f"({torch.get_num_threads()} threads), fp32; wall time {wall / 60:.1f} min (runs already on disk are "
@@ -204,7 +226,7 @@ for key, title in (("gain", "gold gain over pi_ref at matched KL (in distributio
               + " | KL range (nats) |", "|---|---|" + "---|" * (len(MATCHED_KL) + 1)]
     for c in CONDITIONS:
         for m in FRONTIER:
-            kls = [p["kl"] for s in SEEDS for p in frontier[c][m][s]]
+            kls = [p["kl"] for s in SEEDS for p in frontier[c][m][s] if p["kl"] == p["kl"]] or [float("nan")]
             cells = [mean_std([interpolate(frontier[c][m][s], key, k) for s in SEEDS]) for k in MATCHED_KL]
             lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {min(kls):.1f} – {max(kls):.1f} |")
     lines.append("")
@@ -212,7 +234,7 @@ lines += ["### every frontier run (mean ± std over seeds)", "",
           "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | distinct-2 (T=1) |",
           "|---|---|---|---|---|---|---|---|"]
 for c in CONDITIONS:
-    for m, (flag, values, _) in FRONTIER.items():
+    for m, (_, flag, values, _) in FRONTIER.items():
         for i, v in enumerate(values):
             ps = [frontier[c][m][s][i] for s in SEEDS]
             lines.append(f"| {c} | {m} {flag.lstrip('-')}={v:g} | {mean_std([p['gain'] for p in ps])} | "
@@ -220,7 +242,7 @@ for c in CONDITIONS:
                          f"{mean_std([p['greedy_gain'] for p in ps])} | "
                          f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} | "
                          f"{mean_std([p['distinct2'] for p in ps], '{:.3f}')} |")
-lines += ["", "### DRDO ablations (clean labels; beta_r = 0.1 unless named)", "",
+lines += ["", "### DRDO ablations (clean labels; beta_r = 0.02, lr 1e-4 unless named)", "",
           "| variant | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats |", "|---|---|---|---|---|---|"]
 for name in ABLATIONS:
     ps = [point("clean", s, f"drdo[{name}]") for s in SEEDS]
@@ -235,7 +257,8 @@ with open(os.path.join(OUT, f"{name}.md"), "w") as f:
 with open(os.path.join(OUT, f"{name}.json"), "w") as f:
     json.dump({"frontier": frontier, "ablations": {a: [point("clean", s, f"drdo[{a}]") for s in SEEDS]
                                                    for a in ABLATIONS},
-               "strengths": {m: [flag, values] for m, (flag, values, _) in FRONTIER.items()},
+               "strengths": {m: [flag, values] for m, (_, flag, values, _) in FRONTIER.items()},
+               "evaluated": sorted(f"{c}|{s}" for c, s in DONE),
                "evaluations": results}, f, indent=1)
 print("\n".join(lines))
 
@@ -251,10 +274,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(5 * len(CONDITIONS), 4), sharey=True, squeeze=False)
 for ax, c in zip(axes[0], CONDITIONS):
     for i, m in enumerate(FRONTIER):
-        pts = [p for s in SEEDS for p in frontier[c][m][s]]
+        pts = [p for s in SEEDS for p in frontier[c][m][s] if p["kl"] == p["kl"]]
+        if not pts:
+            continue
         ax.scatter([p["kl"] for p in pts], [p["gain"] for p in pts], s=14, color=f"C{i}", label=m, alpha=0.8)
+        done = [s for s in SEEDS if (c, s) in DONE]
         means = [(sum(p["kl"] for p in ps) / len(ps), sum(p["gain"] for p in ps) / len(ps))
-                 for ps in zip(*[frontier[c][m][s] for s in SEEDS])]
+                 for ps in zip(*[frontier[c][m][s] for s in done])]
         ax.plot(*zip(*sorted(means)), color=f"C{i}", lw=1)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set(xscale="log", xlabel="KL(pi || pi_ref), nats per completion (log scale)", title=c)
