@@ -61,7 +61,7 @@ class Config:
     gamma: float = 2.0             # drdo: focal exponent (0 = plain log-loss; 1-5)
     score: str = "unlikelihood"    # drdo: inner score z: unlikelihood | likelihood | odds (README deviation 5)
     student_reward: str = "implicit-sum"  # drdo: implicit-sum (beta_r * S) | implicit-mean (beta_r * Sbar) | head
-    beta_r: float = 0.1            # drdo: scale of the implicit student reward r = beta_r * log pi(y|x)
+    beta_r: float = 0.02           # drdo: scale of the implicit student reward r = beta_r * log pi(y|x) (0.005-0.05)
     distill_weight: float = 1.0    # drdo: weight of the reward-distillation term (0 = preference term only)
     exo_epsilon: float = 1e-3      # exo: label smoothing of the pair's target distribution (1e-4 - 1e-2)
     discopop_tau: float = 0.05     # discopop: temperature of the modulation sigmoid(beta h / tau) (paper 0.05; <= 1)
