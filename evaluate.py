@@ -37,6 +37,7 @@ import torch
 import checkpoint
 import data
 import oracle
+import tokenization
 from common import check_ranges, parse_config, quiet_transformers
 from embedded import REFERENCE_SAMPLES, gold_reward
 from models import batch_logps, forward_with_reward, load_model, load_reward_model, pair_logps, sample_completions
@@ -126,7 +127,7 @@ def check_config(cfg):
 def completion_logps(model, pairs, pad_id, batch_size=64):
     """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
     model.eval()
-    return torch.cat([batch_logps(model, data.collate_completions(pairs[i:i + batch_size], pad_id))[0].double()
+    return torch.cat([batch_logps(model, tokenization.collate_completions(pairs[i:i + batch_size], pad_id))[0].double()
                       for i in range(0, len(pairs), batch_size)])
 
 
@@ -135,7 +136,7 @@ def oracle_rewards(model, pairs, pad_id, batch_size=64):
     """The Oracle's reward R(x, y) of each (prompt_ids, completion_ids) -> (N,) float64."""
     out = []
     for i in range(0, len(pairs), batch_size):
-        b = data.collate_completions(pairs[i:i + batch_size], pad_id)
+        b = tokenization.collate_completions(pairs[i:i + batch_size], pad_id)
         out.append(forward_with_reward(model, b["input_ids"], b["attention_mask"])[1].double())
     return torch.cat(out)
 
@@ -146,7 +147,7 @@ def preference_accuracy(policy, reference, examples, pad_id):
     (ties count half; pi = pi_ref gives exactly 0.5) -> (accuracy, standard error)."""
     def logps(model):
         model.eval()
-        c, r = zip(*[pair_logps(model, data.collate(examples[i:i + 32], pad_id))[:2]
+        c, r = zip(*[pair_logps(model, tokenization.collate(examples[i:i + 32], pad_id))[:2]
                      for i in range(0, len(examples), 32)])
         return torch.cat(c).double(), torch.cat(r).double()
     pc, pr = logps(policy)
@@ -210,7 +211,7 @@ def evaluate(cfg, log=print):
         members, _ = oracle.ensure_oracles(oracle.OracleConfig(data=cfg.data), train_ds, test_ds,
                                            task["reference"], log=log)
         judge = load_reward_model(members[0]).eval()
-    test_ex, _ = data.tokenize_dataset(tokenizer, test_ds, 128, 64, log=log)
+    test_ex, _ = tokenization.tokenize_dataset(tokenizer, test_ds, 128, 64, log=log)
     results = {"config": asdict(cfg), "task": task["dir"], "sets": {}, "preference_accuracy": {}}
     for name, (model, _) in models.items():
         acc, se = preference_accuracy(model, models["pi_ref"][0], test_ex, pad)

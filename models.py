@@ -6,7 +6,8 @@
     save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
     batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected),
                               and on request WPO's weights' inputs from the same forward
-    sample_completions        n samples per prompt, the same for every model given the same seed
+    sample_completions        n samples per prompt (strings, or prompt ids), the same for every model given
+                              the same seed; stops at EOS or the chat template's end-of-turn token
 
 The reward head: R(x, y) = w . h_last + b, with h_last the final hidden state at the LAST NON-PADDING token
 of x + y (right or left padding), computed in fp32, zero-initialised (so every reward starts at 0 and the
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from common import atomic_dir, cache_root, go_offline, hub_reachable
 from losses import sequence_logps, sequence_wpo_logps
+from tokenization import stop_token_ids
 
 HEAD_FILE = "reward_head.pt"
 HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
@@ -222,26 +224,45 @@ def sample_completions(model, tokenizer, prompts, n, temperature=1.0, max_new_to
     model.eval()
     tokenizer.padding_side = "left"                    # decoder-only batched generation pads on the left
     torch.manual_seed(seed)
-    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} if t is not None]
+    stops = stop_token_ids(tokenizer)                  # EOS, and the chat template's end-of-turn token
+    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} - set(stops) if t is not None]
     out, ids = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if desc else True):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        enc = left_pad(prompts[i:i + batch_size], tokenizer)
         gen = model.generate(**enc.to(model.device), do_sample=temperature > 0, temperature=temperature or None,
                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bad_words_ids=never).cpu()
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
+                             bad_words_ids=never or None).cpu()
         new = gen[:, enc["input_ids"].shape[1]:]                                   # (b * n, <= max_new_tokens)
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         out.extend(texts[j:j + n] for j in range(0, len(texts), n))
         if return_ids:
             for j, p_ids in enumerate(enc["input_ids"].cpu()):
                 prompt = p_ids[enc["attention_mask"][j].cpu().bool()].tolist()
-                comps = [until_eos(row.tolist(), tokenizer.eos_token_id) for row in new[j * n:(j + 1) * n]]
+                comps = [until_eos(row.tolist(), stops) for row in new[j * n:(j + 1) * n]]
                 ids.append((prompt, comps))
     tokenizer.padding_side = "right"
     return (out, ids) if return_ids else out
 
 
-def until_eos(ids, eos):
-    """A generated row cut after its first EOS (generate pads finished rows; the padding is not sampled)."""
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
+def left_pad(prompts, tokenizer):
+    """Prompts as strings (tokenized with the tokenizer's special tokens) or as lists of ids (used as they are,
+    e.g. tokenization.prompt_ids_for_sampling of chat prompts) -> a left-padded BatchEncoding."""
+    if all(isinstance(p, str) for p in prompts):
+        return tokenizer(prompts, return_tensors="pt", padding=True)
+    from transformers import BatchEncoding
+    T = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), T), tokenizer.pad_token_id, dtype=torch.long)      # (N, T)
+    attention_mask = torch.zeros(len(prompts), T, dtype=torch.long)                         # (N, T)
+    for i, p in enumerate(prompts):
+        input_ids[i, T - len(p):] = torch.tensor(p)
+        attention_mask[i, T - len(p):] = 1
+    return BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def until_eos(ids, stops):
+    """A generated row cut after its first stop token (EOS or end-of-turn; an int or a list of them): generate
+    pads finished rows, and the padding was not sampled."""
+    stops = [stops] if isinstance(stops, int) else stops
+    first = next((k for k, t in enumerate(ids) if t in stops), None)
+    return ids if first is None else ids[:first + 1]

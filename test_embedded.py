@@ -11,9 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import common  # noqa: E402
-import data  # noqa: E402
+import conditions  # noqa: E402
 import embedded  # noqa: E402
 import oracle  # noqa: E402
+import tokenization  # noqa: E402
 from models import load_reward_model  # noqa: E402
 
 TINY = embedded.EMBEDDED_PRESETS["embedded-tiny"]
@@ -92,14 +93,14 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path):
 
 
 def test_flips_move_gold_with_the_texts_and_margin_split_uses_gold(task):
-    flipped = data.flip_labels(task["train"], 0.5, seed=3)
+    flipped = conditions.flip_labels(task["train"], 0.5, seed=3)
     for row, orig in zip(flipped, task["train"]):
         assert (row["chosen_gold"] < row["rejected_gold"]) == row["flipped"]
         if row["flipped"]:
             assert (row["chosen"], row["chosen_gold"]) == (orig["rejected"], orig["rejected_gold"])
-    det, nondet = data.split_by_margin(task["train"], columns=("chosen_gold", "rejected_gold"))
-    assert min(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in det) > \
-        max(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
+    det, nondet = conditions.split_by_margin(task["train"], columns=("chosen_gold", "rejected_gold"))
+    assert min(conditions.score_margin(r, ("chosen_gold", "rejected_gold")) for r in det) > \
+        max(conditions.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
 
 
 def single_row_rewards(model, tokenizer, ds):
@@ -108,7 +109,7 @@ def single_row_rewards(model, tokenizer, ds):
     import models
     out = []
     for row in ds:
-        pair, _ = data.tokenize_pair(tokenizer, row, 128, 64)
+        pair, _ = tokenization.tokenize_pair(tokenizer, row, 128, 64)
         if pair is None:
             continue
         rewards = []

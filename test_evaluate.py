@@ -10,8 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import data  # noqa: E402
 import evaluate  # noqa: E402
+import tokenization  # noqa: E402
 
 
 def test_paired_comparison_hand_computed():
@@ -56,7 +56,7 @@ def test_repetition_stats_hand_computed():
 
 
 def test_rows_mask_the_completion_only():
-    b = data.collate_completions([([2, 5], [7, 1]), ([2], [9, 9, 1])], pad_token_id=0)
+    b = tokenization.collate_completions([([2, 5], [7, 1]), ([2], [9, 9, 1])], pad_token_id=0)
     assert b["input_ids"].tolist() == [[2, 5, 7, 1], [2, 9, 9, 1]]
     assert b["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
     assert b["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]

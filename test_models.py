@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
 import models  # noqa: E402
-from data import collate  # noqa: E402
+from tokenization import collate  # noqa: E402
 
 
 def tiny_opt(seed=0):
@@ -134,6 +134,50 @@ def test_model_names_and_offline_errors(tiny_task):
         models.load_model("opt-125m")
 
 
-def test_until_eos_keeps_the_first_eos():
-    assert models.until_eos([5, 6, 1, 0, 0], eos=1) == [5, 6, 1]
-    assert models.until_eos([5, 6, 7], eos=1) == [5, 6, 7]
+def test_until_eos_keeps_the_first_stop_token():
+    assert models.until_eos([5, 6, 1, 0, 0], 1) == [5, 6, 1]
+    assert models.until_eos([5, 6, 7], 1) == [5, 6, 7]
+    assert models.until_eos([5, 2, 0, 2], [0, 2]) == [5, 2]             # EOS 0 or end-of-turn 2, whichever first
+
+
+def always_says(token, vocab_size, seed=0):
+    """A tiny Llama whose greedy next token is always `token`: attention and MLP outputs zeroed (the residual
+    stream is the token embedding), every embedding e_1, so the normalised hidden state is +sqrt(d) e_1 and
+    only the LM-head row of `token` reads it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token, 0] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("smollm2_like", [2]),        # EOS = end-of-turn = pad = 2 (padding is banned from samples, EOS is not)
+    ("qwen_base_like", [2]),      # EOS 0, end-of-turn 2: generation stops at the end-of-turn token
+])
+def test_sampling_stops_at_the_end_of_turn_token(make, expected):
+    import test_tokenization
+    tok = getattr(test_tokenization, make)()
+    model = always_says(2, len(test_tokenization.CHATML_VOCAB))
+    prompts = tokenization_prompts(tok)
+    texts, ids = models.sample_completions(model, tok, prompts, n=1, temperature=0, max_new_tokens=4,
+                                           return_ids=True)
+    assert [c for _, comps in ids for c in comps] == [expected, expected]
+    assert ids[0][0] == [1, 5, 3, 7, 2, 3, 1, 6, 3] and ids[1][0] == [7]       # prompt ids, unpadded
+    assert texts == [[""], [""]]
+
+
+def tokenization_prompts(tok):
+    """A chat prompt and a plain one, as evaluate.py builds them (prompt ids of different lengths)."""
+    import tokenization
+    return tokenization.prompt_ids_for_sampling(tok, [[{"role": "user", "content": "q"}], "q"], 64)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 import common  # noqa: E402
-import data  # noqa: E402
+import tokenization  # noqa: E402
 import train  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
@@ -115,7 +115,7 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     # steps: each of the 3 epochs is ceil(n / 8) windows of at most 8 pairs, n = pairs that tokenize
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
-    n = len(data.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
+    n = len(tokenization.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
 
