@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 import data
 import tokenization
-from common import (cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers,
+from common import (atomic_dir, cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers,
                     read_jsonl, stable_hash, weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
-from models import (add_reward_head, check_available, forward_with_reward, load_model, load_reward_model,
-                    save_model)
+from models import (SEQCLS_DIR, add_reward_head, check_available, forward_with_reward, load_model,
+                    load_reward_model, save_model, save_seqcls)
 
 
 def oracle_batch_loss(model, batch, alpha=0.1):
@@ -76,6 +76,7 @@ class OracleConfig:
     seed: int = 0                  # base seed: member k uses seed + k
     out: str = ""                  # output directory; default: a cache directory keyed by config and data
     score: bool = True             # after training, score the training pairs (cached) and print the file
+    seqcls: bool = True            # also save each member as <member>/seqcls, an AutoModelForSequenceClassification checkpoint
 
 
 LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
@@ -138,8 +139,8 @@ def evaluate_oracle(model, examples, gold=None):
 def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     """Train the K members once; later calls with the same config and data return the cached directories.
     -> (list of member directories, report dict). The report holds each member's held-out statistics."""
-    # the key: what changes the members (data_config / data_split do not: the data's content is hashed)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split")}
+    # the key: what changes the members (data_config / data_split / seqcls do not: the data's content is hashed)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls")}
     key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
                        data.fingerprint(test_ds), task_reference and os.path.basename(task_reference)])
     out = cfg.out or os.path.join(cache_root(), f"oracle-{key}")
@@ -148,7 +149,12 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         log(f"Oracle: cached in {out}")
         with open(report_path) as f:
             report = json.load(f)
-        return [os.path.join(out, m) for m in report["members"]], report
+        members = [os.path.join(out, m) for m in report["members"]]
+        for d in members if cfg.seqcls else []:          # Oracles cached before the export existed get it now
+            if not os.path.isdir(os.path.join(d, SEQCLS_DIR)):
+                from transformers import AutoTokenizer
+                export_seqcls(load_reward_model(d), AutoTokenizer.from_pretrained(d), d)
+        return members, report
     log(f"Oracle: training {cfg.ensemble} member(s) on {len(train_ds)} pairs, alpha {cfg.alpha}, "
         f"{cfg.epochs} epochs -> {out}")
     report = {"config": asdict(cfg), "members": [], "held_out": [], "train_pairs": len(train_ds)}
@@ -170,6 +176,8 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         stats = evaluate_oracle(model, test_examples, gold)
         name = f"member-{k}"
         save_model(model, tokenizer, os.path.join(out, name))
+        if cfg.seqcls:
+            export_seqcls(model, tokenizer, os.path.join(out, name))
         report["members"].append(name)
         report["held_out"].append(stats)
         log(f"  member {k}: held-out accuracy {stats['accuracy']:.3f} +- {stats['accuracy_se']:.3f} on "
@@ -178,6 +186,12 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
             + f" ({time.time() - t0:.0f} s)")
     write_json(report, report_path)                           # the report marks the ensemble as complete
     return [os.path.join(out, m) for m in report["members"]], report
+
+
+def export_seqcls(model, tokenizer, member_dir):
+    """<member_dir>/seqcls: the member as a sequence-classification checkpoint (models.save_seqcls), written
+    atomically; AutoModelForSequenceClassification.from_pretrained(<member_dir>/seqcls) gives its rewards."""
+    return atomic_dir(os.path.join(member_dir, SEQCLS_DIR), lambda tmp: save_seqcls(model, tokenizer, tmp))
 
 
 def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=print):

@@ -181,3 +181,67 @@ def tokenization_prompts(tok):
     """A chat prompt and a plain one, as evaluate.py builds them (prompt ids of different lengths)."""
     import tokenization
     return tokenization.prompt_ids_for_sampling(tok, [[{"role": "user", "content": "q"}], "q"], 64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The reward model as a sequence-classification checkpoint
+# ------------------------------------------------------------------------------------------------------------
+def tiny_llama(vocab_size, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    return models.add_reward_head(LlamaForCausalLM(cfg).eval())
+
+
+def opt_with_projection(vocab_size, seed=0):
+    """An OPT whose LM head reads a 8-wide projection of its 16-wide hidden state (as opt-350m: 512 of 1024)."""
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=16, word_embed_proj_dim=8, num_hidden_layers=2, ffn_dim=32,
+                    num_attention_heads=2, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                    activation_dropout=0.0, pad_token_id=0, bos_token_id=14, eos_token_id=1)
+    return models.add_reward_head(OPTForCausalLM(cfg).eval())
+
+
+@pytest.mark.parametrize("kind", ["llama_padding_with_eos", "opt_with_projection"])
+def test_seqcls_export_gives_the_same_rewards_with_automodel(tmp_path, kind):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import test_tokenization as tt
+    import tokenization
+    if kind == "llama_padding_with_eos":      # SmolLM2-like: pad = EOS = <|im_end|> = 2, <|endoftext|> = 0 is unk
+        tok, model, records = tt.smollm2_like(), tiny_llama(len(tt.CHATML_VOCAB)), [
+            tt.CONVERSATION, {"prompt": "q q", "chosen": "a", "rejected": "a b c"}]
+    else:
+        tok, model, records = tt.opt_like(), opt_with_projection(len(tt.OPT_VOCAB)), [
+            tt.CONVERSATION, {"prompt": "q x", "chosen": "a", "rejected": "b c d"}]
+    assert model.reward_head.in_features == model.get_output_embeddings().in_features
+    assert model.reward_head.bias is None                                # as HF's score heads
+    torch.nn.init.normal_(model.reward_head.weight)
+    models.save_seqcls(model, tok, str(tmp_path / "rm"))
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
+    rm_tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
+    # the export pads with an id that never closes a sequence: <|endoftext|> (0) instead of <|im_end|> (2)
+    assert rm.config.pad_token_id == rm_tok.pad_token_id == (0 if kind.startswith("llama") else tok.pad_token_id)
+    examples = [tokenization.tokenize_pair(tok, r)[0] for r in records]
+    ours = models.forward_with_reward(model, **{k: v for k, v in tokenization.collate(examples, tok.pad_token_id).items()
+                                                if k in ("input_ids", "attention_mask")})[1]           # (4,)
+    right = tokenization.collate(examples, rm_tok.pad_token_id)          # right-padded with the export's pad id
+    assert (right["attention_mask"] == 0).any()                          # there is padding to get wrong
+    theirs = rm(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits.squeeze(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    rows = [e["prompt_ids"] + e[s] for s in ("chosen_ids", "rejected_ids") for e in examples]
+    T = max(map(len, rows))
+    left = torch.tensor([[rm_tok.pad_token_id] * (T - len(r)) + r for r in rows])   # left padding
+    torch.testing.assert_close(rm(input_ids=left, attention_mask=(torch.arange(T) >= T - torch.tensor(
+        [len(r) for r in rows])[:, None]).long()).logits.squeeze(-1), ours, atol=1e-5, rtol=0)
+
+
+def test_a_head_saved_with_a_bias_still_loads_with_its_bias(tmp_path):
+    model = tiny_opt()
+    torch.save({"weight": torch.ones(1, 16), "bias": torch.tensor([0.5])}, tmp_path / "old_head.pt")
+    models.load_head(model, str(tmp_path / "old_head.pt"))
+    _, r = models.forward_with_reward(model, torch.tensor([[2, 5, 1]]), torch.ones(1, 3, dtype=torch.long))
+    h = model(input_ids=torch.tensor([[2, 5, 1]]), output_hidden_states=True).hidden_states[-1][0, -1]
+    assert r.item() == pytest.approx(h.sum().item() + 0.5, abs=1e-5)

@@ -50,7 +50,7 @@ import tokenization
 from common import cache_root, cosine_schedule, parse_config, quiet_transformers, stable_hash, weights_hash
 from config import Config, resolve, resume_command
 from losses import LOSSES, completion_lengths, wpo_weights
-from models import add_reward_head, check_available, load_model, pair_logps
+from models import HEAD_FILE, add_reward_head, check_available, load_head, load_model, pair_logps
 
 
 # ============================================================================================================
@@ -251,9 +251,10 @@ def load_policy(cfg, ckpt, task_ref, device):
     model, tokenizer = load_model(ckpt or cfg.model, task_ref)
     if uses_reward_head(cfg):
         torch.manual_seed(cfg.seed)
-        add_reward_head(model)                            # zero-init: student margins start at 0
         if ckpt:
-            model.reward_head.load_state_dict(torch.load(os.path.join(ckpt, "reward_head.pt")))
+            load_head(model, os.path.join(ckpt, HEAD_FILE))
+        else:
+            add_reward_head(model)                        # zero-init: student margins start at 0
     return model.to(device), tokenizer
 
 
