@@ -256,12 +256,11 @@ def evaluate(cfg, log=print):
     judge = judges.load_judge(spec, tokenizer, task, oracle_dir() if spec == "oracle" else None, log=log)
     # the embedded task also reports the Oracle's mean reward beside the gold judge (as before)
     extra = judges.load_judge("oracle", tokenizer, task, oracle_dir(), log) if task and spec == "gold" else None
-    log(f"judge: {judge.name}: {judge.note}")
     test_ex, _ = tokenization.tokenize_dataset(tokenizer, test_ds, max_length, max_prompt, log=log)
     test_ex = test_ex[:512]
     results = {"config": asdict(cfg), "task": task and task["dir"], "sets": {}, "preference_accuracy": {},
                "judge": {"name": judge.name, "kind": judge.kind, "note": judge.note,
-                         "circular_for": list(judges.CIRCULAR) if judge.kind == "oracle" else []}}
+                         "circular_for": list(judges.CIRCULAR) if judge.circular else []}}
     for name, (model, _) in models.items():
         acc, se = preference_accuracy(model, models["pi_ref"][0], test_ex, pad)
         results["preference_accuracy"][name] = {"accuracy": acc, "se": se, "pairs": len(test_ex)}
@@ -334,7 +333,7 @@ def print_table(results, log=print):
                     f"{s['gain_se']:.3f}{ci(s, 'gain_ci')}")
     log("\nheld-out preference accuracy (implicit reward log pi/pi_ref): " + ", ".join(
         f"{n} {a['accuracy']:.3f} +- {a['se']:.3f}" for n, a in results["preference_accuracy"].items()))
-    if judge["kind"] == "oracle":
+    if judge["circular_for"]:
         log(f"NOTE: {judge['note']}")
 
 

@@ -25,7 +25,7 @@ import torch
 import tokenization
 from common import go_offline, hub_reachable
 from embedded import gold_reward
-from models import forward_with_reward, load_reward_model
+from models import HEAD_FILE, forward_with_reward, load_reward_model
 
 CIRCULAR = ("drdo", "distill", "edpo")       # methods trained against an Oracle's rewards
 ORACLE_NOTE = ("the Oracle judge is CIRCULAR for DRDO (and distill / e-DPO): those policies were trained to "
@@ -36,7 +36,8 @@ ORACLE_NOTE = ("the Oracle judge is CIRCULAR for DRDO (and distill / e-DPO): tho
 
 class GoldJudge:
     """The embedded task's gold reward: VADER sentiment of the completion text alone."""
-    name, kind, note = "gold", "gold", "gold = VADER sentiment of the completion, which nothing was trained on"
+    name, kind, circular = "gold", "gold", False
+    note = "gold = VADER sentiment of the completion, which nothing was trained on"
 
     def rewards(self, prompts, texts, pairs):
         return [gold_reward(comps) for comps in texts]
@@ -49,7 +50,10 @@ class RewardModelJudge:
     def __init__(self, model, tokenizer, policy_tokenizer, kind, name, batch_size=32):
         self.model, self.tokenizer, self.kind, self.name, self.batch_size = model.eval(), tokenizer, kind, name, batch_size
         self.same_tokenizer = tokenizer.get_vocab() == policy_tokenizer.get_vocab()
-        self.note = ORACLE_NOTE if kind == "oracle" else (
+        # an Oracle's own seq-cls export (<member>/seqcls beside reward_head.pt) is the Oracle, hence circular too
+        self.circular = kind == "oracle" or os.path.isfile(os.path.join(os.path.dirname(os.path.normpath(name)),
+                                                                        HEAD_FILE))
+        self.note = ORACLE_NOTE if self.circular else (
             f"reward model {name} (AutoModelForSequenceClassification); independent of the policies when it was "
             "not trained on their data")
 

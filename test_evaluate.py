@@ -195,6 +195,7 @@ def test_any_data_judged_by_a_reward_model_with_hand_checked_statistics(conversa
     res = run_eval(c, tmp_path, os.path.join(c["rm"], "seqcls"))
     row = res["sets"]["in_distribution"]["T=1"]
     assert list(res["sets"]) == ["in_distribution"] and res["judge"]["kind"] == "classifier"
+    assert res["judge"]["circular_for"] == ["drdo", "distill", "edpo"]        # an Oracle's export is that Oracle
     same, other = row["policies"]["same"], row["policies"]["other"]
     # pi_ref against itself: the same samples, so every pair ties, KL is 0 and the interval has no width
     assert same["tie"] == 1.0 and same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["gain_ci"] == [0.0, 0.0]
@@ -231,6 +232,7 @@ def test_a_judge_with_another_tokenizer_reads_the_text_in_its_own_format(convers
     from transformers import AutoModelForSequenceClassification
     c = conversational
     res = run_eval(c, tmp_path, c["opt_rm"])
+    assert res["judge"]["circular_for"] == [] and "independent" in res["judge"]["note"]
     pol = res["sets"]["in_distribution"]["T=1"]["policies"]["other"]
     prompts = evaluate.held_out_prompts(__import__("data").load_splits(c["data"], log=lambda *_: None)[1], 3)
     rm = AutoModelForSequenceClassification.from_pretrained(c["opt_rm"]).eval()
