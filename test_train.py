@@ -486,6 +486,8 @@ def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monke
     (["--method", "dpo", "--flip", "40"], r"--flip must be in \[0, 1\]; got 40"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
+    (["--method", "dpo", "--data_config", "helpful-base"], "--data_config and --data_split choose a hub dataset's"),
+    (["--method", "dpo", "--data", "someone/pairs", "--data_split", "a,b,c"], "--data_split takes the hub dataset's"),
     (["--method", "dpo", "--resume_from", "no/such/dir"], "--resume_from no/such/dir: no such directory"),
 ])
 def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):

@@ -155,7 +155,7 @@ def encode_response(tokenizer, prompt, response, closers=None):
     return ids, tokenizer.convert_tokens_to_ids(closer) if closer else tokenizer.eos_token_id
 
 
-def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256):
+def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, special=None):
     """One record -> ({"prompt_ids", "chosen_ids", "rejected_ids"} lists of ints, None), or (None, reason).
 
     Steps: 1) the prompt with exactly one BOS (encode_prompt) and each response without special tokens
@@ -166,11 +166,11 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256):
     closing one, or if chosen == rejected.
     NOTE: a response cut in step 3 still ends with its closing token, so "one per response" always holds; the
     model then learns an early stop on those rows. Raise max_length if many pairs are cut.
+    `special`: (special_prefix, closing_tokens) of the tokenizer, when already computed (tokenize_dataset).
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token before tokenizing")
-    prefix = special_prefix(tokenizer)
-    closers = closing_tokens(tokenizer)
+    prefix, closers = special or (special_prefix(tokenizer), closing_tokens(tokenizer))
     prompt_ids = encode_prompt(tokenizer, record["prompt"], prefix)
     (chosen, close_c), (rejected, close_r) = (encode_response(tokenizer, record["prompt"], record[k], closers)
                                               for k in ("chosen", "rejected"))
@@ -194,8 +194,9 @@ def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=p
     """Tokenize every record -> (examples, dropped reasons). Each example keeps its scores and confidence, and
     `row`, its index in `ds`, so values computed per example (Oracle scores) stay aligned with the rows."""
     examples, dropped = [], Counter()
+    special = (special_prefix(tokenizer), closing_tokens(tokenizer))              # once, not per pair
     for i, row in enumerate(ds):
-        out, reason = tokenize_pair(tokenizer, row, max_length, max_prompt_length)
+        out, reason = tokenize_pair(tokenizer, row, max_length, max_prompt_length, special)
         if out is None:
             dropped[reason] += 1
             continue
