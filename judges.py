@@ -48,7 +48,8 @@ class RewardModelJudge:
     (`kind="classifier"`). `policy_tokenizer`: the tokenizer the completions were sampled with."""
 
     def __init__(self, model, tokenizer, policy_tokenizer, kind, name, batch_size=32):
-        self.model, self.tokenizer, self.kind, self.name, self.batch_size = model.eval(), tokenizer, kind, name, batch_size
+        self.model, self.tokenizer, self.kind, self.name = model.eval(), tokenizer, kind, name
+        self.batch_size = batch_size
         self.same_tokenizer = tokenizer.get_vocab() == policy_tokenizer.get_vocab()
         # an Oracle's own seq-cls export (<member>/seqcls beside reward_head.pt) is the Oracle, hence circular too
         self.circular = kind == "oracle" or os.path.isfile(os.path.join(os.path.dirname(os.path.normpath(name)),

@@ -76,7 +76,7 @@ class OracleConfig:
     seed: int = 0                  # base seed: member k uses seed + k
     out: str = ""                  # output directory; default: a cache directory keyed by config and data
     score: bool = True             # after training, score the training pairs (cached) and print the file
-    seqcls: bool = True            # also save each member as <member>/seqcls, an AutoModelForSequenceClassification checkpoint
+    seqcls: bool = True            # also save each member as <member>/seqcls (AutoModelForSequenceClassification)
 
 
 LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
@@ -163,8 +163,9 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         model, tokenizer = load_model(cfg.model, task_reference)         # fresh backbone for every member
         add_reward_head(model)
         if k == 0:                                                        # one tokenizer for all members
-            all_train, _ = tokenization.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log)
-            test_examples, _ = tokenization.tokenize_dataset(tokenizer, test_ds, cfg.max_length, cfg.max_prompt_length, log)
+            lengths = (cfg.max_length, cfg.max_prompt_length)
+            all_train, _ = tokenization.tokenize_dataset(tokenizer, train_ds, *lengths, log)
+            test_examples, _ = tokenization.tokenize_dataset(tokenizer, test_ds, *lengths, log)
             gold = (None if "chosen_gold" not in test_ds.column_names else
                     [test_ds[e["row"]]["chosen_gold"] - test_ds[e["row"]]["rejected_gold"] for e in test_examples])
         train_examples = all_train
@@ -210,7 +211,8 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
     chosen, rejected = [], []
     for d in member_dirs:
         model = load_reward_model(d).eval()
-        examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length, max_prompt_length, log)
+        examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length,
+                                                    max_prompt_length, log)
         c, r = score_examples(model, examples)
         chosen.append(c.tolist())
         rejected.append(r.tolist())
