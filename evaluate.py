@@ -204,9 +204,14 @@ def gold_check(model, tokenizer, task, log=print):
     return res
 
 
+def resolve_run(path):
+    """A run directory -> its newest checkpoint; a checkpoint directory or a model name as it is."""
+    return (checkpoint.latest(path) if os.path.isdir(path) else None) or path
+
+
 def load_policy(path):
     """A run directory (its newest checkpoint), a checkpoint directory or a model name -> (model, tokenizer)."""
-    return load_model((checkpoint.latest(path) if os.path.isdir(path) else None) or path)
+    return load_model(resolve_run(path))
 
 
 def held_out_prompts(test_ds, k):
@@ -250,7 +255,8 @@ def evaluate(cfg, log=print):
     def oracle_dir():                    # --oracle, else the default Oracle on this data (trained once, cached)
         if cfg.oracle:
             return cfg.oracle
-        ocfg = oracle.OracleConfig(model="embedded" if task else reference, data=cfg.data, data_config=cfg.data_config,
+        ocfg = oracle.OracleConfig(model="embedded" if task else resolve_run(reference), data=cfg.data,
+                                   data_config=cfg.data_config,
                                    data_split=cfg.data_split, max_length=max_length, max_prompt_length=max_prompt)
         return oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)[0][0]
     judge = judges.load_judge(spec, tokenizer, task, oracle_dir() if spec == "oracle" else None, log=log)

@@ -258,3 +258,37 @@ def test_other_data_needs_a_reference_and_has_no_gold(conversational, tmp_path):
         evaluate.main(["--data", c["data"], "--reference", c["ref"], "--policies", c["other"], "--judge", "no/such/model",
                        "--out", str(tmp_path / "e")])
     assert not (tmp_path / "e").exists()
+
+
+def test_an_encoder_judge_without_eos_reads_prompt_and_completion_as_a_text_pair(tmp_path):
+    # a BERT-like classifier (as all-MiniLM-L6-v2 would be): no EOS, its tokenizer builds "[CLS] a [SEP] b [SEP]";
+    # the prompt is rendered in the fallback format, the completion is the second text, ids written out here
+    import judges
+    import test_tokenization as tt
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers, processors
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "User:": 4, "Assistant:": 5, "q": 6, "a": 7, "b": 8}
+    t = Tokenizer(tmodels.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                     special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]")
+    torch.manual_seed(0)
+    rm = BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=32, num_labels=1,
+                                                  pad_token_id=0, max_position_embeddings=32,
+                                                  initializer_range=0.5)).eval()
+    torch.nn.init.normal_(rm.classifier.weight, std=10.0)      # rewards far apart, so a wrong input shows
+    judge = judges.RewardModelJudge(rm, tok, tt.smollm2_like(), "classifier", "bert")
+    prompts = [[{"role": "user", "content": "q a"}], "q"]
+    texts = [["a b", "b"], ["a", "b b a"]]
+    rewards = judge.rewards(prompts, texts, [([], [])] * 4)
+    expected_ids = [[2, 4, 6, 7, 5, 3, 7, 8, 3],        # [CLS] User: q a Assistant: [SEP] a b [SEP]
+                    [2, 4, 6, 7, 5, 3, 8, 3],           # ... [SEP] b [SEP]
+                    [2, 6, 3, 7, 3],                    # [CLS] q [SEP] a [SEP]
+                    [2, 6, 3, 8, 8, 7, 3]]              # [CLS] q [SEP] b b a [SEP]
+    with torch.no_grad():
+        expected = [rm(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in expected_ids]
+    assert max(expected) - min(expected) > 0.01
+    assert rewards[0] + rewards[1] == pytest.approx(expected, abs=1e-5)
