@@ -14,8 +14,10 @@ move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
 Formats the loaders accept, in a file or a hub dataset, and what they become:
     standard        prompt, chosen, rejected strings: as they are
-    conversational  prompt, chosen, rejected message lists: as they are (tokenization.py renders them with the
-                    tokenizer's chat template, or its fallback "User: ...\n\nAssistant: ..." format)
+    conversational  prompt, chosen, rejected message lists: as they are. tokenization.py renders them with the
+                    tokenizer's chat template or, for a tokenizer without one, the fallback template
+                    "User: {content}\n\nAssistant: {content}" (tokenization.FALLBACK_TEMPLATE: role capitalised,
+                    turns joined by a blank line, the prompt ending with "\n\nAssistant:", a response " {content}")
     implicit prompt no prompt field; chosen and rejected are whole conversations sharing a prefix (Anthropic HH):
                     the shared prefix becomes the prompt (`extract_prompt`); HH's "\n\nHuman: ... \n\nAssistant:
                     ..." strings are first split into user / assistant messages

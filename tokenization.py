@@ -4,12 +4,12 @@ Formats `tokenize_pair` accepts (the standard and conversational preference form
 ecosystem; data.py turns the implicit-prompt format into one of them):
     standard        prompt, chosen, rejected are strings: used as they are, no template
     conversational  lists of chat messages {"role", "content"}: the prompt is rendered by the tokenizer's chat
-                    template WITH its generation prompt, so the assistant header ("<|im_start|>assistant\\n")
+                    template WITH its generation prompt, so the assistant header ("<|im_start|>assistant\n")
                     belongs to the prompt; a response is the text the template adds after that prompt when it
                     renders prompt + response, so its end-of-turn token belongs to the response
     fallback        a tokenizer without a chat template (GPT-2, OPT) renders messages with FALLBACK_TEMPLATE:
-                        "User: {content}\\n\\nAssistant: {content}\\n\\nUser: {content}\\n\\nAssistant:"
-                    (role capitalised, turns joined by a blank line; the prompt ends with "\\n\\nAssistant:",
+                        "User: {content}\n\nAssistant: {content}\n\nUser: {content}\n\nAssistant:"
+                    (role capitalised, turns joined by a blank line; the prompt ends with "\n\nAssistant:",
                     a response is " {content}", then EOS)
 
 Special tokens, whatever the format:
@@ -18,7 +18,7 @@ Special tokens, whatever the format:
                     also when the chat template already wrote it (Llama-3) and never twice
     closing token   each response ends with exactly one: the template's end-of-turn token when the template
                     writes one after an assistant message (ChatML <|im_end|>, Llama-3 <|eot_id|>), else EOS.
-                    Whitespace the template puts after it ("<|im_end|>\\n") is not part of the response, and
+                    Whitespace the template puts after it ("<|im_end|>\n") is not part of the response, and
                     closing tokens already at the end of a response (an "<eos>" in the text) are not repeated.
                     Sampling stops at EOS or the end-of-turn token (`stop_token_ids`)
 
