@@ -39,7 +39,9 @@ class Config:
     # --- what to train ---------------------------------------------------------------------------------------
     method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"); e.g. dpo ipo simpo kto edpo drdo sft
     model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
-    data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, a .jsonl/.json/.parquet/.csv, a hub id
+    data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, hh, a .jsonl/.json/.parquet/.csv, a hub id
+    data_config: str = ""          # hub dataset's configuration (hh: its subset, e.g. helpful-base); empty = the source's default
+    data_split: str = ""           # hub dataset's training split, optionally ",<held-out split>" (e.g. train_prefs,test_prefs)
     ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
     oracle_model: str = ""         # Oracle backbone; empty = --model
     # --- data condition --------------------------------------------------------------------------------------

@@ -22,3 +22,8 @@ def tiny_task():
     """The embedded-tiny task (3,000 tweets, vocab 512, a 50k-parameter pi_ref), built once (~10 s)."""
     import embedded
     return embedded.embedded_task(embedded.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
+
+
+def pytest_configure(config):
+    """The one custom marker: test_smollm2.py's real-model tests (about a minute; -m "not smollm2" skips them)."""
+    config.addinivalue_line("markers", "smollm2: SmolLM2-135M end to end (about a minute; deselect with -m 'not smollm2')")

@@ -1,5 +1,6 @@
-"""Preference data: one record schema, loaders by name, one `load_splits` for every consumer, label noise and
-margin splits, exact tokenization, and collation into one stacked [chosen; rejected] batch.
+"""Preference data: one record schema, loaders by name, converters from each source's own schema, validation
+with file / line / field errors, and one `load_splits` for every consumer. What a run does to the records
+(label noise, margin splits) is in conditions.py; tokenization and collation are in tokenization.py.
 
 The record schema (TRL's preference format; every loader returns it, every consumer reads only it):
     prompt          str, or a list of chat messages [{"role": ..., "content": ...}, ...]
@@ -11,85 +12,103 @@ The record schema (TRL's preference format; every loader returns it, every consu
 Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
 move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
+Formats the loaders accept, in a file or a hub dataset, and what they become:
+    standard        prompt, chosen, rejected strings: as they are
+    conversational  prompt, chosen, rejected message lists: as they are. tokenization.py renders them with the
+                    tokenizer's chat template or, for a tokenizer without one, the fallback template
+                    "User: {content}\n\nAssistant: {content}" (tokenization.FALLBACK_TEMPLATE: role capitalised,
+                    turns joined by a blank line, the prompt ending with "\n\nAssistant:", a response " {content}")
+    implicit prompt no prompt field; chosen and rejected are whole conversations sharing a prefix (Anthropic HH):
+                    the shared prefix becomes the prompt (`extract_prompt`); HH's "\n\nHuman: ... \n\nAssistant:
+                    ..." strings are first split into user / assistant messages
+    a source's own  UltraFeedback binarized (score_chosen, score_rejected, full conversations), TL;DR
+    schema          comparisons (info, summaries, choice), CNN/DailyMail (article): converted by their columns
+
 Sources (`load_splits(name)` -> train, test and, for the embedded task, its dict):
     embedded        the embedded offline task (the default; embedded.py): controlled sentiment on real tweets,
                     gold = VADER sentiment, pairs sampled from a small SFT model. `embedded-tiny`: for tests.
     ultrafeedback   HuggingFaceH4/ultrafeedback_binarized (train_prefs / test_prefs), GPT-4 scores kept
-    tldr            openai/summarize_from_feedback "comparisons", annotator confidence kept;
+    tldr            openai/summarize_from_feedback "comparisons" (train / validation), annotator confidence kept;
                     `tldr_splits` gives the DRDO splits by confidence and edit-distance terciles
+    hh              Anthropic/hh-rlhf (train / test); its config is the subset folder, e.g. helpful-base
     cnn_dailymail   abisee/cnn_dailymail 3.0.0 articles as out-of-distribution prompts (prompt only)
-    a file          .jsonl / .json / .parquet / .csv already in the schema (10% held out)
-    any hub id      a dataset already in the schema
+    a file          .jsonl / .json / .parquet / .csv in any format above (10% held out)
+    any hub id      a dataset in any format above; `config` / `split` (--data_config, --data_split) choose
+                    its configuration and its "train[,test]" splits (no test split: 10% held out)
+Without network every hub source fails with one message that names the offline choices.
 
-Tokenization (`tokenize_pair`): prompt and responses are tokenized SEPARATELY and concatenated as ids, so the
-prompt/response boundary is exact; each response ends with exactly one EOS; when too long, the prompt is
-truncated first (keeping its END, where the question is), then the responses (keeping their start).
-Pairs whose response is empty, or whose chosen equals rejected, are dropped and counted.
-
-Shapes: B = pairs in a batch, T = padded sequence length, K = Oracle ensemble members.
-Run `pytest -q test_data.py` to check every rule above on hand-written token ids.
+Shapes: none here (records are dicts); tokenization.py has the tensors.
+Run `pytest -q test_data.py` to check every rule above on small files in each source's own schema.
 """
 import hashlib
 import json
 import math
 import os
-import random
-from collections import Counter
-
-import torch
+import re
 
 from common import go_offline, hub_reachable
 from embedded import EMBEDDED_PRESETS, embedded_task
 
 REQUIRED = ("prompt", "chosen", "rejected")
-SCHEMA_HELP = ("expected columns: prompt, chosen, rejected (strings or lists of chat messages), optional "
-               "chosen_score, rejected_score (float or list of floats), optional confidence (float)")
+SCHEMA_HELP = ("expected columns: prompt, chosen, rejected (strings or lists of chat messages; without a prompt, "
+               "chosen and rejected must be whole conversations sharing it), optional chosen_score, "
+               "rejected_score (float or list of floats), optional confidence (float)")
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# Named hub sources: hub id, default configuration, default (train, held-out) splits.
+HUB_SOURCES = {"ultrafeedback": ("HuggingFaceH4/ultrafeedback_binarized", "", ("train_prefs", "test_prefs")),
+               "tldr": ("openai/summarize_from_feedback", "comparisons", ("train", "validation")),
+               "hh": ("Anthropic/hh-rlhf", "", ("train", "test")),
+               "cnn_dailymail": ("abisee/cnn_dailymail", "3.0.0", ("train", "test"))}
 
 
 # ============================================================================================================
 # Loading
 # ============================================================================================================
-def load_preferences(source, split="train", max_examples=None):
-    """Load preference pairs in the record schema from a named source, a local file, or a hub id."""
+def load_preferences(source, split="", config="", max_examples=None):
+    """Load preference pairs in the record schema from a named source, a local file, or a hub id.
+    split: a hub split name ('' = the source's training split); config: the hub configuration ('' = the
+    source's default; for hh the subset folder, e.g. harmless-base)."""
     import datasets
 
     ext = os.path.splitext(source)[1]
     if source in EMBEDDED_PRESETS:
-        ds = embedded_task(EMBEDDED_PRESETS[source])[split]
-    elif source == "ultrafeedback":
-        ds = from_ultrafeedback(_from_hub("HuggingFaceH4/ultrafeedback_binarized", split=f"{split}_prefs"))
-    elif source == "tldr":
-        ds = from_tldr(_from_hub("openai/summarize_from_feedback", "comparisons",
-                                 split="validation" if split == "test" else split))
-    elif source == "cnn_dailymail":
-        ds = from_cnn_dailymail(_from_hub("abisee/cnn_dailymail", "3.0.0", split=split))
-    elif ext == ".jsonl":                    # read here, line by line, so that every error names its line
+        return embedded_task(EMBEDDED_PRESETS[source])[split or "train"]
+    if ext == ".jsonl":                      # read here, line by line, so that every error names its line
         if not os.path.exists(source):
             raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
         rows, lines = read_jsonl_rows(source)
+        kind = source_kind(set().union(*rows) if rows else set())
+        rows = [convert_row(kind, row, where=f"{source}, line {n}") for row, n in zip(rows, lines)]
         validate(rows, source, where=lambda i: f"{source}, line {lines[i]}")
         try:
             ds = datasets.Dataset.from_list(rows)
         except Exception as e:   # Arrow cannot give one type to a column (e.g. strings in some rows, lists in others)
             raise ValueError(f"{source}: the rows do not share one type per field ({str(e).splitlines()[0]}); "
                              "use either strings or message lists for a field, in every row") from None
-    elif ext in FILE_TYPES:
+        return ds.select(range(min(len(ds), max_examples))) if max_examples else ds
+    if ext in FILE_TYPES:
         if not os.path.exists(source):
             raise FileNotFoundError(f"data file {source!r} does not exist; {SCHEMA_HELP}")
         try:
             ds = datasets.load_dataset(FILE_TYPES[ext], data_files=source, split="train")
         except Exception as e:   # the datasets library raises many types; name the file and keep the cause
             raise ValueError(f"could not read {source!r} as {FILE_TYPES[ext]}: {str(e).splitlines()[0]}") from None
+        where = (lambda i: f"{source}, row {i + 1} after the header") if ext == ".csv" else None
     else:
-        ds = _from_hub(source, split=split)
+        hub_id, default_config, (train_split, _) = HUB_SOURCES.get(source, (source, "", ("train", "test")))
+        split, config = split or train_split, config or default_config
+        ds = from_hub(hub_id, config, split, data_dir=source == "hh")
+        where = lambda i: f"{hub_id} ({split}), row {i}"    # noqa: E731
     if max_examples:
         ds = ds.select(range(min(len(ds), max_examples)))
     if ext == ".csv":                        # CSV has no number type: a column with one bad cell is all strings
         ds = csv_scores_to_float(ds, source)
-        validate(ds, source, where=lambda i: f"{source}, row {i + 1} after the header")
-    elif source != "cnn_dailymail" and ext != ".jsonl":   # prompt-only records (the OOD set) have no pairs
-        validate(ds, source)
+    kind = source_kind(set(ds.column_names))
+    if kind != "schema":
+        ds = ds.map(lambda row, i: convert_row(kind, row, (where or (lambda j: f"{source}, row {j}"))(i)),
+                    with_indices=True, remove_columns=ds.column_names)
+    if kind != "prompts":                    # prompt-only records (the OOD set) have no pairs
+        validate(ds, source, where=where)
     return ds
 
 
@@ -127,49 +146,111 @@ def read_jsonl_rows(path):
     return rows, lines
 
 
-def _from_hub(*args, split):
+def from_hub(hub_id, config, split, data_dir=False):
+    """datasets.load_dataset of one split of a hub dataset (`config` is its data_dir for Anthropic/hh-rlhf);
+    offline, or for an unknown id / config / split: one ValueError that says what to do instead."""
     import datasets
     if not hub_reachable():
         go_offline()                                     # the local datasets cache only, without retries
     try:
-        return datasets.load_dataset(*args, split=split)
+        if data_dir:
+            return datasets.load_dataset(hub_id, data_dir=config or None, split=split)
+        return datasets.load_dataset(hub_id, config or None, split=split)
     except Exception as e:   # offline, unknown id, missing split: one message that says what to do instead
-        raise ValueError(f"could not load dataset {args[0]!r} (split {split!r}) from the Hugging Face hub: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Without internet, use "
-                         "--data embedded (the default) or a local .jsonl/.json/.parquet/.csv file in the "
-                         "schema.") from None
+        raise ValueError(f"could not load dataset {hub_id!r} (config {config or 'default'!r}, split {split!r}) from "
+                         f"the Hugging Face hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}. Without "
+                         "internet, use --data embedded (the default) or a local .jsonl/.json/.parquet/.csv file in "
+                         "the schema.") from None
 
 
-def load_splits(source, held_out=0.1, seed=0, log=print):
+def hub_splits(source, data_split=""):
+    """--data_split "train" or "train,test" -> (train split, held-out split or None); '' = the source's own."""
+    if not data_split:
+        return HUB_SOURCES.get(source, (source, "", ("train", "test")))[2]
+    parts = [p.strip() for p in data_split.split(",")]
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"--data_split takes the hub dataset's training split, optionally a comma and its held-out "
+                         f"split (e.g. train_prefs,test_prefs); got {data_split!r}")
+    return parts[0], parts[1] if len(parts) == 2 else None
+
+
+def load_splits(source, held_out=0.1, seed=0, log=print, config="", split=""):
     """The one way data enters train.py, oracle.py and evaluate.py -> (train, test, task).
 
     `task` is the embedded task's dict (embedded.embedded_task: pi_ref, prompts, gold) for `embedded*`
-    sources, else None. Hub sources use their test split when they have one; local files (and hub sources
-    without one) hold out a seeded `held_out` share of their pairs, never reused for training.
+    sources, else None. Hub sources use their held-out split (`split` = "train,test" names both; default:
+    the source's own); local files, and hub sources without a held-out split, hold out a seeded `held_out`
+    share of their pairs, never reused for training. `config`: the hub configuration (--data_config).
     """
+    local = source in EMBEDDED_PRESETS or os.path.splitext(source)[1] in FILE_TYPES
+    if local and (config or split):
+        raise ValueError(f"--data_config and --data_split choose a hub dataset's configuration and splits; "
+                         f"{source!r} is not a hub dataset (drop them)")
     if source in EMBEDDED_PRESETS:
         task = embedded_task(EMBEDDED_PRESETS[source], log=log)
         return task["train"], task["test"], task
-    ds = load_preferences(source, "train")
-    if os.path.splitext(source)[1] not in FILE_TYPES:
-        try:
-            return ds, load_preferences(source, "test"), None
-        except (ValueError, FileNotFoundError):
-            log(f"{source} has no test split: holding out {held_out:.0%} of its training pairs")
+    if local:
+        ds = load_preferences(source)
+    else:
+        train_split, test_split = hub_splits(source, split)
+        ds = load_preferences(source, train_split, config)
+        if test_split:
+            try:
+                return ds, load_preferences(source, test_split, config), None
+            except (ValueError, FileNotFoundError):
+                if split:                    # asked for by name: an error, not a silent hold-out
+                    raise
+                log(f"{source} has no {test_split!r} split: holding out {held_out:.0%} of its training pairs")
     ds = ds.shuffle(seed=seed)
     n_test = max(1, round(held_out * len(ds)))
     return ds.select(range(n_test, len(ds))), ds.select(range(n_test)), None
 
 
+# ============================================================================================================
+# Converters: each source's own schema -> the record schema, one row at a time
+# ============================================================================================================
+def source_kind(columns):
+    """Which converter a table needs, from its column names alone."""
+    if {"info", "summaries", "choice"} <= columns:
+        return "tldr"
+    if {"score_chosen", "score_rejected", "chosen", "rejected"} <= columns:
+        return "ultrafeedback"
+    if "article" in columns and "chosen" not in columns:
+        return "prompts"
+    if {"chosen", "rejected"} <= columns and "prompt" not in columns:
+        return "implicit"
+    return "schema"
+
+
+def convert_row(kind, row, where=""):
+    """One row of a source's own schema -> a record of the schema; errors name `where` (file and line)."""
+    try:
+        if kind == "tldr":
+            return tldr_row(row)
+        if kind == "ultrafeedback":
+            return ultrafeedback_row(row)
+        if kind == "prompts":
+            return {"prompt": tldr_prompt({"article": row["article"]})}
+        if kind == "implicit" and "prompt" not in row:
+            return implicit_row(row)
+        return row
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(f"{where}: {detail}; {SCHEMA_HELP}") from None
+
+
+def ultrafeedback_row(row):
+    """UltraFeedback binarized: `chosen`/`rejected` are [user turn, assistant turn]; the GPT-4 scores are kept."""
+    return {"prompt": [m for m in row["chosen"] if m["role"] != "assistant"],
+            "chosen": [m for m in row["chosen"] if m["role"] == "assistant"],
+            "rejected": [m for m in row["rejected"] if m["role"] == "assistant"],
+            "chosen_score": float(row["score_chosen"]), "rejected_score": float(row["score_rejected"]),
+            "confidence": math.nan}
+
+
 def from_ultrafeedback(ds):
-    """UltraFeedback binarized rows -> schema. Its `chosen`/`rejected` are [user turn, assistant turn]."""
-    def convert(row):
-        return {"prompt": [m for m in row["chosen"] if m["role"] != "assistant"],
-                "chosen": [m for m in row["chosen"] if m["role"] == "assistant"],
-                "rejected": [m for m in row["rejected"] if m["role"] == "assistant"],
-                "chosen_score": float(row["score_chosen"]), "rejected_score": float(row["score_rejected"]),
-                "confidence": math.nan}
-    return ds.map(convert, remove_columns=ds.column_names)
+    """UltraFeedback binarized rows -> schema (a Dataset)."""
+    return ds.map(ultrafeedback_row, remove_columns=ds.column_names)
 
 
 def tldr_prompt(info):
@@ -179,20 +260,87 @@ def tldr_prompt(info):
     return f"ARTICLE: {info.get('article') or ''}\nTL;DR:"
 
 
+def tldr_row(row):
+    """summarize_from_feedback comparisons: `choice` indexes the preferred summary; confidence kept."""
+    texts = [s["text"].strip() for s in row["summaries"]]
+    confidence = (row.get("extra") or {}).get("confidence")
+    return {"prompt": tldr_prompt(row["info"]), "chosen": " " + texts[row["choice"]],
+            "rejected": " " + texts[1 - row["choice"]],
+            "confidence": math.nan if confidence is None else float(confidence)}
+
+
 def from_tldr(ds):
-    """summarize_from_feedback comparisons -> schema; `choice` indexes the preferred summary."""
-    def convert(row):
-        texts = [s["text"].strip() for s in row["summaries"]]
-        confidence = (row.get("extra") or {}).get("confidence")
-        return {"prompt": tldr_prompt(row["info"]), "chosen": " " + texts[row["choice"]],
-                "rejected": " " + texts[1 - row["choice"]],
-                "confidence": math.nan if confidence is None else float(confidence)}
-    return ds.map(convert, remove_columns=ds.column_names)
+    """summarize_from_feedback comparisons -> schema (a Dataset)."""
+    return ds.map(tldr_row, remove_columns=ds.column_names)
 
 
 def from_cnn_dailymail(ds):
     """CNN/DailyMail articles -> prompt-only records (the OOD prompt set for TL;DR-trained policies)."""
     return ds.map(lambda row: {"prompt": tldr_prompt({"article": row["article"]})}, remove_columns=ds.column_names)
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def hh_messages(text):
+    """Anthropic HH's "\n\nHuman: ...\n\nAssistant: ..." string -> user / assistant messages (contents
+    stripped); text before the first marker, if any, becomes a user message."""
+    parts = HH_TURN.split("\n\n" + text.lstrip("\n"))          # ['', 'Human', q, 'Assistant', a, ...]
+    messages = [{"role": "user", "content": parts[0].strip()}] if parts[0].strip() else []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def is_hh(text):
+    """An Anthropic HH conversation string (starts with "Human:" after leading newlines)."""
+    return isinstance(text, str) and text.lstrip("\n").startswith("Human:")
+
+
+def implicit_row(row):
+    """A row without a prompt: chosen and rejected are whole conversations (HH strings are split into
+    messages first); their shared prefix becomes the prompt (extract_prompt). Other fields are kept."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if not is_text(value):
+            raise ValueError(f"field {name!r}: expected a string or a list of chat messages (each {{'role': str, "
+                             f"'content': str}}), got {describe(value)}; fix or drop that row")
+    if is_hh(chosen) and is_hh(rejected):
+        chosen, rejected = hh_messages(chosen), hh_messages(rejected)
+    prompt, chosen, rejected = extract_prompt(chosen, rejected)
+    return {**row, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def extract_prompt(chosen, rejected):
+    """Implicit-prompt pair -> (prompt, chosen, rejected), the prompt being their longest shared prefix.
+    Messages: the shared leading messages, at most all but the last of each (every response keeps a turn).
+    Strings: the shared leading characters, cut back to the whitespace before the first word they do not
+    share whole, so each response starts with that whitespace (" Hello" after "Assistant:"), as a tokenizer
+    would split the joined text.
+    NOTE (deviates from TRL): TRL's extract_prompt backs up at most one space, which can cut a word in two
+    when both responses start with the same letters ("Hel|lo" / "Hel|p"); here the cut is at a word boundary."""
+    if isinstance(chosen, list) != isinstance(rejected, list):
+        raise ValueError("chosen and rejected must both be strings or both be message lists")
+    if isinstance(chosen, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        if n == 0:
+            raise ValueError("no prompt field, and chosen and rejected share no leading message to take as the "
+                             "prompt; add a prompt field")
+        return chosen[:n], chosen[n:], rejected[n:]
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if k in (len(chosen), len(rejected)) or not (chosen[k].isspace() and rejected[k].isspace()):
+        while k > 0 and not chosen[k - 1].isspace():             # back to the start of the word in common
+            k -= 1
+    while k > 0 and chosen[k - 1].isspace():                     # the whitespace goes with the responses
+        k -= 1
+    if k == 0:
+        raise ValueError("no prompt field, and chosen and rejected share no leading text to take as the prompt; "
+                         "add a prompt field")
+    return chosen[:k], chosen[k:], rejected[k:]
 
 
 def describe(value):
@@ -242,239 +390,6 @@ def validate(rows, source, where=None):
                 or isinstance(row["chosen_score"], list) and len(row["chosen_score"]) != len(row["rejected_score"])):
             raise ValueError(f"{where(i)}: chosen_score and rejected_score must have the same shape (a number "
                              "each, or lists of one length)")
-
-
-# ============================================================================================================
-# Non-determinism splits and label noise
-# ============================================================================================================
-def word_edit_distance(a, b):
-    """Levenshtein distance between two texts, counted in whitespace-separated words."""
-    a, b = a.split(), b.split()
-    previous = list(range(len(b) + 1))
-    for i, wa in enumerate(a, 1):
-        current = [i]
-        for j, wb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wa != wb)))
-        previous = current
-    return previous[-1]
-
-
-def terciles(values):
-    """The 1/3 and 2/3 quantiles (linear interpolation), ignoring NaN."""
-    v = torch.tensor([x for x in values if not math.isnan(x)], dtype=torch.float64)
-    return torch.quantile(v, 1 / 3).item(), torch.quantile(v, 2 / 3).item()
-
-
-def tldr_splits(ds):
-    """DRDO's TL;DR splits: D_{hc,he} (top-tercile confidence AND top-tercile edit distance: clear pairs)
-    and D_{lc,le} (bottom tercile of both: non-deterministic pairs).
-    NOTE (reconstructs paper): terciles at the 33rd/66th percentiles follow the authors' sister paper (DPL);
-    edit distance is counted in words here (DPL used the `editdistance` package; its unit is not stated).
-    Pairs with unknown confidence are left out of both splits.
-    """
-    dist = [float(word_edit_distance(c, r)) for c, r in zip(ds["chosen"], ds["rejected"])]
-    conf = [float(c) for c in ds["confidence"]]
-    c_lo, c_hi = terciles(conf)
-    d_lo, d_hi = terciles(dist)
-    hc_he = [i for i, (c, d) in enumerate(zip(conf, dist)) if c >= c_hi and d >= d_hi]
-    lc_le = [i for i, (c, d) in enumerate(zip(conf, dist)) if c <= c_lo and d <= d_lo]
-    return {"hc_he": ds.select(hc_he), "lc_le": ds.select(lc_le)}
-
-
-def score_margin(row, columns=("chosen_score", "rejected_score")):
-    """Gold/Oracle margin of one record, averaged over ensemble members."""
-    c, r = row[columns[0]], row[columns[1]]
-    c, r = (c, r) if isinstance(c, (list, tuple)) else ([c], [r])
-    return sum(c) / len(c) - sum(r) / len(r)
-
-
-def split_by_margin(ds, quantile=1 / 3, columns=None):
-    """Deterministic vs non-deterministic pairs by the size of the score margin |chosen - rejected|.
-
-    Returns (deterministic, non_deterministic): the pairs above the (1 - quantile) and at or below the
-    `quantile` quantile of |margin|; the middle is left out, so the two sets are clearly apart. `columns`
-    names the two score columns (default chosen_score / rejected_score; the embedded task uses its gold).
-    """
-    columns = columns or ("chosen_score", "rejected_score")
-    if columns[0] not in ds.column_names:
-        raise ValueError(f"split_by_margin needs {columns[0]} / {columns[1]} columns; score the data first "
-                         "(oracle.py) or use a source with gold scores")
-    margins = torch.tensor([abs(score_margin(row, columns)) for row in ds], dtype=torch.float64)
-    lo, hi = torch.quantile(margins, quantile).item(), torch.quantile(margins, 1 - quantile).item()
-    det = [i for i, m in enumerate(margins.tolist()) if m > hi]
-    nondet = [i for i, m in enumerate(margins.tolist()) if m <= lo]
-    return ds.select(det), ds.select(nondet)
-
-
-def flip_labels(ds, p, seed=0):
-    """Swap chosen and rejected on a seeded fraction p of pairs (exactly round(p * n) of them).
-
-    Scores (every chosen_X / rejected_X column pair, e.g. chosen_score and chosen_gold) move with their
-    responses (see the schema), and a `flipped` column records which pairs were swapped, so evaluation can
-    still use the true preferences.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"flip_labels: p must be in [0, 1], got {p}")
-    n = len(ds)
-    flipped = set(random.Random(seed).sample(range(n), round(p * n)))
-    swap_cols = [(c, "rejected" + c[len("chosen"):]) for c in ds.column_names       # chosen, chosen_score,
-                 if c.startswith("chosen") and "rejected" + c[len("chosen"):] in ds.column_names]  # chosen_gold
-
-    def flip(row, idx):
-        out = {"flipped": idx in flipped}
-        if idx in flipped:
-            for a, b in swap_cols:
-                out[a], out[b] = row[b], row[a]
-        return out
-    return ds.map(flip, with_indices=True)
-
-
-def apply_condition(ds, split="all", flip=0.0, max_pairs=0, seed=0):
-    """The training condition of a run, in this order: the margin split (`deterministic` / `nondeterministic`:
-    top / bottom third of |gold margin|, or of |score margin|; TL;DR: confidence x edit distance), then the
-    first `max_pairs` pairs, then a seeded share `flip` of labels swapped."""
-    if split != "all":
-        cols = ds.column_names
-        if "chosen_gold" in cols or "chosen_score" in cols:          # by the gold (or given) score margin
-            det, nondet = split_by_margin(ds, columns=("chosen_gold", "rejected_gold")
-                                          if "chosen_gold" in cols else None)
-        elif "confidence" in cols:                                   # TL;DR: confidence x edit distance
-            splits = tldr_splits(ds)
-            det, nondet = splits["hc_he"], splits["lc_le"]
-        else:
-            raise ValueError(f"--split {split} needs scores (chosen_score/rejected_score) or annotator "
-                             "confidence in the data; this data has neither")
-        ds = det if split == "deterministic" else nondet
-    if max_pairs:
-        ds = ds.select(range(min(max_pairs, len(ds))))
-    if flip:
-        ds = flip_labels(ds, flip, seed=seed)
-    return ds
-
-
-# ============================================================================================================
-# Tokenization
-# ============================================================================================================
-def render(tokenizer, messages_or_text, prompt=None):
-    """Text of a prompt or a response. Chat messages go through the tokenizer's chat template; a response
-    is rendered as the part of (prompt + response) that comes after the rendered prompt."""
-    if isinstance(messages_or_text, str):
-        return messages_or_text
-    if prompt is None:
-        return tokenizer.apply_chat_template(messages_or_text, tokenize=False, add_generation_prompt=True)
-    prefix = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(list(prompt) + list(messages_or_text), tokenize=False)
-    if not full.startswith(prefix):
-        raise ValueError("the chat template does not render the prompt as a prefix of prompt + response; "
-                         "pass plain strings instead of chat messages for this tokenizer")
-    return full[len(prefix):]
-
-
-def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256):
-    """One record -> {"prompt_ids", "chosen_ids", "rejected_ids"} (lists of ints), or (None, reason).
-
-    Steps: 1) tokenize the prompt (with the tokenizer's special tokens, e.g. BOS) and each response
-    (without), separately; 2) strip any trailing EOS from a response and append exactly one;
-    3) if prompt + longest response > max_length: cut the prompt to its last max_prompt_length tokens, then
-    cut each response to the room left, keeping its start and its final EOS;
-    4) drop the pair if a response has no token besides EOS, or if chosen == rejected.
-    NOTE: a response cut in step 3 still ends with EOS, so "one EOS per response" always holds; the model
-    then learns an early stop on those rows. Raise max_length if many pairs are cut.
-    """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token before tokenizing")
-    prompt_ids = tokenizer(render(tokenizer, record["prompt"]), add_special_tokens=True)["input_ids"]
-    responses = []
-    for key in ("chosen", "rejected"):
-        text = render(tokenizer, record[key], None if isinstance(record["prompt"], str) else record["prompt"])
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        while ids and ids[-1] == eos:
-            ids = ids[:-1]
-        responses.append(ids)
-    if len(prompt_ids) + max(len(r) for r in responses) + 1 > max_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]                       # keep the prompt's end
-        room = max_length - len(prompt_ids) - 1                            # -1 for the EOS
-        if room < 1:
-            raise ValueError(f"max_length={max_length} leaves no room for a response after a prompt of "
-                             f"{len(prompt_ids)} tokens; use max_prompt_length < max_length - 1")
-        responses = [r[:room] for r in responses]
-    if any(len(r) == 0 for r in responses):
-        return None, "empty response"
-    if responses[0] == responses[1]:
-        return None, "chosen equals rejected"
-    return {"prompt_ids": prompt_ids, "chosen_ids": responses[0] + [eos],
-            "rejected_ids": responses[1] + [eos]}, None
-
-
-def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=print):
-    """Tokenize every record -> (examples, dropped reasons). Each example keeps its scores and confidence, and
-    `row`, its index in `ds`, so values computed per example (Oracle scores) stay aligned with the rows."""
-    examples, dropped = [], Counter()
-    for i, row in enumerate(ds):
-        out, reason = tokenize_pair(tokenizer, row, max_length, max_prompt_length)
-        if out is None:
-            dropped[reason] += 1
-            continue
-        for key in ("chosen_score", "rejected_score", "confidence"):
-            if key in row and row[key] is not None:
-                out[key] = row[key]
-        out["row"] = i
-        examples.append(out)
-    if dropped:
-        log(f"tokenize: kept {len(examples)} of {len(ds)} pairs; dropped " +
-            ", ".join(f"{n} ({reason})" for reason, n in dropped.items()))
-    if not examples:
-        raise ValueError(f"tokenize: every one of the {len(ds)} pairs was dropped ({dict(dropped)})")
-    return examples, dropped
-
-
-# ============================================================================================================
-# Collation
-# ============================================================================================================
-def collate(examples, pad_token_id):
-    """B tokenized pairs -> one right-padded batch of 2B rows: rows 0..B-1 are prompt + chosen, rows
-    B..2B-1 are prompt + rejected (one forward pass sees both, with identical padding and dropout).
-
-    Returns input_ids (2B, T), attention_mask (2B, T), loss_mask (2B, T) = 1 on response tokens (EOS
-    included) and 0 on prompt and padding; plus chosen_scores / rejected_scores of shape (K, B) when the
-    examples carry scores (K = 1 for plain floats), and confidence (B,) when present.
-    """
-    rows, masks = [], []
-    for side in ("chosen_ids", "rejected_ids"):
-        for ex in examples:
-            rows.append(ex["prompt_ids"] + ex[side])
-            masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex[side]))
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)       # (2B, T)
-    attention_mask = torch.zeros(len(rows), T, dtype=torch.long)                 # (2B, T)
-    loss_mask = torch.zeros(len(rows), T, dtype=torch.long)                      # (2B, T)
-    for i, (r, m) in enumerate(zip(rows, masks)):
-        input_ids[i, :len(r)] = torch.tensor(r)
-        attention_mask[i, :len(r)] = 1
-        loss_mask[i, :len(m)] = torch.tensor(m)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
-    if all("chosen_score" in ex for ex in examples):
-        for key, out in (("chosen_score", "chosen_scores"), ("rejected_score", "rejected_scores")):
-            scores = [ex[key] if isinstance(ex[key], (list, tuple)) else [ex[key]] for ex in examples]
-            batch[out] = torch.tensor(scores, dtype=torch.float32).T.contiguous()   # (K, B)
-    if all("confidence" in ex for ex in examples):
-        batch["confidence"] = torch.tensor([float(ex["confidence"]) for ex in examples])   # (B,)
-    return batch
-
-
-def collate_completions(pairs, pad_token_id):
-    """[(prompt_ids, completion_ids), ...] -> input_ids, attention_mask, loss_mask (N, T), right-padded; the
-    loss mask covers the completion (sampled completions, scored by evaluate.py)."""
-    T = max(len(p) + len(c) for p, c in pairs)
-    ids = torch.full((len(pairs), T), pad_token_id, dtype=torch.long)           # (N, T)
-    att = torch.zeros(len(pairs), T, dtype=torch.long)                          # (N, T)
-    loss = torch.zeros(len(pairs), T, dtype=torch.long)                         # (N, T)
-    for i, (p, c) in enumerate(pairs):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-        att[i, :len(p) + len(c)] = 1
-        loss[i, len(p):len(p) + len(c)] = 1
-    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
 
 
 def fingerprint(ds, columns=("prompt", "chosen", "rejected")):

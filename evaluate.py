@@ -1,16 +1,24 @@
-"""Gold-judged evaluation of trained policies against pi_ref (and each other).
+"""Evaluation of trained policies against pi_ref (and each other) on held-out prompts of any preference data.
 
-On the embedded task the judge is the gold reward r*(y) = VADER sentiment of the completion: nothing trained
-ever sees it, so unlike the DRDO paper's UltraFeedback win rates (judged by its own Oracle) the comparison is
-not circular. Every policy is sampled on the SAME prompts with the SAME decoding settings and seeds, and sample
-j of one policy is compared with sample j of the other.
+Every policy and pi_ref are sampled on the SAME prompts with the SAME decoding settings and seeds, and sample j
+of one policy is compared with sample j of the other, by a judge (judges.py, --judge):
+    gold        the embedded task's gold reward r*(y) = VADER sentiment of the completion (its default): nothing
+                trained ever sees it, so the comparison is not circular
+    oracle      the DRDO Oracle (the default for other data): the paper's UltraFeedback protocol. It is
+                CIRCULAR for DRDO (and distill / e-DPO), which were trained to match its reward gaps; the output
+                and results.json say so
+    a reward model   a directory or hub id that loads with AutoModelForSequenceClassification: an independent judge
+Prompts: the embedded task's held-out (in distribution) and negative-tweet (out of distribution) prompts; for any
+other data, the distinct prompts of its held-out split (--data, --data_config, --data_split), rendered as in
+training (tokenization.py: chat template and generation prompt, one BOS), in order, the first --prompts.
 
 Statistics (P prompts, n samples per prompt; all standard errors are over prompts, the unit that was drawn):
-    gold mean        mean over prompts of the mean gold of the n samples
-    gain             mean over prompts of (policy mean gold - reference mean gold); SE of that paired difference
-    win / tie / loss share of the P * n sample pairs (j-th vs j-th) where the policy's gold is higher / equal /
+    reward           mean over prompts of the mean judge reward of the n samples
+    gain             mean over prompts of (policy mean reward - reference mean reward); SE of that paired
+                     difference; `gain_ci`: a 95% percentile-bootstrap interval over prompts (seeded)
+    win / tie / loss share of the P * n sample pairs (j-th vs j-th) where the policy's reward is higher / equal /
                      lower; ties are reported separately (59% of pi_ref samples have no sentiment word: gold 0)
-    win rate         win + tie / 2 (identical policies give exactly 0.5)
+    win rate         win + tie / 2 (identical policies give exactly 0.5); SE over prompts; `win_rate_ci` bootstrap
     KL(pi || pi_ref) Monte-Carlo: mean over samples y ~ pi of log pi(y|x) - log pi_ref(y|x) (summed over the
                      completion's tokens); 0 for identical policies; nats per sequence. Only at temperature 1:
                      greedy or tempered samples are not draws from pi, and their mean log-ratio is not a KL
@@ -18,10 +26,14 @@ Statistics (P prompts, n samples per prompt; all standard errors are over prompt
     distinct-2       mean over samples of (distinct word bigrams / word bigrams) of the completion: 1 = no
                      bigram repeats; low values are loops ("the best of the best of the best")
     repetition       share of samples in which some word trigram occurs twice or more
-The last two watch for reward hacking: the gold reward is a lexicon, and a policy far from pi_ref can
-raise it by repeating sentiment words; read them at temperature 1 and greedy (temperature 0).
+The last two watch for reward hacking: the gold reward is a lexicon (and a reward model can be gamed too), and a
+policy far from pi_ref can raise it by repeating words; read them at temperature 1 and greedy (temperature 0).
+Bootstrap: `--bootstrap` resamples of the P prompts with replacement (seed --seed, the same resamples for every
+comparison), the 2.5% and 97.5% quantiles of the resampled mean.
 
     python evaluate.py --policies runs/dpo-...,runs/drdo-... --names dpo,drdo     # writes eval/results.json + PNGs
+    python evaluate.py --data my_pairs.jsonl --reference runs/sft --policies runs/dpo,runs/drdo \
+        --judge path/to/reward_model                                            # any data, an independent judge
 
 `gold_check` is the short version train.py runs at the end of every run on the embedded task: the trained
 policy's samples on the held-out prompts against pi_ref's cached samples (same prompts, settings and seed).
@@ -36,17 +48,20 @@ import torch
 
 import checkpoint
 import data
+import judges
 import oracle
+import tokenization
 from common import check_ranges, parse_config, quiet_transformers
 from embedded import REFERENCE_SAMPLES, gold_reward
-from models import batch_logps, forward_with_reward, load_model, load_reward_model, pair_logps, sample_completions
+from models import batch_logps, load_model, pair_logps, sample_completions
 
 
-def paired_comparison(policy_gold, reference_gold):
-    """policy_gold, reference_gold: (P, n) nested lists or tensors of gold rewards on the same prompts and
-    sample seeds -> dict of floats (see the module docstring)."""
-    a = torch.as_tensor(policy_gold, dtype=torch.float64)                # (P, n)
-    b = torch.as_tensor(reference_gold, dtype=torch.float64)             # (P, n)
+def paired_comparison(policy_reward, reference_reward, bootstrap=0, seed=0):
+    """policy_reward, reference_reward: (P, n) nested lists or tensors of judge rewards on the same prompts and
+    sample seeds -> dict of floats (see the module docstring); with `bootstrap` > 0, also 95% percentile-bootstrap
+    intervals over prompts of the gain and of the win rate (bootstrap_ci)."""
+    a = torch.as_tensor(policy_reward, dtype=torch.float64)              # (P, n)
+    b = torch.as_tensor(reference_reward, dtype=torch.float64)           # (P, n)
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(f"paired_comparison needs two (prompts, samples) arrays of one shape; got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
@@ -55,12 +70,26 @@ def paired_comparison(policy_gold, reference_gold):
     win, tie = (a > b).double(), (a == b).double()                       # (P, n)
     per_prompt_wr = (win + 0.5 * tie).mean(1)                            # (P,)
     se = (lambda x: (x.std() / math.sqrt(P)).item() if P > 1 else float("nan"))
-    return {"prompts": P, "samples_per_prompt": a.shape[1],
-            "policy_gold": a.mean().item(), "policy_gold_se": se(a.mean(1)),
-            "reference_gold": b.mean().item(), "reference_gold_se": se(b.mean(1)),
-            "gain": diff.mean().item(), "gain_se": se(diff),
-            "win": win.mean().item(), "tie": tie.mean().item(), "loss": (a < b).double().mean().item(),
-            "win_rate": per_prompt_wr.mean().item(), "win_rate_se": se(per_prompt_wr)}
+    out = {"prompts": P, "samples_per_prompt": a.shape[1],
+           "policy_reward": a.mean().item(), "policy_reward_se": se(a.mean(1)),
+           "reference_reward": b.mean().item(), "reference_reward_se": se(b.mean(1)),
+           "gain": diff.mean().item(), "gain_se": se(diff),
+           "win": win.mean().item(), "tie": tie.mean().item(), "loss": (a < b).double().mean().item(),
+           "win_rate": per_prompt_wr.mean().item(), "win_rate_se": se(per_prompt_wr)}
+    if bootstrap:
+        out["gain_ci"] = bootstrap_ci(diff, bootstrap, seed)
+        out["win_rate_ci"] = bootstrap_ci(per_prompt_wr, bootstrap, seed)
+    return out
+
+
+def bootstrap_ci(per_prompt, resamples, seed, level=0.95):
+    """Percentile bootstrap over prompts: `resamples` draws of P prompts with replacement (seeded: the same
+    draws for every statistic and policy), the mean of each draw -> [lower, upper] quantiles at (1 -+ level) / 2."""
+    x = torch.as_tensor(per_prompt, dtype=torch.float64)                 # (P,)
+    idx = torch.randint(len(x), (resamples, len(x)), generator=torch.Generator().manual_seed(seed))   # (R, P)
+    means = x[idx].mean(1)                                               # (R,)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return torch.quantile(means, q).tolist()
 
 
 def repetition_stats(texts):
@@ -91,17 +120,26 @@ def monte_carlo_kl(policy_logps, reference_logps):
 class EvalConfig:
     policies: str = ""             # comma-separated run directories (or their checkpoint/ folders) to evaluate
     names: str = ""                # comma-separated labels for the policies; default: the run directory names
-    data: str = "embedded"         # embedded or embedded-tiny: the task whose prompts, pi_ref and gold are used
+    data: str = "embedded"         # prompts and held-out pairs: embedded(-tiny), ultrafeedback, tldr, hh, a file, a hub id
+    data_config: str = ""          # hub dataset's configuration (hh: its subset, e.g. helpful-base); empty = the source's default
+    data_split: str = ""           # hub dataset's training split, optionally ",<held-out split>" (prompts come from the held-out one)
+    reference: str = ""            # pi_ref (the policies' starting point: a run, checkpoint or model name); empty = the task's
+    judge: str = ""                # gold | oracle (circular for DRDO) | dir or hub id of a seq-cls reward model; empty = gold if any, else oracle
+    oracle: str = ""               # Oracle member directory for --judge oracle; empty = the default Oracle on --data (cached; pi_ref backbone)
     temperatures: str = "0,0.5,1.0"  # sampling temperatures (0 = greedy: one sample per prompt suffices)
-    ood_temperatures: str = ""     # temperatures for the out-of-distribution prompts; empty = --temperatures
+    ood_temperatures: str = ""     # temperatures for the out-of-distribution prompts (embedded task); empty = --temperatures
     samples: int = 4               # samples per prompt and temperature (the win rate compares sample j with sample j)
     prompts: int = 200             # held-out prompts per set (in distribution, and out of distribution)
-    seed: int = 1234               # sampling seed, the same for every policy
-    oracle: str = ""               # an Oracle directory for the mean Oracle reward; empty = the task's default Oracle
+    max_new_tokens: int = 0        # tokens sampled per completion; 0 = the embedded task's (32), else 128
+    max_length: int = 512          # prompt + response tokens of held-out pairs (preference accuracy); embedded task: 128
+    max_prompt_length: int = 256   # prompt tokens kept (its end, and its BOS) for sampling and pairs; embedded task: 64
+    bootstrap: int = 1000          # bootstrap resamples of the prompts for the 95% intervals (0 = none)
+    seed: int = 1234               # sampling and bootstrap seed, the same for every policy
     out: str = "eval"              # where results.json and the PNG plots go
 
 
-LIMITS = {"samples": "[1, inf)", "prompts": "[1, inf)", "seed": "[0, inf)"}   # common.check_ranges
+LIMITS = {"samples": "[1, inf)", "prompts": "[1, inf)", "seed": "[0, inf)", "max_new_tokens": "[0, inf)",
+          "max_length": "[2, inf)", "max_prompt_length": "[1, inf)", "bootstrap": "[0, inf)"}   # common.check_ranges
 
 
 def check_config(cfg):
@@ -126,19 +164,8 @@ def check_config(cfg):
 def completion_logps(model, pairs, pad_id, batch_size=64):
     """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
     model.eval()
-    return torch.cat([batch_logps(model, data.collate_completions(pairs[i:i + batch_size], pad_id))["logps"].double()
+    return torch.cat([batch_logps(model, tokenization.collate_completions(pairs[i:i + batch_size], pad_id))["logps"].double()
                       for i in range(0, len(pairs), batch_size)])
-
-
-@torch.no_grad()
-def oracle_rewards(model, pairs, pad_id, batch_size=64):
-    """The Oracle's reward R(x, y) of each (prompt_ids, completion_ids) -> (N,) float64."""
-    out = []
-    for i in range(0, len(pairs), batch_size):
-        b = data.collate_completions(pairs[i:i + batch_size], pad_id)
-        out.append(forward_with_reward(model, b["input_ids"], b["attention_mask"],
-                                       torch.zeros_like(b["input_ids"]))[1].double())      # rewards only
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -147,7 +174,7 @@ def preference_accuracy(policy, reference, examples, pad_id):
     (ties count half; pi = pi_ref gives exactly 0.5) -> (accuracy, standard error)."""
     def logps(model):
         model.eval()
-        c, r = zip(*[pair_logps(model, data.collate(examples[i:i + 32], pad_id))["logps"]
+        c, r = zip(*[pair_logps(model, tokenization.collate(examples[i:i + 32], pad_id))["logps"]
                      for i in range(0, len(examples), 32)])
         return torch.cat(c).double(), torch.cat(r).double()
     pc, pr = logps(policy)
@@ -169,7 +196,7 @@ def gold_check(model, tokenizer, task, log=print):
     res["examples"] = [{"prompt": r["prompt"], "policy": c[0], "reference": r["completions"][0]}
                        for r, c in zip(ref[:3], comps[:3])]
     log(f"held-out check ({res['prompts']} prompts x {res['samples_per_prompt']} samples, gold = VADER "
-        f"sentiment): policy {res['policy_gold']:+.3f} vs pi_ref {res['reference_gold']:+.3f}, gain "
+        f"sentiment): policy {res['policy_reward']:+.3f} vs pi_ref {res['reference_reward']:+.3f}, gain "
         f"{res['gain']:+.3f} +- {res['gain_se']:.3f}; win {res['win']:.0%} / tie {res['tie']:.0%} / "
         f"loss {res['loss']:.0%} (win rate {res['win_rate']:.3f})")
     for ex in res["examples"]:
@@ -177,9 +204,25 @@ def gold_check(model, tokenizer, task, log=print):
     return res
 
 
+def resolve_run(path):
+    """A run directory -> its newest checkpoint; a checkpoint directory or a model name as it is."""
+    return (checkpoint.latest(path) if os.path.isdir(path) else None) or path
+
+
 def load_policy(path):
-    """A run directory (its newest checkpoint) or a checkpoint directory -> (model, tokenizer)."""
-    return load_model(checkpoint.latest(path) or path)
+    """A run directory (its newest checkpoint), a checkpoint directory or a model name -> (model, tokenizer)."""
+    return load_model(resolve_run(path))
+
+
+def held_out_prompts(test_ds, k):
+    """The first k distinct prompts of the held-out pairs (strings or message lists), in order."""
+    seen, out = set(), []
+    for p in test_ds["prompt"]:
+        key = json.dumps(p, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out[:k]
 
 
 def evaluate(cfg, log=print):
@@ -192,11 +235,12 @@ def evaluate(cfg, log=print):
     names = [n for n in cfg.names.split(",") if n] or [os.path.basename(p.rstrip("/")) for p in paths]
     if len(names) != len(paths):
         raise ValueError(f"--names has {len(names)} labels for {len(paths)} policies")
-    train_ds, test_ds, task = data.load_splits(cfg.data, log=log)
-    if task is None:
-        raise ValueError(f"evaluate.py judges with the embedded task's gold reward; --data must be embedded or "
-                         f"embedded-tiny (got {cfg.data!r})")
-    models = {"pi_ref": load_model(task["reference"])}
+    train_ds, test_ds, task = data.load_splits(cfg.data, log=log, config=cfg.data_config, split=cfg.data_split)
+    reference = cfg.reference or (task and task["reference"])
+    if not reference:
+        raise ValueError("--reference: name pi_ref, the model the policies started from (e.g. the SFT run or "
+                         "checkpoint); only the embedded task has a default")
+    models = {"pi_ref": load_policy(reference)}
     for name, path in zip(names, paths):
         models[name] = load_policy(path)
     tokenizer = models["pi_ref"][1]
@@ -205,75 +249,108 @@ def evaluate(cfg, log=print):
             raise ValueError(f"policy {name!r} uses a different tokenizer from pi_ref; the KL and win-rate "
                              "estimates need samples scored by both models, so evaluate policies of one task")
     pad = tokenizer.pad_token_id
-    if cfg.oracle:
-        judge = load_reward_model(cfg.oracle).eval()
-    else:
-        members, _ = oracle.ensure_oracles(oracle.OracleConfig(data=cfg.data), train_ds, test_ds,
-                                           task["reference"], log=log)
-        judge = load_reward_model(members[0]).eval()
-    test_ex, _ = data.tokenize_dataset(tokenizer, test_ds, 128, 64, log=log)
-    results = {"config": asdict(cfg), "task": task["dir"], "sets": {}, "preference_accuracy": {}}
+    max_length, max_prompt = (128, 64) if task else (cfg.max_length, cfg.max_prompt_length)
+    spec = cfg.judge or ("gold" if task else "oracle")
+
+    def oracle_dir():                    # --oracle, else the default Oracle on this data (trained once, cached)
+        if cfg.oracle:
+            return cfg.oracle
+        ocfg = oracle.OracleConfig(model="embedded" if task else resolve_run(reference), data=cfg.data,
+                                   data_config=cfg.data_config,
+                                   data_split=cfg.data_split, max_length=max_length, max_prompt_length=max_prompt)
+        return oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)[0][0]
+    judge = judges.load_judge(spec, tokenizer, task, oracle_dir() if spec == "oracle" else None, log=log)
+    # the embedded task also reports the Oracle's mean reward beside the gold judge (as before)
+    extra = judges.load_judge("oracle", tokenizer, task, oracle_dir(), log) if task and spec == "gold" else None
+    test_ex, _ = tokenization.tokenize_dataset(tokenizer, test_ds, max_length, max_prompt, log=log)
+    test_ex = test_ex[:512]
+    results = {"config": asdict(cfg), "task": task and task["dir"], "sets": {}, "preference_accuracy": {},
+               "judge": {"name": judge.name, "kind": judge.kind, "note": judge.note,
+                         "circular_for": list(judges.CIRCULAR) if judge.circular else []}}
     for name, (model, _) in models.items():
         acc, se = preference_accuracy(model, models["pi_ref"][0], test_ex, pad)
         results["preference_accuracy"][name] = {"accuracy": acc, "se": se, "pairs": len(test_ex)}
-    max_new = task["stats"]["task"]["max_new_tokens"]
+    max_new = cfg.max_new_tokens or (task["stats"]["task"]["max_new_tokens"] if task else 128)
     temps = [float(t) for t in cfg.temperatures.split(",")]
-    ood_temps = [float(t) for t in (cfg.ood_temperatures or cfg.temperatures).split(",")]
-    jobs = [("in_distribution", t) for t in temps] + [("out_of_distribution", t) for t in ood_temps]
+    if task:
+        ood_temps = [float(t) for t in (cfg.ood_temperatures or cfg.temperatures).split(",")]
+        sets = {"in_distribution": task["eval_prompts"], "out_of_distribution": task["ood_prompts"]}
+        jobs = [("in_distribution", t) for t in temps] + [("out_of_distribution", t) for t in ood_temps]
+    else:
+        sets = {"in_distribution": held_out_prompts(test_ds, cfg.prompts)}
+        jobs = [("in_distribution", t) for t in temps]
     bar = tqdm(total=len(jobs) * len(models), desc="evaluate", disable=None)
     for set_name, temp in jobs:
-        prompts = task["eval_prompts" if set_name == "in_distribution" else "ood_prompts"][:cfg.prompts]
+        prompts = sets[set_name][:cfg.prompts]
+        inputs = prompts if task else tokenization.prompt_ids_for_sampling(tokenizer, prompts, max_prompt)
         n = 1 if temp == 0 else cfg.samples
-        gold, ids = {}, {}
+        reward, ids = {}, {}
         row = results["sets"].setdefault(set_name, {}).setdefault(f"T={temp:g}", {"policies": {}, "head_to_head": {}})
         for name, (model, _) in models.items():
-            texts, pid = sample_completions(model, tokenizer, prompts, n, temp, max_new, seed=cfg.seed,
+            texts, pid = sample_completions(model, tokenizer, inputs, n, temp, max_new, seed=cfg.seed,
                                             return_ids=True)
-            gold[name] = [gold_reward(c) for c in texts]
             ids[name] = [(p, c) for p, comps in pid for c in comps]
+            reward[name] = judge.rewards(prompts, texts, ids[name])                     # (P, n)
             kl, kl_se = float("nan"), float("nan")
             if temp == 1:       # only untempered samples are draws from pi, so only they estimate KL(pi||pi_ref)
                 kl, kl_se = monte_carlo_kl(completion_logps(model, ids[name], pad),
                                            completion_logps(models["pi_ref"][0], ids[name], pad))
-            o = oracle_rewards(judge, ids[name], pad)
-            stats = paired_comparison(gold[name], gold["pi_ref"])
+            stats = paired_comparison(reward[name], reward["pi_ref"], cfg.bootstrap, cfg.seed)
             stats.update(repetition_stats([t for comps in texts for t in comps]))
-            stats["gold_per_prompt"] = [sum(g) / len(g) for g in gold[name]]     # for recomputing any statistic
-            stats.update(kl=kl, kl_se=kl_se, oracle_reward=o.mean().item(),
-                         oracle_reward_se=(o.view(len(prompts), n).mean(1).std() / math.sqrt(len(prompts))).item(),
-                         example=texts[0][0])
+            stats["reward_per_prompt"] = [sum(r) / len(r) for r in reward[name]]     # for recomputing any statistic
+            stats.update(kl=kl, kl_se=kl_se, example=texts[0][0], rewards=reward[name], samples=texts)   # (P, n) each
+            if extra is not None:
+                o = torch.tensor(extra.rewards(prompts, texts, ids[name]), dtype=torch.float64)   # (P, n)
+                stats.update(oracle_reward=o.mean().item(),
+                             oracle_reward_se=(o.mean(1).std() / math.sqrt(len(prompts))).item())
             row["policies"][name] = stats
             bar.update()
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                row["head_to_head"][f"{a} vs {b}"] = paired_comparison(gold[a], gold[b])
+                row["head_to_head"][f"{a} vs {b}"] = paired_comparison(reward[a], reward[b], cfg.bootstrap, cfg.seed)
     bar.close()
     return results
 
 
 def print_table(results, log=print):
+    """The results as one table per prompt set and temperature, with the judge's note first."""
+    judge = results["judge"]
+    log(f"\njudge: {judge['name']}: {judge['note']}")
+    ci = (lambda s, key: f" [{s[key][0]:+.3f}, {s[key][1]:+.3f}]" if key in s else "")
     for set_name, by_temp in results["sets"].items():
         for temp, row in by_temp.items():
             log(f"\n{set_name}, {temp}")
-            log(f"  {'policy':<28} {'gold':>15} {'win/tie/loss vs pi_ref':>24} {'KL(pi||ref)':>13} {'Oracle R':>9}"
+            log(f"  {'policy':<28} {'reward':>15} {'win/tie/loss vs pi_ref':>24} {'win rate':>9} {'KL(pi||ref)':>13}"
+                f"{' Oracle R' if any('oracle_reward' in s for s in row['policies'].values()) else ''}"
                 f" {'distinct-2':>10} {'repeats':>8}")
             for name, s in row["policies"].items():
-                log(f"  {name:<28} {s['policy_gold']:+.3f} +- {s['policy_gold_se']:.3f} "
-                    f"{s['win']:>9.0%} /{s['tie']:>4.0%} /{s['loss']:>4.0%}   {s['kl']:>7.2f} +- {s['kl_se']:<5.2f}"
-                    f"{s['oracle_reward']:>+8.2f} {s['distinct2']:>10.3f} {s['repetition']:>8.0%}")
+                log(f"  {name:<28} {s['policy_reward']:+.3f} +- {s['policy_reward_se']:.3f} "
+                    f"{s['win']:>9.0%} /{s['tie']:>4.0%} /{s['loss']:>4.0%}   {s['win_rate']:>7.3f}  "
+                    f"{s['kl']:>7.2f} +- {s['kl_se']:<5.2f}"
+                    + (f"{s['oracle_reward']:>+8.2f}" if "oracle_reward" in s else "")
+                    + f" {s['distinct2']:>10.3f} {s['repetition']:>8.0%}")
+            for name, s in row["policies"].items():
+                if name != "pi_ref" and "gain_ci" in s:
+                    log(f"  {name}: gain {s['gain']:+.3f} +- {s['gain_se']:.3f}, 95% bootstrap CI{ci(s, 'gain_ci')}; "
+                        f"win rate {s['win_rate']:.3f} +- {s['win_rate_se']:.3f}, CI{ci(s, 'win_rate_ci')}")
             for pair, s in row["head_to_head"].items():
-                log(f"  head to head {pair}: win {s['win']:.0%} / tie {s['tie']:.0%} / loss {s['loss']:.0%}, "
-                    f"gold difference {s['gain']:+.3f} +- {s['gain_se']:.3f}")
+                log(f"  head to head {pair}: win {s['win']:.0%} / tie {s['tie']:.0%} / loss {s['loss']:.0%}, win rate "
+                    f"{s['win_rate']:.3f} +- {s['win_rate_se']:.3f}, reward difference {s['gain']:+.3f} +- "
+                    f"{s['gain_se']:.3f}{ci(s, 'gain_ci')}")
     log("\nheld-out preference accuracy (implicit reward log pi/pi_ref): " + ", ".join(
         f"{n} {a['accuracy']:.3f} +- {a['se']:.3f}" for n, a in results["preference_accuracy"].items()))
+    if judge["circular_for"]:
+        log(f"NOTE: {judge['note']}")
 
 
 def plot(results, out):
-    """reward_vs_kl.png (gold against KL, one point per temperature) and win_rate.png (against temperature)."""
+    """<set>.png per prompt set: the judge's mean reward against KL at temperature 1, and the win rate against
+    temperature."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    judge = results["judge"]["name"] if results["judge"]["kind"] != "gold" else "gold: VADER"
     for set_name, by_temp in results["sets"].items():
         temps = list(by_temp)
         names = list(by_temp[temps[0]]["policies"])
@@ -283,13 +360,13 @@ def plot(results, out):
             pts = [by_temp[t]["policies"][name] for t in temps]
             if t1 is not None:                                    # KL is estimated at temperature 1 only
                 p = t1["policies"][name]
-                ax[0].errorbar([p["kl"]], [p["policy_gold"]], xerr=[p["kl_se"]], yerr=[p["policy_gold_se"]],
+                ax[0].errorbar([p["kl"]], [p["policy_reward"]], xerr=[p["kl_se"]], yerr=[p["policy_reward_se"]],
                                marker="o", label=name, capsize=2)
             if name != "pi_ref":
                 ax[1].errorbar([float(t[2:]) for t in temps], [p["win_rate"] for p in pts],
                                yerr=[p["win_rate_se"] for p in pts], marker="o", label=name, capsize=2)
-        ax[0].set(xlabel="KL(pi || pi_ref), nats per completion", ylabel="mean gold reward (VADER)",
-                  title=f"gold reward vs KL, temperature 1 ({set_name})")
+        ax[0].set(xlabel="KL(pi || pi_ref), nats per completion", ylabel=f"mean reward ({judge})",
+                  title=f"reward vs KL, temperature 1 ({set_name})")
         ax[1].axhline(0.5, color="grey", lw=0.8)
         ax[1].set(xlabel="sampling temperature", ylabel="win rate vs pi_ref (ties = 1/2)",
                   title=f"win rate vs temperature ({set_name})")
@@ -301,7 +378,8 @@ def plot(results, out):
 
 
 def main(argv=None):
-    cfg = parse_config(EvalConfig, argv, description="Gold-judged evaluation of trained policies.")
+    cfg = parse_config(EvalConfig, argv, description="Evaluation of trained policies against pi_ref by a judge "
+                                                     "(gold, the Oracle, or any sequence-classification reward model).")
     quiet_transformers()
     try:
         check_config(cfg)
@@ -313,7 +391,7 @@ def main(argv=None):
         json.dump(results, f, indent=1)
     plot(results, cfg.out)
     print_table(results)
-    print(f"\nwritten: {cfg.out}/results.json, {cfg.out}/in_distribution.png, {cfg.out}/out_of_distribution.png")
+    print(f"\nwritten: {cfg.out}/results.json, " + ", ".join(f"{cfg.out}/{name}.png" for name in results["sets"]))
     return results
 
 

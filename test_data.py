@@ -1,5 +1,6 @@
-"""Tests of data.py: the tokenization rules and collation on hand-written token ids, the loaders on small
-local files written in each source's own schema, noise and splits, and the error messages. A few seconds.
+"""Tests of data.py and conditions.py: the loaders on small local files written in each source's own schema
+(UltraFeedback, TL;DR, Anthropic HH, implicit prompts), hub options and their offline errors, validation
+errors naming file, line and field, and the training conditions (label noise, margin splits). A few seconds.
 """
 import json
 import math
@@ -10,102 +11,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+import conditions  # noqa: E402
 import data  # noqa: E402
-
-# A word-level tokenizer with hand-picked ids, so expected tensors can be written out by hand.
-VOCAB = {"<pad>": 0, "<eos>": 1, "<unk>": 2, "q": 3, "a": 4, "b": 5, "c": 6, "d": 7, "x": 8, "y": 9}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    t = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Tokenization
-# ------------------------------------------------------------------------------------------------------------
-def test_tokenize_pair_concatenates_ids_with_one_eos(tok):
-    out, reason = data.tokenize_pair(tok, {"prompt": "q x", "chosen": "a b", "rejected": "c <eos> <eos>"})
-    assert reason is None
-    assert out["prompt_ids"] == [3, 8]                 # "q x"
-    assert out["chosen_ids"] == [4, 5, 1]              # "a b" + one EOS
-    assert out["rejected_ids"] == [6, 1]               # trailing EOS tokens collapse to exactly one
-
-
-def test_tokenize_pair_truncates_prompt_end_first_then_responses(tok):
-    record = {"prompt": "q a b c d x", "chosen": "a b c", "rejected": "d"}
-    # max_length 6, max_prompt_length 2: prompt 6 + chosen 4 > 6 -> prompt keeps its last 2 ids [7, 8];
-    # room for a response = 6 - 2 - 1 (EOS) = 3 -> chosen [4, 5, 6] fits, then EOS
-    out, _ = data.tokenize_pair(tok, record, max_length=6, max_prompt_length=2)
-    assert out["prompt_ids"] == [7, 8]
-    assert out["chosen_ids"] == [4, 5, 6, 1]
-    assert out["rejected_ids"] == [7, 1]
-    # max_length 5: room 2 -> chosen cut to its first 2 tokens, EOS kept
-    out, _ = data.tokenize_pair(tok, record, max_length=5, max_prompt_length=2)
-    assert out["chosen_ids"] == [4, 5, 1] and len(out["prompt_ids"]) + len(out["chosen_ids"]) == 5
-
-
-def test_tokenize_pair_drops_empty_and_identical(tok):
-    assert data.tokenize_pair(tok, {"prompt": "q", "chosen": "", "rejected": "a"}) == (None, "empty response")
-    assert data.tokenize_pair(tok, {"prompt": "q", "chosen": "a b", "rejected": "a b"}) == \
-        (None, "chosen equals rejected")
-    # identical only after truncation: "a b c" vs "a b d" with room for 2 tokens
-    rec = {"prompt": "q", "chosen": "a b c", "rejected": "a b d"}
-    assert data.tokenize_pair(tok, rec, max_length=4, max_prompt_length=1) == (None, "chosen equals rejected")
-
-
-def test_tokenize_dataset_counts_drops(tok):
-    ds = datasets.Dataset.from_list([
-        {"prompt": "q", "chosen": "a", "rejected": "b", "chosen_score": 1.0, "rejected_score": 0.0},
-        {"prompt": "q", "chosen": "a", "rejected": "a", "chosen_score": 1.0, "rejected_score": 1.0},
-        {"prompt": "q", "chosen": "", "rejected": "b", "chosen_score": 0.5, "rejected_score": 0.0},
-    ])
-    logged = []
-    examples, dropped = data.tokenize_dataset(tok, ds, log=logged.append)
-    assert len(examples) == 1 and examples[0]["chosen_score"] == 1.0
-    assert dropped == {"chosen equals rejected": 1, "empty response": 1}
-    assert "kept 1 of 3" in logged[0]
-
-
-def test_impossible_lengths_are_a_clear_error(tok):
-    with pytest.raises(ValueError, match="leaves no room"):
-        data.tokenize_pair(tok, {"prompt": "q a b", "chosen": "c", "rejected": "d"}, max_length=3, max_prompt_length=2)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Collation
-# ------------------------------------------------------------------------------------------------------------
-def test_collate_stacks_chosen_then_rejected_right_padded():
-    examples = [
-        {"prompt_ids": [3, 8], "chosen_ids": [4, 5, 1], "rejected_ids": [6, 1], "chosen_score": 0.9, "rejected_score": 0.1},
-        {"prompt_ids": [3], "chosen_ids": [7, 1], "rejected_ids": [9, 9, 9, 1], "chosen_score": 0.2, "rejected_score": 0.4},
-    ]
-    b = data.collate(examples, pad_token_id=0)
-    assert b["input_ids"].tolist() == [
-        [3, 8, 4, 5, 1],      # pair 0: prompt + chosen
-        [3, 7, 1, 0, 0],      # pair 1: prompt + chosen, 2 pads
-        [3, 8, 6, 1, 0],      # pair 0: prompt + rejected, 1 pad
-        [3, 9, 9, 9, 1],      # pair 1: prompt + rejected
-    ]
-    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
-    assert b["loss_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 1, 1, 1, 1]]
-    torch.testing.assert_close(b["chosen_scores"], torch.tensor([[0.9, 0.2]]))       # (K = 1, B = 2)
-    torch.testing.assert_close(b["rejected_scores"], torch.tensor([[0.1, 0.4]]))
-
-
-def test_collate_ensemble_scores_are_k_by_b():
-    examples = [{"prompt_ids": [3], "chosen_ids": [4, 1], "rejected_ids": [5, 1],
-                 "chosen_score": [1.0, 2.0, 3.0], "rejected_score": [0.0, 0.5, 1.0]}] * 2
-    b = data.collate(examples, pad_token_id=0)
-    assert b["chosen_scores"].shape == (3, 2)
-    torch.testing.assert_close(b["chosen_scores"][:, 0], torch.tensor([1.0, 2.0, 3.0]))
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Loaders on local files in each source's own schema
@@ -145,17 +53,17 @@ def test_tldr_splits_by_confidence_and_edit_distance():
         rejected = "v " * k + "w " * (5 - k)
         rows.append({"prompt": "p", "chosen": chosen, "rejected": rejected, "confidence": float(k + 1)})
     ds = datasets.Dataset.from_list(rows)
-    assert [data.word_edit_distance(r["chosen"], r["rejected"]) for r in rows] == [0, 1, 2, 3, 4, 5]
-    splits = data.tldr_splits(ds)
+    assert [conditions.word_edit_distance(r["chosen"], r["rejected"]) for r in rows] == [0, 1, 2, 3, 4, 5]
+    splits = conditions.tldr_splits(ds)
     assert splits["hc_he"]["confidence"] == [5.0, 6.0]
     assert splits["lc_le"]["confidence"] == [1.0, 2.0]
 
 
 def test_word_edit_distance_hand_cases():
-    assert data.word_edit_distance("a b c", "a b c") == 0
-    assert data.word_edit_distance("a b c", "a x c") == 1          # substitution
-    assert data.word_edit_distance("a b c", "a c") == 1            # deletion
-    assert data.word_edit_distance("", "a b") == 2
+    assert conditions.word_edit_distance("a b c", "a b c") == 0
+    assert conditions.word_edit_distance("a b c", "a x c") == 1          # substitution
+    assert conditions.word_edit_distance("a b c", "a c") == 1            # deletion
+    assert conditions.word_edit_distance("", "a b") == 2
 
 
 def test_local_files_of_every_type_load_and_validate(tmp_path):
@@ -236,6 +144,137 @@ def test_valid_rows_with_messages_scores_and_nan_confidence_load(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Implicit prompts (Anthropic HH and any chosen/rejected pair of whole conversations)
+# ------------------------------------------------------------------------------------------------------------
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_implicit_prompt_strings_are_cut_at_the_last_shared_word_boundary(tmp_path):
+    rows = [{"chosen": "Q: capital of France? A: Paris.", "rejected": "Q: capital of France? A: Lyon."},
+            {"chosen": "Q: hi A: Hello there", "rejected": "Q: hi A: Help me"},        # share "Hel": not cut there
+            {"chosen": "Q: x A: yes", "rejected": "Q: x A: yes please"}]                # one extends the other
+    ds = data.load_preferences(write_jsonl(tmp_path / "implicit.jsonl", rows))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in ds] == [
+        ("Q: capital of France? A:", " Paris.", " Lyon."),
+        ("Q: hi A:", " Hello there", " Help me"),
+        ("Q: x A:", " yes", " yes please")]
+
+
+def test_implicit_prompt_messages_share_their_leading_turns(tmp_path):
+    u, a, b = ({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+               {"role": "assistant", "content": "b"})
+    rows = [{"chosen": [u, a], "rejected": [u, b], "chosen_score": 2.0, "rejected_score": 1.0},
+            {"chosen": [u, a, u, a], "rejected": [u, a, u, b], "chosen_score": 1.0, "rejected_score": 0.0},
+            {"chosen": [u, a], "rejected": [u, a], "chosen_score": 1.0, "rejected_score": 1.0}]   # identical
+    ds = data.load_preferences(write_jsonl(tmp_path / "conversations.jsonl", rows))
+    assert ds[0]["prompt"] == [u] and ds[0]["chosen"] == [a] and ds[0]["rejected"] == [b]
+    assert ds[0]["chosen_score"] == 2.0                                              # other fields kept
+    assert ds[1]["prompt"] == [u, a, u] and ds[1]["chosen"] == [a] and ds[1]["rejected"] == [b]
+    assert ds[2]["prompt"] == [u] and ds[2]["chosen"] == ds[2]["rejected"] == [a]   # dropped at tokenization
+
+
+def test_anthropic_hh_rows_become_conversations_with_the_shared_turns_as_prompt(tmp_path):
+    # two rows exactly as Anthropic/hh-rlhf stores them: only chosen and rejected, whole "Human:/Assistant:" texts
+    shared = "\n\nHuman: What is 2+2?\n\nAssistant: 4.\n\nHuman: And 3+3?\n\nAssistant:"
+    rows = [{"chosen": shared + " 6.", "rejected": shared + " 7, I think."},
+            {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}]
+    train, test, task = data.load_splits(write_jsonl(tmp_path / "hh.jsonl", rows * 5))
+    assert task is None and len(train) + len(test) == 10
+    first = next(r for r in list(train) + list(test) if r["chosen"][0]["content"] == "6.")
+    assert first["prompt"] == [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
+                               {"role": "user", "content": "And 3+3?"}]
+    assert first["chosen"] == [{"role": "assistant", "content": "6."}]
+    assert first["rejected"] == [{"role": "assistant", "content": "7, I think."}]
+
+
+def test_implicit_rows_without_a_shared_prefix_name_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "A: x", "rejected": "A: y"}, {"chosen": "x", "rejected": "y"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: no prompt field, and chosen and rejected share no "
+                                         r"leading text .* add a prompt field"):
+        data.load_preferences(path)
+    path = write_jsonl(tmp_path / "none.jsonl", [{"chosen": "A: x", "rejected": None}])
+    with pytest.raises(ValueError, match=r"none\.jsonl, line 1: field 'rejected': expected a string .* got null"):
+        data.load_preferences(path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Each hub source's own schema, in local files; hub configuration and splits; offline errors
+# ------------------------------------------------------------------------------------------------------------
+UF_ROW = {"prompt": "hi?", "prompt_id": "1", "messages": [], "score_chosen": 8.0, "score_rejected": 3.5,
+          "chosen": [{"role": "user", "content": "hi?"}, {"role": "assistant", "content": "hello"}],
+          "rejected": [{"role": "user", "content": "hi?"}, {"role": "assistant", "content": "go away"}]}
+
+
+def test_files_in_ultrafeedback_and_tldr_schemas_are_converted_by_their_columns(tmp_path):
+    ds = data.load_preferences(write_jsonl(tmp_path / "uf.jsonl", [UF_ROW] * 3))
+    assert ds[0]["prompt"] == [{"role": "user", "content": "hi?"}]
+    assert ds[0]["rejected"] == [{"role": "assistant", "content": "go away"}]
+    assert (ds[0]["chosen_score"], ds[0]["rejected_score"]) == (8.0, 3.5)
+    datasets.Dataset.from_list([_tldr_row(1, 7, "first one", "second one")] * 2).to_parquet(str(tmp_path / "t.parquet"))
+    ds = data.load_preferences(str(tmp_path / "t.parquet"))
+    assert ds[0]["chosen"] == " second one" and ds[0]["confidence"] == 7.0
+    assert ds[0]["prompt"] == "SUBREDDIT: r/pets\nTITLE: a title\nPOST: my post\nTL;DR:"
+
+
+def test_hub_splits_defaults_and_the_data_split_option():
+    assert data.hub_splits("ultrafeedback") == ("train_prefs", "test_prefs")
+    assert data.hub_splits("tldr") == ("train", "validation")
+    assert data.hub_splits("hh") == ("train", "test")
+    assert data.hub_splits("someone/pairs") == ("train", "test")
+    assert data.hub_splits("someone/pairs", "train_sft,test_sft") == ("train_sft", "test_sft")
+    assert data.hub_splits("someone/pairs", "train") == ("train", None)               # held out from train
+    for bad in ("a,b,c", ",test", "train,"):
+        with pytest.raises(ValueError, match="--data_split takes the hub dataset's training split"):
+            data.hub_splits("someone/pairs", bad)
+
+
+def test_hub_sources_get_their_config_and_splits_and_their_schema_converted(monkeypatch):
+    # datasets.load_dataset replaced by a recorder that serves rows in each source's own schema
+    calls = []
+    served = {"Anthropic/hh-rlhf": [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
+                                      "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}],
+              "HuggingFaceH4/ultrafeedback_binarized": [UF_ROW],
+              "openai/summarize_from_feedback": [_tldr_row(0, 3, "left", "right")]}
+
+    def load_dataset(path, name=None, split=None, data_dir=None):
+        calls.append((path, name, data_dir, split))
+        return datasets.Dataset.from_list(served[path])
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    train, test, _ = data.load_splits("hh", config="harmless-base")
+    assert calls == [("Anthropic/hh-rlhf", None, "harmless-base", "train"), ("Anthropic/hh-rlhf", None, "harmless-base", "test")]
+    assert train[0]["prompt"] == [{"role": "user", "content": "Hi"}] and test[0]["chosen"][0]["content"] == "Hello!"
+    calls.clear()
+    data.load_splits("ultrafeedback")
+    assert calls == [("HuggingFaceH4/ultrafeedback_binarized", None, None, "train_prefs"),
+                     ("HuggingFaceH4/ultrafeedback_binarized", None, None, "test_prefs")]
+    calls.clear()
+    train, test, _ = data.load_splits("tldr", split="train,validation")
+    assert calls[0] == ("openai/summarize_from_feedback", "comparisons", None, "train")
+    assert train[0]["chosen"] == " left" and train[0]["confidence"] == 3.0
+
+
+def test_hub_config_and_split_on_local_data_are_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [GOOD])
+    with pytest.raises(ValueError, match="not a hub dataset"):
+        data.load_splits(path, config="helpful-base")
+    with pytest.raises(ValueError, match="not a hub dataset"):
+        data.load_splits("embedded-tiny", split="train")
+
+
+@pytest.mark.parametrize("source, config, split, shown", [
+    ("ultrafeedback", "", "", r"'HuggingFaceH4/ultrafeedback_binarized' \(config 'default', split 'train_prefs'\)"),
+    ("tldr", "", "", r"'openai/summarize_from_feedback' \(config 'comparisons', split 'train'\)"),
+    ("hh", "helpful-base", "", r"'Anthropic/hh-rlhf' \(config 'helpful-base', split 'train'\)"),
+    ("someone/pairs", "v2", "train_sft,test_sft", r"'someone/pairs' \(config 'v2', split 'train_sft'\)"),
+])
+def test_every_hub_source_offline_is_one_clear_message(source, config, split, shown):
+    with pytest.raises(ValueError, match=shown + r" from the Hugging Face hub: .*Without internet, use --data embedded"):
+        data.load_splits(source, config=config, split=split)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Noise and margin splits
 # ------------------------------------------------------------------------------------------------------------
 def _scored(n=30):
@@ -244,7 +283,7 @@ def _scored(n=30):
 
 
 def test_flip_labels_swaps_exactly_round_p_n_and_moves_scores_with_texts():
-    ds = data.flip_labels(_scored(30), 0.2, seed=3)
+    ds = conditions.flip_labels(_scored(30), 0.2, seed=3)
     flipped = [i for i, f in enumerate(ds["flipped"]) if f]
     assert len(flipped) == 6                                            # round(0.2 * 30)
     for i in range(30):
@@ -254,12 +293,12 @@ def test_flip_labels_swaps_exactly_round_p_n_and_moves_scores_with_texts():
             assert (row["chosen_score"], row["rejected_score"]) == (0.0, float(i))
         else:
             assert (row["chosen"], row["chosen_score"]) == (f"c{i}", float(i))
-    assert data.flip_labels(_scored(30), 0.2, seed=3)["flipped"] == ds["flipped"]   # seeded
-    assert data.flip_labels(_scored(30), 0.2, seed=4)["flipped"] != ds["flipped"]
+    assert conditions.flip_labels(_scored(30), 0.2, seed=3)["flipped"] == ds["flipped"]   # seeded
+    assert conditions.flip_labels(_scored(30), 0.2, seed=4)["flipped"] != ds["flipped"]
 
 
 def test_split_by_margin_separates_small_and_large_margins():
-    det, nondet = data.split_by_margin(_scored(30))                     # margins 0..29
+    det, nondet = conditions.split_by_margin(_scored(30))                     # margins 0..29
     # 1/3 and 2/3 quantiles of 0..29 are 9.667 and 19.333: det = margins 20..29, nondet = 0..9
     assert det["chosen_score"] == [float(i) for i in range(20, 30)]
     assert nondet["chosen_score"] == [float(i) for i in range(0, 10)]

@@ -11,9 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import common  # noqa: E402
-import data  # noqa: E402
+import conditions  # noqa: E402
 import embedded  # noqa: E402
 import oracle  # noqa: E402
+import tokenization  # noqa: E402
 from models import load_reward_model  # noqa: E402
 
 TINY = embedded.EMBEDDED_PRESETS["embedded-tiny"]
@@ -92,14 +93,14 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path):
 
 
 def test_flips_move_gold_with_the_texts_and_margin_split_uses_gold(task):
-    flipped = data.flip_labels(task["train"], 0.5, seed=3)
+    flipped = conditions.flip_labels(task["train"], 0.5, seed=3)
     for row, orig in zip(flipped, task["train"]):
         assert (row["chosen_gold"] < row["rejected_gold"]) == row["flipped"]
         if row["flipped"]:
             assert (row["chosen"], row["chosen_gold"]) == (orig["rejected"], orig["rejected_gold"])
-    det, nondet = data.split_by_margin(task["train"], columns=("chosen_gold", "rejected_gold"))
-    assert min(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in det) > \
-        max(data.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
+    det, nondet = conditions.split_by_margin(task["train"], columns=("chosen_gold", "rejected_gold"))
+    assert min(conditions.score_margin(r, ("chosen_gold", "rejected_gold")) for r in det) > \
+        max(conditions.score_margin(r, ("chosen_gold", "rejected_gold")) for r in nondet)
 
 
 def single_row_rewards(model, tokenizer, ds):
@@ -108,7 +109,7 @@ def single_row_rewards(model, tokenizer, ds):
     import models
     out = []
     for row in ds:
-        pair, _ = data.tokenize_pair(tokenizer, row, 128, 64)
+        pair, _ = tokenization.tokenize_pair(tokenizer, row, 128, 64)
         if pair is None:
             continue
         rewards = []
@@ -140,6 +141,22 @@ def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, ca
     w = [load_file(str(out / m / "model.safetensors")) for m in report["members"]]
     assert not any(k.startswith("reward_head") for k in w[0])
     assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+    # and each member as a sequence-classification checkpoint: AutoModelForSequenceClassification, fed the same
+    # pairs right-padded in batches, gives the single-row rewards to 1e-5
+    from transformers import AutoModelForSequenceClassification
+    for k, member in enumerate(members):
+        rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(member, "seqcls")).eval()
+        tok = AutoTokenizer.from_pretrained(os.path.join(member, "seqcls"))
+        examples, _ = tokenization.tokenize_dataset(tok, task["test"], 128, 64, log=lambda *_: None)
+        batch = tokenization.collate(examples, tok.pad_token_id)
+        with torch.no_grad():
+            r = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).double()
+        expected = single_row_rewards(load_reward_model(member).eval(), AutoTokenizer.from_pretrained(member), task["test"])
+        torch.testing.assert_close(r.view(2, -1).T, expected, atol=1e-5, rtol=0)
+    import shutil                        # an Oracle cached without its export gets it when it is next used
+    shutil.rmtree(os.path.join(members[1], "seqcls"))
+    oracle.main(["--data", "embedded-tiny", "--ensemble", "2", "--epochs", "2", "--out", str(out), "--no-score"])
+    assert os.path.isfile(os.path.join(members[1], "seqcls", "config.json"))
     # scoring: one entry per member, equal to the single-row rewards of that member, and cached the second time
     scored = oracle.score_dataset(members, task["test"])
     assert all(len(row["chosen_score"]) == 2 for row in scored)

@@ -18,8 +18,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def checkout(tmp_path_factory):
+def fresh_clone(tmp_path_factory):
     """A copy of the repository's code as a fresh clone has it, and the environment of a new user."""
     root = tmp_path_factory.mktemp("fresh_clone")
     for path in glob.glob(os.path.join(HERE, "*.py")) + glob.glob(os.path.join(HERE, "requirements.txt")):
@@ -27,6 +26,11 @@ def checkout(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if k not in ("DRDO_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
     return root, env
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    return fresh_clone(tmp_path_factory)
 
 
 def cli(checkout, *args, timeout=900):
@@ -62,6 +66,8 @@ def test_train_oracle_and_evaluate_from_an_empty_checkout(checkout):
     ["train.py", "--method", "dpo", "--model", "opt-125m"],
     ["train.py", "--method", "dpo", "--data", "ultrafeedback"],
     ["oracle.py", "--model", "opt-125m"],
+    ["train.py", "--method", "dpo", "--data", "hh", "--data_config", "helpful-base"],
+    ["oracle.py", "--data", "tldr", "--data_split", "train,validation"],
 ])
 def test_no_network_and_no_offline_variable_gives_the_clear_message_fast(checkout, args):
     # transformers / datasets alone would retry for about a minute; models.load_model and data.load_preferences
@@ -71,3 +77,32 @@ def test_no_network_and_no_offline_variable_gives_the_clear_message_fast(checkou
     assert "Without internet, use" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert seconds < 45, seconds
+
+
+def test_local_chat_checkpoint_and_conversational_file_from_an_empty_checkout(tmp_path_factory):
+    # the command of the report: python train.py --method dpo --model <local checkpoint> --data my_pairs.jsonl, on
+    # a fresh clone; the checkpoint has a ChatML template (SmolLM2-like, built here) and the file is conversational
+    # in the implicit-prompt format. Then evaluate.py on that file, judged by the default Oracle (trained here).
+    import itertools
+
+    from test_evaluate import tiny_llama_dir
+    from test_tokenization import smollm2_like
+    checkout = fresh_clone(tmp_path_factory)
+    root, _ = checkout
+    ckpt = tiny_llama_dir(root.parent / "local_checkpoint", smollm2_like(), seed=0)
+    rows = [{"chosen": [{"role": "user", "content": " ".join(w)}, {"role": "assistant", "content": "a b"}],
+             "rejected": [{"role": "user", "content": " ".join(w)}, {"role": "assistant", "content": "c"}]}
+            for w in itertools.product("qabc", repeat=2)]                  # 16 pairs, no prompt field
+    (root / "my_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert not (root / ".cache").exists()
+    r, _ = cli(checkout, "train.py", "--method", "dpo", "--model", ckpt, "--data", "my_pairs.jsonl", "--epochs", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "14 training pairs" in r.stdout and "2 held-out pairs" in r.stdout
+    assert any(d.startswith("reflogps-") for d in os.listdir(root / ".cache"))
+    run = root / "runs" / "dpo-local_checkpoint-my_pairs.jsonl-all-flip0-s0"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2                 # 14 pairs, batches of 8
+    r, _ = cli(checkout, "evaluate.py", "--data", "my_pairs.jsonl", "--reference", ckpt, "--policies", str(run),
+               "--prompts", "2", "--samples", "1", "--temperatures", "1", "--max_new_tokens", "4", "--out", "eval_out")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "CIRCULAR for DRDO" in r.stdout
+    assert any(d.startswith("oracle-") for d in os.listdir(root / ".cache"))

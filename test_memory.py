@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
-import data  # noqa: E402
+import tokenization  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
 from test_train import metrics, run, weights  # noqa: E402
@@ -28,8 +28,8 @@ def test_adapters_off_is_the_base_model_and_adapters_on_is_not(tiny_task):
     # peft starts adapters as the identity (B = 0); after perturbing B the wrapped model differs, and with
     # disable_adapter() it is the base model again, to the last bit of the log-probs
     model, tok = models.load_model("embedded", tiny_task["reference"])
-    examples, _ = data.tokenize_dataset(tok, tiny_task["test"], 128, 64, log=lambda *_: None)
-    batch = data.collate(examples[:6], tok.pad_token_id)
+    examples, _ = tokenization.tokenize_dataset(tok, tiny_task["test"], 128, 64, log=lambda *_: None)
+    batch = tokenization.collate(examples[:6], tok.pad_token_id)
     base = models.pair_logps(model, batch)["logps"]
     lora = models.add_lora(model, r=4)
     torch.testing.assert_close(models.pair_logps(lora, batch)["logps"], base)          # identity at init
@@ -72,8 +72,8 @@ def test_lora_checkpoint_loads_back_with_peft_and_merged_equals_adapted(cache, t
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged").eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_task["reference"]).eval()
     tok = AutoTokenizer.from_pretrained(ckpt)
-    examples, _ = data.tokenize_dataset(tok, tiny_task["test"], 128, 64, log=lambda *_: None)
-    batch = data.collate(examples[:8], tok.pad_token_id)
+    examples, _ = tokenization.tokenize_dataset(tok, tiny_task["test"], 128, 64, log=lambda *_: None)
+    batch = tokenization.collate(examples[:8], tok.pad_token_id)
     a, m, b = (models.pair_logps(x, batch)["logps"][0] for x in (adapted, merged, base))
     torch.testing.assert_close(m, a, atol=1e-4, rtol=0)              # merging is the same function
     assert (a - b).abs().max() > 1e-3                                # and it is not the base model

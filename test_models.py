@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
 import models  # noqa: E402
-from data import collate  # noqa: E402
+from tokenization import collate  # noqa: E402
 
 
 def tiny_opt(seed=0):
@@ -170,6 +170,114 @@ def test_model_names_and_offline_errors(tiny_task):
         models.load_model("opt-125m")
 
 
-def test_until_eos_keeps_the_first_eos():
-    assert models.until_eos([5, 6, 1, 0, 0], eos=1) == [5, 6, 1]
-    assert models.until_eos([5, 6, 7], eos=1) == [5, 6, 7]
+def test_until_eos_keeps_the_first_stop_token():
+    assert models.until_eos([5, 6, 1, 0, 0], 1) == [5, 6, 1]
+    assert models.until_eos([5, 6, 7], 1) == [5, 6, 7]
+    assert models.until_eos([5, 2, 0, 2], [0, 2]) == [5, 2]             # EOS 0 or end-of-turn 2, whichever first
+
+
+def always_says(token, vocab_size, seed=0):
+    """A tiny Llama whose greedy next token is always `token`: attention and MLP outputs zeroed (the residual
+    stream is the token embedding), every embedding e_1, so the normalised hidden state is +sqrt(d) e_1 and
+    only the LM-head row of `token` reads it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token, 0] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("make, expected", [
+    ("smollm2_like", [2]),        # EOS = end-of-turn = pad = 2 (padding is banned from samples, EOS is not)
+    ("qwen_base_like", [2]),      # EOS 0, end-of-turn 2: generation stops at the end-of-turn token
+])
+def test_sampling_stops_at_the_end_of_turn_token(make, expected):
+    import test_tokenization
+    tok = getattr(test_tokenization, make)()
+    model = always_says(2, len(test_tokenization.CHATML_VOCAB))
+    prompts = tokenization_prompts(tok)
+    texts, ids = models.sample_completions(model, tok, prompts, n=1, temperature=0, max_new_tokens=4,
+                                           return_ids=True)
+    assert [c for _, comps in ids for c in comps] == [expected, expected]
+    assert ids[0][0] == [1, 5, 3, 7, 2, 3, 1, 6, 3] and ids[1][0] == [7]       # prompt ids, unpadded
+    assert texts == [[""], [""]]
+
+
+def tokenization_prompts(tok):
+    """A chat prompt and a plain one, as evaluate.py builds them (prompt ids of different lengths)."""
+    import tokenization
+    return tokenization.prompt_ids_for_sampling(tok, [[{"role": "user", "content": "q"}], "q"], 64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The reward model as a sequence-classification checkpoint
+# ------------------------------------------------------------------------------------------------------------
+def tiny_llama(vocab_size, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    return models.add_reward_head(LlamaForCausalLM(cfg).eval())
+
+
+def opt_with_projection(vocab_size, seed=0):
+    """An OPT whose LM head reads a 8-wide projection of its 16-wide hidden state (as opt-350m: 512 of 1024)."""
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=16, word_embed_proj_dim=8, num_hidden_layers=2, ffn_dim=32,
+                    num_attention_heads=2, max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                    activation_dropout=0.0, pad_token_id=0, bos_token_id=14, eos_token_id=1)
+    return models.add_reward_head(OPTForCausalLM(cfg).eval())
+
+
+@pytest.mark.parametrize("kind", ["llama_padding_with_eos", "opt_with_projection"])
+def test_seqcls_export_gives_the_same_rewards_with_automodel(tmp_path, kind):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import test_tokenization as tt
+    import tokenization
+    if kind == "llama_padding_with_eos":      # SmolLM2-like: pad = EOS = <|im_end|> = 2, <|endoftext|> = 0 is unk
+        tok, model, records = tt.smollm2_like(), tiny_llama(len(tt.CHATML_VOCAB)), [
+            tt.CONVERSATION, {"prompt": "q q", "chosen": "a", "rejected": "a b c"}]
+    else:
+        tok, model, records = tt.opt_like(), opt_with_projection(len(tt.OPT_VOCAB)), [
+            tt.CONVERSATION, {"prompt": "q x", "chosen": "a", "rejected": "b c d"}]
+    assert model.reward_head.in_features == model.get_output_embeddings().in_features
+    assert model.reward_head.bias is None                                # as HF's score heads
+    torch.nn.init.normal_(model.reward_head.weight)
+    models.save_seqcls(model, tok, str(tmp_path / "rm"))
+    rm = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
+    rm_tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
+    # the export pads with an id that never closes a sequence: <|endoftext|> (0) instead of <|im_end|> (2)
+    assert rm.config.pad_token_id == rm_tok.pad_token_id == (0 if kind.startswith("llama") else tok.pad_token_id)
+    examples = [tokenization.tokenize_pair(tok, r)[0] for r in records]
+    ours = models.forward_with_reward(model, **{k: v for k, v in tokenization.collate(examples, tok.pad_token_id).items()
+                                                if k in ("input_ids", "attention_mask")})[1]           # (4,)
+    right = tokenization.collate(examples, rm_tok.pad_token_id)          # right-padded with the export's pad id
+    assert (right["attention_mask"] == 0).any()                          # there is padding to get wrong
+    theirs = rm(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits.squeeze(-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    rows = [e["prompt_ids"] + e[s] for s in ("chosen_ids", "rejected_ids") for e in examples]
+    T = max(map(len, rows))
+    left = torch.tensor([[rm_tok.pad_token_id] * (T - len(r)) + r for r in rows])   # left padding
+    torch.testing.assert_close(rm(input_ids=left, attention_mask=(torch.arange(T) >= T - torch.tensor(
+        [len(r) for r in rows])[:, None]).long()).logits.squeeze(-1), ours, atol=1e-5, rtol=0)
+
+
+def test_a_head_saved_with_a_bias_still_loads_with_its_bias(tmp_path):
+    model = tiny_opt()
+    torch.save({"weight": torch.ones(1, 16), "bias": torch.tensor([0.5])}, tmp_path / "old_head.pt")
+    models.load_head(model, str(tmp_path / "old_head.pt"))
+    _, r = models.forward_with_reward(model, torch.tensor([[2, 5, 1]]), torch.ones(1, 3, dtype=torch.long))
+    h = model(input_ids=torch.tensor([[2, 5, 1]]), output_hidden_states=True).hidden_states[-1][0, -1]
+    assert r.item() == pytest.approx(h.sum().item() + 0.5, abs=1e-5)

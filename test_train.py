@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
 import common  # noqa: E402
-import data  # noqa: E402
+import tokenization  # noqa: E402
 import train  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
@@ -115,7 +115,7 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     # steps: each of the 3 epochs is ceil(n / 8) windows of at most 8 pairs, n = pairs that tokenize
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
-    n = len(data.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
+    n = len(tokenization.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
 
@@ -282,11 +282,14 @@ def test_reference_free_methods_build_no_reference(cache, tmp_path, monkeypatch,
 
 
 def test_reference_methods_use_the_cache(cache, tmp_path, monkeypatch):
+    import reference
     fresh = ["--max_length", "100"]                  # a length no other test uses: new cache keys
     run(tmp_path, "--method", "dpo", "--epochs", "0.25", *fresh, name="first")
     loaded = []
-    real_load = train.load_model
-    monkeypatch.setattr(train, "load_model", lambda name, *a, **k: loaded.append(name) or real_load(name, *a, **k))
+    for module in (train, reference):                # the policy (train.py) and pi_ref (reference.py)
+        real_load = module.load_model
+        monkeypatch.setattr(module, "load_model",
+                            lambda name, *a, real_load=real_load, **k: loaded.append(name) or real_load(name, *a, **k))
     run(tmp_path, "--method", "ipo", "--epochs", "0.25", *fresh, name="ipo")      # mean log-probs: new entry
     run(tmp_path, "--method", "dpo", "--epochs", "0.25", *fresh, name="second")   # sum: cached by "first"
     # ipo: policy, then pi_ref for the training and the held-out pairs; dpo: the policy only
@@ -486,6 +489,8 @@ def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monke
     (["--method", "dpo", "--flip", "40"], r"--flip must be in \[0, 1\]; got 40"),
     (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
     (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
+    (["--method", "dpo", "--data_config", "helpful-base"], "--data_config and --data_split choose a hub dataset's"),
+    (["--method", "dpo", "--data", "someone/pairs", "--data_split", "a,b,c"], "--data_split takes the hub dataset's"),
     (["--method", "dpo", "--resume_from", "no/such/dir"], "--resume_from no/such/dir: no such directory"),
 ])
 def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):

@@ -45,14 +45,16 @@ import torch
 from tqdm.auto import tqdm
 
 import checkpoint
+import conditions
 import data
 import evaluate
 import oracle
+import tokenization
 from common import cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
 from losses import LOSSES, completion_lengths, wpo_weights
-from models import (add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing, load_lora,
-                    load_model, pair_logps, save_model, to_device)
+from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
+                    load_head, load_lora, load_model, pair_logps, save_model, to_device)
 from reference import reference_logps
 from runlog import metric_sums, open_sinks
 
@@ -64,13 +66,15 @@ def prepare_data(cfg, log=print):
     """-> (train_ds, test_ds, task, oracle members): the pairs with the run's condition applied and, when the
     method consumes them, Oracle scores (members: the Oracle directories, else []); task is the embedded
     task's dict (None for other data)."""
-    train_ds, test_ds, task = data.load_splits(cfg.data, seed=cfg.seed, log=log)
-    train_ds = data.apply_condition(train_ds, cfg.split, cfg.flip, cfg.max_pairs, seed=cfg.seed)
+    train_ds, test_ds, task = data.load_splits(cfg.data, seed=cfg.seed, log=log, config=cfg.data_config,
+                                               split=cfg.data_split)
+    train_ds = conditions.apply_condition(train_ds, cfg.split, cfg.flip, cfg.max_pairs, seed=cfg.seed)
     log(f"data: {len(train_ds)} training pairs ({cfg.data}, split {cfg.split}, {cfg.flip:.0%} labels flipped), "
         f"{len(test_ds)} held-out pairs")
     members = []
     if LOSSES[cfg.method].needs_oracle:
-        ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, alpha=cfg.oracle_alpha,
+        ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, data_config=cfg.data_config,
+                                   data_split=cfg.data_split, alpha=cfg.oracle_alpha,
                                    ensemble=cfg.ensemble, epochs=cfg.oracle_epochs, lr=cfg.oracle_lr,
                                    max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, seed=cfg.seed)
         members, _ = oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)
@@ -80,8 +84,8 @@ def prepare_data(cfg, log=print):
 
 
 def collate(examples, pad_token_id):
-    """data.collate plus the cached reference log-probs, as (B,) tensors."""
-    batch = data.collate(examples, pad_token_id)
+    """tokenization.collate plus the cached reference log-probs, as (B,) tensors."""
+    batch = tokenization.collate(examples, pad_token_id)
     if "ref_chosen" in examples[0]:
         batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples])
         batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples])
@@ -216,9 +220,10 @@ def prepare_policy(model, cfg, ckpt=None, device=None):
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if uses_reward_head(cfg):
-        add_reward_head(model)                            # zero-init: student margins start at 0
         if ckpt:
-            model.reward_head.load_state_dict(torch.load(os.path.join(ckpt, "reward_head.pt")))
+            load_head(model, os.path.join(ckpt, HEAD_FILE))
+        else:
+            add_reward_head(model)                        # zero-init: student margins start at 0
     return model.to(device) if device is not None else model
 
 
@@ -245,8 +250,8 @@ def train(cfg, log=print):
         checkpoint.verify(ckpt)
     log(f"policy: {ckpt or cfg.model}")
     model, tokenizer = load_policy(cfg, ckpt, task_ref, device)
-    train_ex, _ = data.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
-    test_ex, _ = data.tokenize_dataset(tokenizer, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
+    train_ex, _ = tokenization.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
+    test_ex, _ = tokenization.tokenize_dataset(tokenizer, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
 
     # 3) pi_ref log-probs, once, cached; the reference model is never in memory with the policy's optimizer
     info = LOSSES[cfg.method]
