@@ -226,11 +226,9 @@ def _trainable_names(model):
 def _main_first(d):
     if d.rank != 0:
         d.barrier()                          # wait for rank 0 to build
-    try:
-        yield
-    finally:
-        if d.rank == 0:
-            d.barrier()                      # rank 0 done: release the others
+    yield                                    # (an error on rank 0 ends it here; torchrun then stops the others)
+    if d.rank == 0:
+        d.barrier()                          # rank 0 done: release the others
 
 
 def setup(fsdp=False):

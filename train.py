@@ -351,13 +351,11 @@ def run(cfg, d, log):
                     with d.sync(model, last=j == len(mine) - 1):
                         with autocast(cfg, device):
                             losses, metrics, logps = compute_loss(cfg, model, batch, means)
-                        # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's
-                        # gradient is then that of the mean over its pairs, whatever the micro-batch split (and a
-                        # short last window is averaged over its own pairs). Equal micro-batches: "mean /
-                        # micro-batches". N ranks (torchrun): rank r's micro-batches add g_r = sum_{i in r}
-                        # grad l_i * N / P, and DDP (FSDP too) AVERAGES over ranks: (1/N) sum_r g_r =
-                        # sum_{all i} grad l_i / P, the single-process gradient. A padding micro-batch (a rank
-                        # with nothing left in a short window) counts 0 but still joins the all-reduce.
+                        # each micro-batch adds sum(per-pair losses) / P, P = pairs in the whole window: the window's
+                        # gradient is that of the mean over its pairs, whatever the split (a short last window is
+                        # averaged over its own pairs). torchrun, N ranks: rank r adds g_r = sum_{i in r} grad l_i * N/P
+                        # and DDP (FSDP too) AVERAGES over ranks: (1/N) sum_r g_r = sum_i grad l_i / P, the gradient of
+                        # one process. A padding micro-batch (nothing left for this rank) counts 0, joins the all-reduce.
                         loss = losses.float().sum() * d.world / n_pairs if counted else losses.float().sum() * 0.0
                         loss.backward()
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
