@@ -14,7 +14,8 @@ What is checked, each against a value derived here or a run made without torchru
    its checkpoints are plain Hugging Face checkpoints with the same tensors;
  * one process: e-DPO's member is the argmin over the whole optimizer batch (recomputed here), whatever the
    micro-batch split; bad combinations give one clear error; `Dist.share` on hand-written cases.
-About 2 minutes on 2 CPU cores (each torchrun run starts 3 Python processes: ~15 s).
+Seven torchrun runs of ~15-20 s each (3 Python processes, mostly importing transformers): 2 min 45 s measured with
+another job on one of the two cores (~170 CPU-seconds in all).
 """
 import json
 import os
