@@ -9,7 +9,10 @@ A checkpoint is one directory, `<out>/checkpoint-<step>`:
     trainer_state.pt                                   optimizer, scheduler, RNG, step, running means (written last)
 It is written under `checkpoint-<step>.tmp` and renamed when complete: a crash or a kill while writing leaves
 only a `.tmp` directory, which `latest` never picks (and the next save deletes). After a save, all but the
-newest `keep` checkpoints are deleted (`--save_total_limit`).
+newest `keep` checkpoints are deleted (`--save_total_limit`). Under torchrun rank 0 alone writes (an FSDP model's
+weights and optimizer state gathered to it first), in the same format, so a checkpoint resumes with any number
+of processes. Also here: SIGTERM/SIGINT as a stop request, and the messages of failures that stop a run
+(a non-finite loss, out of memory), each naming the last checkpoint.
 """
 import json
 import os
