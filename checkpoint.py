@@ -9,7 +9,10 @@ A checkpoint is one directory, `<out>/checkpoint-<step>`:
     trainer_state.pt                                   optimizer, scheduler, RNG, step, running means (written last)
 It is written under `checkpoint-<step>.tmp` and renamed when complete: a crash or a kill while writing leaves
 only a `.tmp` directory, which `latest` never picks (and the next save deletes). After a save, all but the
-newest `keep` checkpoints are deleted (`--save_total_limit`).
+newest `keep` checkpoints are deleted (`--save_total_limit`). Under torchrun rank 0 alone writes (an FSDP model's
+weights and optimizer state gathered to it first), in the same format, so a checkpoint resumes with any number
+of processes. Also here: SIGTERM/SIGINT as a stop request, and the messages of failures that stop a run
+(a non-finite loss, out of memory), each naming the last checkpoint.
 """
 import json
 import os
@@ -25,13 +28,15 @@ STATE_FILE = "trainer_state.pt"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def save(out, model, tokenizer, trainer_state, config, keep=2):
-    """Write <out>/checkpoint-<step> atomically, then keep only the newest `keep` checkpoints -> its path."""
+def save(out, model, tokenizer, trainer_state, config, keep=2, state_dict=None):
+    """Write <out>/checkpoint-<step> atomically, then keep only the newest `keep` checkpoints -> its path.
+    `state_dict`: the weights of a sharded (--fsdp) model, gathered on rank 0 (models.save_model). Under
+    torchrun only rank 0 calls this (train.py)."""
     final = os.path.join(out, f"checkpoint-{trainer_state['step']}")
     tmp = final + ".tmp"
     for stale in [os.path.join(out, d) for d in os.listdir(out) if d.endswith(".tmp") and d.startswith("checkpoint-")]:
         shutil.rmtree(stale, ignore_errors=True)                   # left by a run killed while saving
-    save_model(model, tokenizer, tmp)                              # HF weights + tokenizer (+ reward_head.pt)
+    save_model(model, tokenizer, tmp, state_dict)                  # HF weights + tokenizer (+ reward_head.pt)
     write_json(config, os.path.join(tmp, "train_config.json"))
     torch.save(trainer_state, os.path.join(tmp, STATE_FILE))       # last: a complete directory has it
     shutil.rmtree(final, ignore_errors=True)
@@ -133,3 +138,31 @@ class stop_requests:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         return False
+
+
+# ============================================================================================================
+# Failures that stop a run: nothing is saved for the failing step; the message names the last checkpoint
+# ============================================================================================================
+def non_finite_message(cfg, loss, step):
+    return (f"non-finite loss ({loss}) at step {step + 1} of {cfg.method}; nothing was saved for this step. Last "
+            f"good checkpoint: {latest(cfg.out) or 'none yet'} (resume with --resume). Try a lower --lr (now "
+            f"{cfg.lr:g}) or --beta, or --max_grad_norm 1.0.")
+
+
+def is_out_of_memory(error):
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError whose message says so)."""
+    text = str(error).lower()
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text or \
+        "not enough memory" in text or "out of memory" in text
+
+
+def out_of_memory_message(cfg, batch, step):
+    rows, T = batch["input_ids"].shape
+    return (f"out of memory at step {step + 1} on a micro-batch of {rows // 2} pairs x {T} tokens. Use less memory "
+            f"per forward pass: a smaller --micro_batch_size (now {cfg.micro_batch_size}; keep --batch_size "
+            f"{cfg.batch_size}, gradient accumulation makes up the rest), a smaller --max_length (now "
+            f"{cfg.max_length}) or --max_prompt_length"
+            + ("" if cfg.gradient_checkpointing else ", --gradient_checkpointing (activations)")
+            + ("" if cfg.lora_r else ", --lora_r 16 (no gradients or optimizer state for the base weights)")
+            + f". Nothing was saved for this step; last checkpoint: {latest(cfg.out) or 'none yet'} "
+              "(continue from it with --resume).")

@@ -94,6 +94,9 @@ class Config:
     save_merged: bool = False      # LoRA: at the end, also save the adapters merged into the base model (<out>/merged)
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~25% slower
     base_dtype: str = "auto"       # dtype of frozen LoRA base weights: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    # --- several processes (torchrun; README "Several GPUs and several machines") -----------------------------
+    fsdp: bool = False             # under torchrun: shard weights, gradients and AdamW state over the processes
+                                   # (FSDP2) instead of replicating the model on each (DDP, the default)
     seed: int = 0                  # data order, initialisation of new heads, label flips
     # --- outputs ---------------------------------------------------------------------------------------------
     out: str = ""                  # run directory; empty = runs/<method>-<model>-<data>-<split>-flip<p>-s<seed>
@@ -113,9 +116,21 @@ def resolve(cfg, limits=LIMITS):
     if cfg.method not in LOSSES:
         raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}")
     check_ranges(cfg, limits)
-    if cfg.batch_size % cfg.micro_batch_size:
+    world = int(os.environ.get("WORLD_SIZE", "1"))         # torchrun's number of processes (1 without torchrun)
+    if world == 1 and cfg.batch_size % cfg.micro_batch_size:
         raise ValueError(f"--batch_size {cfg.batch_size} must be a positive multiple of --micro_batch_size "
                          f"{cfg.micro_batch_size} (accumulation steps = batch_size / micro_batch_size)")
+    if cfg.batch_size % (world * cfg.micro_batch_size):
+        raise ValueError(f"--batch_size {cfg.batch_size} must be a positive multiple of --micro_batch_size "
+                         f"{cfg.micro_batch_size} x {world} processes = {world * cfg.micro_batch_size}: each process "
+                         f"takes whole micro-batches of every optimizer step (accumulation steps per process = "
+                         f"batch_size / (processes x micro_batch_size))")
+    if cfg.fsdp and world == 1:
+        raise ValueError("--fsdp shards the model over several processes; launch with torchrun, e.g. "
+                         "torchrun --standalone --nproc_per_node 2 train.py --fsdp ...")
+    if cfg.fsdp and cfg.lora_r:
+        raise ValueError("--fsdp with --lora_r is not supported; LoRA keeps a 7B model on one 24 GB GPU, so run "
+                         "LoRA data-parallel under torchrun without --fsdp")
     if cfg.max_prompt_length > cfg.max_length - 2:
         raise ValueError(f"--max_prompt_length {cfg.max_prompt_length} leaves no room for a response in "
                          f"--max_length {cfg.max_length}; use max_prompt_length <= max_length - 2")
@@ -138,12 +153,13 @@ def resolve(cfg, limits=LIMITS):
     return replace(cfg, lr=lr, ensemble=ensemble, out=out)
 
 
-def resume_command(cfg):
-    """The command line that continues this run: every option that differs from its default, plus --resume."""
+def resume_command(cfg, launcher="python"):
+    """The command line that continues this run: every option that differs from its default, plus --resume.
+    `launcher`: python, or the torchrun prefix of a run with several processes (distributed.Dist.launcher)."""
     default = Config()
     args = []
     for name, value in asdict(cfg).items():
         if name in ("resume", "resume_from", "stop_after") or value == getattr(default, name):
             continue
         args += [f"--{name}" if value is True else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
-    return "python train.py " + " ".join(args) + " --resume"
+    return f"{launcher} train.py " + " ".join(args) + " --resume"

@@ -54,7 +54,8 @@ Deviations from the papers and reconstructed details (each one is also marked `N
     2. The e-DPO forward-KL term KL(pi_ref || pi) is estimated on the dataset's own responses, not on fresh
        samples from pi_ref (Fisch et al. allow both; offline, the dataset responses are what we have).
     3. e-DPO's "min over the ensemble" defaults to the member with the lowest mean loss on the batch
-       ("batch_min"); per-example min and the mean are switches.
+       ("batch_min"; train.py passes it as `member`, chosen on the whole optimizer batch: deviation 11);
+       per-example min and the mean are switches.
     4. The Oracle objective (DRDO Eq. 6) is reconstructed: BT loss + alpha * token-averaged NLL of y_w.
     5. The DRDO student objective (Eq. 7) is reconstructed: alpha weights the preference term, not the
        distillation term; the inner score z is a switch (default "unlikelihood" on averaged log-probs);
@@ -484,19 +485,25 @@ def _forward_kl_estimate(policy_chosen_logps, policy_rejected_logps, reference_c
 #        loss = min_k  L_distill(R_k)  +  kl_coef * KL(pi_ref || pi)
 #    with L_distill(R_k) = (dR_k - beta * h)^2 per pair, and KL estimated per pair (see above).
 # 4) Where the min is taken (the `aggregate` switch):
-#        "batch_min"   k* = argmin_k mean_batch L_distill(R_k); every pair uses member k*  (dataset-level min)
+#        "batch_min"   k* = argmin_k sum_batch L_distill(R_k); every pair uses member k*  (dataset-level min)
 #        "example_min" per pair, min_k L_distill(R_k)
 #        "mean"        per pair, mean_k L_distill(R_k)  (not pessimistic; an ablation)
+#    "batch_min" over WHICH batch: the pairs passed in, unless the caller passes `member` = k*, chosen on a
+#    larger batch. train.py passes the argmin over the whole optimizer batch, summed over every micro-batch
+#    and every torchrun rank, through the registry's `window` entry below: the metric `member_losses` (B, K)
+#    holds each pair's L_distill(R_k), detached, for that sum.
 # Gradient (checked), "example_min", member k* of the pair:
 #        d loss / d S(y_w) = -2 * beta * ( dR_k* - beta * h ) - kl_coef / 2
 # Reductions (checked): K = 1 and kl_coef = 0 gives distill_loss.
 # NOTE (deviates from paper): default aggregate "batch_min" is our reading (deviation 3); the min is over
-#   the MICRO-batch the caller passes, so it is an estimate of the dataset-level min. Forward KL on dataset
-#   responses (deviation 2). Log-probs are summed.
+#   the optimizer batch (train.py's `member`), an estimate of the dataset-level min (deviation 11). Forward
+#   KL on dataset responses (deviation 2). Log-probs are summed.
 # ============================================================================================================
 def edpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-              oracle_chosen_rewards, oracle_rejected_rewards, *, beta=0.1, kl_coef=0.1, aggregate="batch_min"):
-    """Shapes: log-probs (B,) summed; oracle rewards (K, B) for K ensemble members ((B,) means K = 1)."""
+              oracle_chosen_rewards, oracle_rejected_rewards, *, beta=0.1, kl_coef=0.1, aggregate="batch_min",
+              member=None):
+    """Shapes: log-probs (B,) summed; oracle rewards (K, B) for K ensemble members ((B,) means K = 1).
+    member: "batch_min" only: the index of the member every pair uses (None: the argmin over these B pairs)."""
     if oracle_chosen_rewards.dim() == 1:
         oracle_chosen_rewards, oracle_rejected_rewards = oracle_chosen_rewards[None], oracle_rejected_rewards[None]
     B = policy_chosen_logps.shape[0]
@@ -508,8 +515,11 @@ def edpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     oracle_margins = (oracle_chosen_rewards - oracle_rejected_rewards).detach()  # (K, B) dR_k
     member_losses = (oracle_margins - beta * h[None, :]) ** 2                   # (K, B) step 3
+    if member is not None and aggregate != "batch_min":
+        raise ValueError(f"edpo_loss: member={member} applies to aggregate='batch_min', not {aggregate!r}")
     if aggregate == "batch_min":
-        k = member_losses.detach().mean(dim=1).argmin()                         # ()   step 4
+        k = (member_losses.detach().sum(dim=1).argmin() if member is None         # ()   step 4
+             else torch.as_tensor(member, device=h.device))
         distill, member = member_losses[k], k.expand(B)                         # (B,), (B,)
         oracle_margin = oracle_margins[k]                                       # (B,) target used
     elif aggregate == "example_min":
@@ -524,8 +534,8 @@ def edpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
                                       reference_chosen_logps, reference_rejected_logps)  # (B,)
     losses = distill + kl_coef * forward_kl                                     # (B,) step 3
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios,
-                                   distill_loss=distill, forward_kl=forward_kl,
-                                   oracle_margin=oracle_margin, member=member.to(h.dtype))
+                                   distill_loss=distill, forward_kl=forward_kl, oracle_margin=oracle_margin,
+                                   member=member.to(h.dtype), member_losses=member_losses.detach().T)  # (B, K)
 
 
 # ============================================================================================================
@@ -1055,11 +1065,24 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 #     step, so the function's default applies), kept in its state and saved in the checkpoint, so a resumed
 #     run is exact. The value is constant within a step, so gradient accumulation stays exact. It is how a
 #     loss with state across steps stays a pure function: BCO's reward shift, {"delta": "reward_mean"}.
+# `window` maps a keyword argument to a WindowArgmin(metric, when): before each optimizer step, train.py runs
+#     the loss once more without gradient on every micro-batch of the step (on every torchrun rank), sums the
+#     function's OWN per-pair metric `metric`, shape (B, K), over all the step's pairs and ranks, and passes
+#     k* = argmin_k of that (K,) sum as the keyword, the same for every micro-batch of the step. It is how a
+#     loss takes a decision on the whole optimizer batch while seeing one micro-batch at a time, and stays a
+#     pure function: e-DPO's pessimistic member, {"member": WindowArgmin("member_losses", ("aggregate",
+#     "batch_min"))}. `when` = (Config field, value): fill the keyword only for that value (else no extra pass).
 # `wpo` True: train.py --wpo may multiply the loss's per-pair values by WPO's detached weights (wpo_weights above);
 #     set for the pairwise preference losses of the DPO family and SimPO, not for losses with an NLL, KL,
 #     Oracle or SFT term (orpo, cpo, pdpo, distill, edpo, drdo, sft), whose extra term a weight would distort.
 # Adding a loss = a function above + an entry here (+ a Config field for a new hyper-parameter).
 # ============================================================================================================
+@dataclass(frozen=True)
+class WindowArgmin:
+    metric: str                    # a (B, K) metric of the loss: each pair's loss under each of K candidates
+    when: tuple = ()               # (Config field, value): only when that field has that value; () = always
+
+
 @dataclass(frozen=True)
 class LossInfo:
     fn: Callable
@@ -1068,6 +1091,7 @@ class LossInfo:
     hparams: dict = field(default_factory=dict)   # keyword of fn -> train.Config field
     terms: dict = field(default_factory=dict)     # term name -> keyword overrides that leave only that term
     running: dict = field(default_factory=dict)   # keyword of fn -> metric of fn whose running mean fills it
+    window: dict = field(default_factory=dict)    # keyword of fn -> WindowArgmin over the optimizer batch
     wpo: bool = False              # train.py --wpo may weight its per-pair losses (WPO)
 
     @property
@@ -1090,8 +1114,11 @@ LOSSES = {
     "simpo":   LossInfo(simpo_loss, _POL, True, {"beta": "simpo_beta", "gamma": "simpo_gamma"}, wpo=True),
     "orpo":    LossInfo(orpo_loss, _POL, True, {"beta": "orpo_beta"}),
     "distill": LossInfo(distill_loss, _REF + ("oracle",), False, {"beta": "beta"}),
+    # member <- the ensemble member with the lowest distillation loss over the whole optimizer batch (README
+    # deviation 11), only with --aggregate batch_min
     "edpo":    LossInfo(edpo_loss, _REF + ("oracle_members",), False,
-                        {"beta": "beta", "kl_coef": "kl_coef", "aggregate": "aggregate"}),
+                        {"beta": "beta", "kl_coef": "kl_coef", "aggregate": "aggregate"},
+                        window={"member": WindowArgmin("member_losses", ("aggregate", "batch_min"))}),
     "pdpo":    LossInfo(pdpo_loss, _REF, False, {"beta": "beta", "kl_coef": "kl_coef"}),
     "drdo":    LossInfo(drdo_loss, ("student", "oracle", "policy"), True,
                         {"alpha": "alpha", "gamma": "gamma", "score": "score", "distill_weight": "distill_weight"},

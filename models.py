@@ -142,6 +142,12 @@ def to_device(batch, device):
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (train.py under torchrun), else the model itself:
+    attributes such as the reward head live on the inner model."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 # ============================================================================================================
 # Memory: LoRA adapters (peft) and gradient checkpointing
 # ============================================================================================================
@@ -213,26 +219,35 @@ def forward_with_reward(model, input_ids, attention_mask, loss_mask=None):
     idx = last_token_index(attention_mask)                                      # (N,)
     h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]   # (N, d)
     with torch.autocast(device_type=h_last.device.type, enabled=False):       # fp32 even under bf16 autocast
-        rewards = model.reward_head(h_last.float()).squeeze(-1)                 # (N,)
+        rewards = unwrap(model).reward_head(h_last.float()).squeeze(-1)         # (N,)
     return out.logits, rewards
 
 
-def save_model(model, tokenizer, path):
+def save_model(model, tokenizer, path, state_dict=None):
     """A Hugging Face checkpoint (loads with AutoModelForCausalLM) and, when the model carries a reward head,
-    the head in its own file reward_head.pt (kept out of the safetensors, so the checkpoint stays a plain LM)."""
+    the head in its own file reward_head.pt (kept out of the safetensors, so the checkpoint stays a plain LM).
+    `state_dict`: the weights to write instead of the model's own (a sharded model's, gathered by
+    distributed.Dist.full_state_dict); `model` then supplies only the config."""
     os.makedirs(path, exist_ok=True)
-    head = getattr(model, "reward_head", None)
-    if head is not None:
-        del model.reward_head
-    try:
-        model.save_pretrained(path)
-    finally:
+    model = unwrap(model)
+    if state_dict is not None:
+        head = {k[len("reward_head."):]: v for k, v in state_dict.items() if k.startswith("reward_head.")}
+        model.save_pretrained(path, state_dict={k: v for k, v in state_dict.items() if not k.startswith("reward_head.")})
+        if head:
+            torch.save(head, os.path.join(path, HEAD_FILE))
+    else:
+        head = getattr(model, "reward_head", None)
         if head is not None:
-            model.reward_head = head
+            del model.reward_head
+        try:
+            model.save_pretrained(path)
+        finally:
+            if head is not None:
+                model.reward_head = head
+        if head is not None:
+            torch.save(head.state_dict(), os.path.join(path, HEAD_FILE))
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-    if head is not None:
-        torch.save(head.state_dict(), os.path.join(path, HEAD_FILE))
 
 
 def load_reward_model(path, **from_pretrained_kwargs):
@@ -326,7 +341,8 @@ def forward(model, input_ids, attention_mask, loss_mask=None, **kwargs):
     positions that predict a completion token: (M, V) instead of (N, T, V). On a long prompt most of the LM
     head's work (and the largest activation of a small model) is prompt positions nobody scores. Anything
     losses.sequence_logps reads is computed the same way either way (tested)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model     # through a peft wrapper
+    base = unwrap(model)                                                             # through a DDP wrapper
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base        # through a peft wrapper
     if loss_mask is not None and PACK_LOGITS and packs_logits(type(base)):
         kwargs["logits_to_keep"] = completion_mask(loss_mask)
     return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

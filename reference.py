@@ -4,7 +4,8 @@ The DPO family (every loss whose registry entry consumes "reference") needs log 
 responses of every pair. They never change during training, so train.py computes them once, before the
 policy's optimizer exists, and stores them in <cache>/reflogps-<key>.pt; later runs with the same reference
 weights, tokenizer, token ids, lengths and reduction read the file. With LoRA and no --ref_model, pi_ref is
-the policy itself with its adapters switched off: no second copy of the model ever sits in memory.
+the policy itself with its adapters switched off: no second copy of the model ever sits in memory. Under
+torchrun the pairs are shared out over the processes and the results gathered (each pair computed once).
 """
 import contextlib
 import os
@@ -17,11 +18,16 @@ from models import autocast, is_lora, load_model, pair_logps, to_device
 
 
 @torch.no_grad()
-def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None):
+def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None, d=None):
     """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
     tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example.
     With LoRA and no --ref_model, pi_ref is the policy itself with its adapters switched off (no second copy
-    of the model); otherwise the reference is loaded, used and freed before training starts."""
+    of the model); otherwise the reference is loaded, used and freed before training starts.
+    Under torchrun (`d`, a distributed.Dist): rank 0 says whether the cache exists; if not, each rank computes
+    the batches of 32 pairs it is given (d.share) and all ranks gather every batch's result, so each pair is
+    computed once in the whole run (by one rank) and rank 0 writes the cache. A batch's numbers do not depend
+    on which rank computes it, so they equal the single-process ones. `policy` is then distributed's
+    d.local(model): DDP's replica, or the FSDP-sharded model (every rank takes part in each forward)."""
     ref_name = cfg.ref_model or cfg.model
     ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
     identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name   # retrained -> new key
@@ -29,27 +35,38 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
                        cfg.max_length, cfg.max_prompt_length, average, cfg.bf16])
     path = os.path.join(cache_root(), f"reflogps-{key}.pt")
-    if os.path.exists(path):
+    cached = os.path.exists(path) if d is None else d.from_rank0(os.path.exists(path))
+    if cached:
         log(f"pi_ref log-probs ({name}): cached in {path}")
         chosen, rejected = torch.load(path)
     else:
         adapters_off = policy is not None and is_lora(policy) and not cfg.ref_model
         log(f"pi_ref log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}"
-            + (" (the policy with its LoRA adapters off)" if adapters_off else ""))
-        ref = policy if adapters_off else load_model(ref_name, task_ref)[0].to(device)
+            + (" (the policy with its LoRA adapters off)" if adapters_off else "")
+            + (f", shared over {d.world} processes" if d is not None and d.world > 1 else ""))
+        if adapters_off:
+            ref = policy
+        else:
+            ref = load_model(ref_name, task_ref)[0]
+            ref = d.shard(ref) if d is not None and d.fsdp else ref.to(device)   # FSDP: pi_ref sharded too
         was_training = ref.training
         ref.eval()
-        chosen, rejected = [], []
+        starts = list(range(0, len(examples), 32))
+        mine = [(i, True) for i in starts] if d is None else d.share(starts, pad=d.fsdp)
+        done = {}                                                   # batch start -> (chosen, rejected)
         with (ref.disable_adapter() if adapters_off else contextlib.nullcontext()):
-            for i in range(0, len(examples), 32):
+            for i, counted in mine:
                 batch = to_device(tokenization.collate(examples[i:i + 32], tokenizer.pad_token_id), device)
                 with autocast(cfg, device):
                     c, r = pair_logps(ref, batch, average)["logps"]
-                chosen.append(c.float().cpu())
-                rejected.append(r.float().cpu())
-        chosen, rejected = torch.cat(chosen), torch.cat(rejected)
-        torch.save((chosen, rejected), path + ".tmp")
-        os.replace(path + ".tmp", path)
+                if counted:
+                    done[i] = (c.float().cpu(), r.float().cpu())
+        if d is not None:                                           # every rank's batches, on every rank
+            done = {i: v for part in d.gather(done) for i, v in part.items()}
+        chosen, rejected = torch.cat([done[i][0] for i in starts]), torch.cat([done[i][1] for i in starts])
+        if d is None or d.rank == 0:
+            torch.save((chosen, rejected), path + ".tmp")
+            os.replace(path + ".tmp", path)
         ref.train(was_training)
         del ref                                                     # a loaded reference is freed before training
     for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):

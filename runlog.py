@@ -18,7 +18,8 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "distill_loss": "distill/sq_error", "focal_weight": "focal/weight", "pref_loss": "pref/loss",
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
              "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
-             "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight"}
+             "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight",
+             "member": "edpo/member"}
 SINKS = ("tensorboard", "wandb")
 
 

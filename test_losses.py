@@ -269,6 +269,27 @@ def test_edpo_aggregates():
     torch.testing.assert_close(mean, t(2.5, 6.5))                 # (1 + 4) / 2, (9 + 4) / 2
 
 
+def test_edpo_member_keyword_fixes_the_member_and_member_losses_are_each_members_loss():
+    # The same two pairs as above (h = 0, member k's losses dR_k^2: member 0 (1, 9), member 1 (4, 4)).
+    # member=0 forces member 0 on both pairs although member 1 is the argmin over these two pairs: a caller that
+    # chose member 0 on a larger batch (train.py's optimizer batch) gets exactly member 0's losses.
+    Rw, Rl = t([1.0, 3.0], [2.0, 2.0]), torch.zeros(2, 2, dtype=torch.float64)
+    forced, m = edpo_loss(*margin_inputs([0.0, 0.0]), Rw, Rl, kl_coef=0.0, aggregate="batch_min", member=0)
+    torch.testing.assert_close(forced, t(1.0, 9.0))
+    torch.testing.assert_close(m["member"], t(0.0, 0.0))
+    torch.testing.assert_close(m["oracle_margin"], t(1.0, 3.0))
+    # member_losses (B, K): row = pair, column = member, (dR_k - beta h)^2 = dR_k^2 here
+    torch.testing.assert_close(m["member_losses"], t([1.0, 4.0], [9.0, 4.0]))
+    # the gradient flows through the forced member: random inputs, K = 3, member 2 -> -2 beta (dR_2 - beta h)
+    h = torch.randn(5, dtype=torch.float64) * 10
+    Rw, Rl = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    inputs = margin_inputs(h)
+    g = grad_wrt(edpo_loss, inputs[0], *inputs, Rw, Rl, beta=0.1, kl_coef=0.0, aggregate="batch_min", member=2)
+    torch.testing.assert_close(g, -2 * 0.1 * ((Rw[2] - Rl[2]) - 0.1 * h))
+    with pytest.raises(ValueError, match="member=1 applies to aggregate='batch_min'"):
+        edpo_loss(*margin_inputs([0.0, 0.0]), Rw[:, :2], Rl[:, :2], aggregate="example_min", member=1)
+
+
 def test_edpo_forward_kl_term_and_gradient():
     # KL estimate per pair = ((S_ref_w - S_w) + (S_ref_l - S_l)) / 2 = ((-5 + 3) + (-9 + 4)) / 2 = -3.5
     pc, pr, rc, rr = t(-3.0, grad=True), t(-4.0), t(-5.0), t(-9.0)
@@ -947,7 +968,11 @@ def test_metrics_detached_and_frozen_inputs_get_no_gradient(name):
     assert {"chosen_rewards", "rejected_rewards"} <= set(metrics)
     for key, value in metrics.items():
         assert not value.requires_grad, f"{name}: metrics[{key!r}] is not detached"
-        assert value.shape == (4,), f"{name}: metrics[{key!r}] has shape {tuple(value.shape)}"
+        # (B,), except the (B, K) per-candidate metrics the entry's `window` keywords are chosen from (e-DPO's
+        # member_losses: K = 2 ensemble members in _call)
+        window_metrics = {w.metric for w in LOSSES[name].window.values()}
+        expected = (4, 2) if key in window_metrics else (4,)
+        assert value.shape == expected, f"{name}: metrics[{key!r}] has shape {tuple(value.shape)}"
     losses.sum().backward()
     for frozen in ("rc", "rr", "Rw", "Rl"):                # reference log-probs and Oracle rewards
         assert c[frozen].grad is None, f"{name}: gradient reached frozen input {frozen}"
@@ -999,6 +1024,9 @@ def test_registry_metadata():
     assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft"}
     assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
+    from losses import WindowArgmin
+    assert {n: i.window for n, i in LOSSES.items() if i.window} == {
+        "edpo": {"member": WindowArgmin("member_losses", ("aggregate", "batch_min"))}}
     # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
     assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft"}
 
@@ -1014,6 +1042,25 @@ def test_registry_running_keywords_are_keywords_fed_by_the_loss_own_metrics(name
         assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and keyword not in info.hparams
         _, metrics = _call(name, **{k: v for k, v in _random_case(B=5).items() if k != "Rk"})
         assert metrics[metric].shape == (5,)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, i in LOSSES.items() if i.window))
+def test_registry_window_keywords_are_keywords_chosen_from_the_loss_own_candidate_metrics(name):
+    # train.py fills each `window` keyword with argmin_k of the named (B, K) metric summed over the optimizer
+    # batch: a keyword-only argument no Config field fills, a metric the function returns with one column per
+    # candidate, and a `when` condition on a real Config field whose value is among its choices
+    import inspect
+    from dataclasses import fields
+
+    from config import CHOICES, Config
+    info = LOSSES[name]
+    params = inspect.signature(info.fn).parameters
+    for keyword, rule in info.window.items():
+        assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY and keyword not in info.hparams
+        _, metrics = _call(name, **{k: v for k, v in _random_case(B=5).items() if k != "Rk"})
+        assert metrics[rule.metric].shape == (5, 2)                    # _call gives e-DPO K = 2 members
+        field_name, value = rule.when
+        assert field_name in {f.name for f in fields(Config)} and value in CHOICES[field_name]
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

@@ -23,11 +23,15 @@ What happens, in order (each stage says what it is doing and caches what it buil
              judged by the gold reward nothing was trained on (evaluate.gold_check)
 
 The loss of a micro-batch is built from the method's registry entry alone (losses.LOSSES: which tensors it
-takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. Three generic
+takes, which Config fields are its hyper-parameters): compute_loss has no per-method branch. Four generic
 additions, each declared in the registry: an entry's `running` keywords (BCO's delta) get the mean of one of
-the loss's own metrics over the pairs of all previous steps (the sums live in the checkpoint); its `terms`
-are isolated on evaluation steps to log each term's gradient norm; and --wpo multiplies the per-pair losses
-of entries with wpo=True by losses.wpo_weights, detached, from the same forward (README deviations 18, 23).
+the loss's own metrics over the pairs of all previous steps (the sums live in the checkpoint); its `window`
+keywords (e-DPO's member) get the argmin of one of its (B, K) metrics summed over the whole optimizer batch,
+from a pass without gradient before the step (window_keywords); its `terms` are isolated on evaluation steps to
+log each term's gradient norm; and --wpo multiplies the per-pair losses of entries with wpo=True by
+losses.wpo_weights, detached, from the same forward (README deviations 11, 18, 23).
+Under torchrun the same loop runs on every process (distributed.py: each takes its micro-batches of every
+step, DDP or FSDP2 sums the gradients, rank 0 writes); without torchrun there is no process group at all.
 drdo's student reward is the policy's implicit reward beta_r * log pi(y|x) (student_rewards); with
 --student_reward head the policy carries a scalar reward head instead (models.add_reward_head), saved beside
 the checkpoint as reward_head.pt.
@@ -35,6 +39,7 @@ NOTE (deviates from paper): the DRDO paper does not state how micro-batches, sch
 the values here are common DPO practice (TRL, the DPO reference code), not the paper's (README deviation 14).
 """
 import json
+import math
 import os
 import random
 import sys
@@ -47,14 +52,17 @@ from tqdm.auto import tqdm
 import checkpoint
 import conditions
 import data
+import distributed
 import evaluate
 import oracle
 import tokenization
-from common import cosine_schedule, parse_config, quiet_transformers
+from common import cache_root, cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
 from losses import LOSSES, completion_lengths, wpo_weights
 from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
                     load_head, load_lora, load_model, pair_logps, save_model, to_device)
+
+SINGLE = distributed.Dist()          # one process: every distributed step is the identity
 from reference import reference_logps
 from runlog import metric_sums, open_sinks
 
@@ -166,17 +174,42 @@ def running_means(running):
 
 
 @torch.no_grad()
-def evaluate_pairs(cfg, model, examples, pad_id, device, keywords=None):
-    """Held-out loss, reward accuracy and margins (eval_ prefix, as the HF trainers), micro-batch by micro-batch."""
+def window_keywords(cfg, model, micro_batches, examples, pad_id, device, keywords=None, d=SINGLE):
+    """The registry's `window` keywords for one optimizer step (e-DPO's member), {} for a loss without them (and
+    then no extra pass): one pass without gradient over the step's micro-batches (this rank's share; the sums
+    are added over ranks) sums the loss's (B, K) metric over every pair of the step; the keyword is the argmin
+    k of that (K,) sum, the same on every micro-batch and every rank."""
+    rules = {kw: r for kw, r in LOSSES[cfg.method].window.items() if not r.when or getattr(cfg, r.when[0]) == r.when[1]}
+    if not rules:
+        return {}
+    totals = {}
+    for micro, counted in micro_batches:
+        batch = to_device(collate([examples[i] for i in micro], pad_id), device)
+        with autocast(cfg, device):
+            _, metrics, _ = compute_loss(cfg, model, batch, keywords)
+        for kw, rule in rules.items():
+            for k, v in enumerate(metrics[rule.metric].double().sum(0).tolist()):       # (K,) summed over pairs
+                totals[kw, k] = totals.get((kw, k), 0.0) + (v if counted else 0.0)
+    totals = d.all_sum(totals)
+    return {kw: min((k for w, k in totals if w == kw), key=lambda k: totals[kw, k]) for kw in rules}   # argmin
+
+
+@torch.no_grad()
+def evaluate_pairs(cfg, model, examples, pad_id, device, keywords=None, d=SINGLE):
+    """Held-out loss, reward accuracy and margins (eval_ prefix, as the HF trainers), micro-batch by micro-batch;
+    under torchrun each rank takes a share of the micro-batches and the sums are added over ranks."""
     model.eval()
     totals, n = {}, 0
-    for i in range(0, len(examples), cfg.micro_batch_size):
+    for i, counted in d.share(list(range(0, len(examples), cfg.micro_batch_size)), pad=d.fsdp):
         batch = to_device(collate(examples[i:i + cfg.micro_batch_size], pad_id), device)
         with autocast(cfg, device):
             losses, metrics, logps = compute_loss(cfg, model, batch, keywords)
-        for k, v in metric_sums(metrics, losses.float(), logps).items():
-            totals[k] = totals.get(k, 0.0) + v
-        n += losses.shape[0]
+        if counted:
+            for k, v in metric_sums(metrics, losses.float(), logps).items():
+                totals[k] = totals.get(k, 0.0) + v
+            n += losses.shape[0]
+    totals = d.all_sum({**totals, "pairs": n})
+    n = totals.pop("pairs")
     return {f"eval_{k}": v / n for k, v in totals.items()}
 
 
@@ -228,36 +261,52 @@ def prepare_policy(model, cfg, ckpt=None, device=None):
 
 
 def train(cfg, log=print):
-    """The whole run; returns a summary dict (also written to <out>/summary.json)."""
+    """The whole run; returns a summary dict (also written to <out>/summary.json). Under torchrun: this process's
+    part of it (distributed.setup joins the process group; only rank 0 logs and writes)."""
+    d = distributed.setup(cfg.fsdp)
+    try:
+        return run(cfg, d, log if d.rank == 0 else lambda *_: None)
+    finally:
+        distributed.teardown(d)
+
+
+def run(cfg, d, log):
     t_start = time.time()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = d.device
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
+    d.check_shared(cfg.out, cache_root())               # torchrun: rank 0 writes what every rank reads
+    if d.rank == 0:
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1)
 
-    # 1-2) data (and Oracle scores); first, every model the run needs must be loadable (seconds, not minutes)
+    # 1-2) data (and Oracle scores); first, every model the run needs must be loadable (seconds, not minutes).
+    # torchrun: rank 0 builds and caches (embedded task, Oracle, scores) while the others wait, then they read
     for name in (cfg.model, cfg.ref_model, cfg.oracle_model):
         check_available(name)
-    train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
+    with d.main_first():
+        train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
     task_ref = task and task["reference"]
-    ckpt = cfg.resume_from or (checkpoint.latest(cfg.out) if cfg.resume else None)
+    ckpt = d.from_rank0(cfg.resume_from or (checkpoint.latest(cfg.out) if cfg.resume else None))   # one for all
     if cfg.resume and ckpt is None:
         raise ValueError(f"--resume: {cfg.out} holds no complete checkpoint (checkpoint-<step> with "
                          f"{checkpoint.STATE_FILE}); run without --resume to start from the beginning")
     if ckpt:
         checkpoint.verify(ckpt)
-    log(f"policy: {ckpt or cfg.model}")
-    model, tokenizer = load_policy(cfg, ckpt, task_ref, device)
+    log(f"policy: {ckpt or cfg.model}" + (f"; {d.world} processes, {'FSDP' if d.fsdp else 'DDP'}" if d.world > 1 else ""))
+    model, tokenizer = load_policy(cfg, ckpt, task_ref, None if d.fsdp else device)   # FSDP: sharded onto it
+    model = d.wrap(model)                     # DDP / FSDP under torchrun; the model itself in one process
+    net = d.local(model)                      # for passes without gradient sync (DDP: the replica inside)
     train_ex, _ = tokenization.tokenize_dataset(tokenizer, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
     test_ex, _ = tokenization.tokenize_dataset(tokenizer, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
 
-    # 3) pi_ref log-probs, once, cached; the reference model is never in memory with the policy's optimizer
+    # 3) pi_ref log-probs, once, cached (torchrun: shared out over the ranks and gathered); the reference model
+    # is never in memory with the policy's optimizer
     info = LOSSES[cfg.method]
     if info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
-            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=model)
+            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d)
 
     # 4) optimizer, schedule, state
     plan = windows(len(train_ex), cfg)
@@ -268,7 +317,7 @@ def train(cfg, log=print):
     running = {keyword: [0.0, 0] for keyword in info.running}   # registry `running`: [metric sum, pairs] so far
     if ckpt:
         state = checkpoint.load_state(ckpt)
-        opt.load_state_dict(state["optimizer"])
+        d.load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         running = state.get("running", running)
@@ -276,74 +325,91 @@ def train(cfg, log=print):
         random.setstate(state["rng"]["python"])
         log(f"resumed from {ckpt} at step {step}")
 
-    def save():
-        return checkpoint.save(cfg.out, model, tokenizer, config=asdict(cfg), keep=cfg.save_total_limit,
-                               trainer_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                              "step": step, "running": running,
-                                              "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+    def save():            # torchrun: every rank gathers (FSDP), rank 0 writes, all wait until it is on disk
+        weights, optimizer = d.full_state_dict(model), d.optimizer_state(model, opt)
+        path = d.rank == 0 and checkpoint.save(
+            cfg.out, model, tokenizer, config=asdict(cfg), keep=cfg.save_total_limit, state_dict=weights,
+            trainer_state={"optimizer": optimizer, "scheduler": sched.state_dict(), "step": step, "running": running,
+                           "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+        d.barrier()
+        return path
     log(f"training: {cfg.method}, {len(train_ex)} pairs, {len(plan)} steps of {cfg.batch_size} pairs "
-        f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}), lr {cfg.lr:g}, "
-        f"{'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}; "
+        f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}, {d.world} process(es)), "
+        f"lr {cfg.lr:g}, {'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}; "
         f"{sum(p.numel() for p in trainable) / 1e6:.3g}M of {sum(p.numel() for p in model.parameters()) / 1e6:.3g}M "
         f"parameters train{' (LoRA)' if cfg.lora_r else ''}{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    if not ckpt and os.path.exists(metrics_path):
-        os.remove(metrics_path)
-    checkpoint.truncate_log(metrics_path, step)                # a resumed run rewrites steps after its checkpoint
+    if d.rank == 0:
+        if not ckpt and os.path.exists(metrics_path):
+            os.remove(metrics_path)
+        checkpoint.truncate_log(metrics_path, step)            # a resumed run rewrites steps after its checkpoint
     probe = train_ex[:256]                # a fixed subset of training pairs: the objective before and after
-    objective_start = (evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval_loss"]
+    objective_start = (evaluate_pairs(cfg, net, probe, tokenizer.pad_token_id, device, d=d)["eval_loss"]
                        if step == 0 else None)                 # (no running means yet: the loss's defaults)
-    bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None)
+    bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None if d.rank == 0 else True)
     last = {}
-    with checkpoint.stop_requests() as stop, open_sinks(cfg.report_to, cfg.out, asdict(cfg), step) as report:
+    with checkpoint.stop_requests() as stop, open_sinks(cfg.report_to if d.rank == 0 else "", cfg.out, asdict(cfg),
+                                                         step) as report:
         while step < len(plan):
             window = plan[step]
-            n_pairs = sum(len(m) for m in window)
+            n_pairs = sum(len(m) for m in window)             # pairs in the whole window, over all ranks
+            mine = d.share(window)                            # [(micro-batch, counted)]: this rank's part
             model.train()
-            sums, means, seen = {}, running_means(running), []   # means: fixed for the whole step
-            for micro in window:
+            sums = {}
+            means = running_means(running)                    # fixed for the whole step, as is the window's k*
+            means |= window_keywords(cfg, net, mine, train_ex, tokenizer.pad_token_id, device, means, d)
+            for j, (micro, counted) in enumerate(mine):
                 batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
                 try:
-                    # 1) policy log-probs (+ head rewards) and 2) the loss; reference log-probs come from the cache
-                    with autocast(cfg, device):
-                        losses, metrics, logps = compute_loss(cfg, model, batch, means)
-                    # each micro-batch contributes sum(per-pair losses) / (pairs in the window): the window's
-                    # gradient is then that of the mean over its pairs, whatever the micro-batch split (and a short
-                    # last window is averaged over its own pairs). Equal micro-batches: "mean / micro-batches".
-                    loss = losses.float().sum() / n_pairs
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss ({loss.item()}) at step {step + 1} of {cfg.method}; nothing was saved "
-                            f"for this step. Last good checkpoint: {checkpoint.latest(cfg.out) or 'none yet'} "
-                            f"(resume with --resume). Try a lower --lr (now {cfg.lr:g}) or --beta, or --max_grad_norm 1.0.")
-                    loss.backward()
+                    # 1) policy log-probs (+ head rewards) and 2) the loss; reference log-probs come from the cache.
+                    # torchrun DDP: gradients are all-reduced on this rank's last micro-batch only
+                    with d.sync(model, last=j == len(mine) - 1):
+                        with autocast(cfg, device):
+                            losses, metrics, logps = compute_loss(cfg, model, batch, means)
+                        # each micro-batch adds sum(per-pair losses) / P, P = pairs in the whole window: the window's
+                        # gradient is that of the mean over its pairs, whatever the split (a short last window is
+                        # averaged over its own pairs). torchrun, N ranks: rank r adds g_r = sum_{i in r} grad l_i * N/P
+                        # and DDP (FSDP too) AVERAGES over ranks: (1/N) sum_r g_r = sum_i grad l_i / P, the gradient of
+                        # one process. A padding micro-batch (nothing left for this rank) counts 0, joins the all-reduce.
+                        loss = losses.float().sum() * d.world / n_pairs if counted else losses.float().sum() * 0.0
+                        loss.backward()
                 except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-                    if not is_out_of_memory(e):
+                    if not checkpoint.is_out_of_memory(e):
                         raise
-                    raise MemoryError(out_of_memory_message(cfg, batch, step)) from None
+                    raise MemoryError(checkpoint.out_of_memory_message(cfg, batch, step)) from None
                 for k, v in metric_sums(metrics, losses.float(), logps).items():
-                    sums[k] = sums.get(k, 0.0) + v
-                seen += [(kw, metrics[m].float().sum().item(), len(micro)) for kw, m in info.running.items()]
+                    sums[k] = sums.get(k, 0.0) + (v if counted else 0.0)
+                for keyword, metric in info.running.items():   # `running` metrics of this step's pairs
+                    sums[keyword, "sum"] = sums.get((keyword, "sum"), 0.0) + (metrics[metric].float().sum().item()
+                                                                              if counted else 0.0)
+                    sums[keyword, "pairs"] = sums.get((keyword, "pairs"), 0) + (len(micro) if counted else 0)
+            sums = d.all_sum(sums)                            # torchrun: over every rank's pairs
+            if not math.isfinite(sums["loss"]):                 # checked on the whole window, on every rank
+                raise FloatingPointError(checkpoint.non_finite_message(cfg, sums["loss"] / n_pairs, step))
             # 3) step
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm or float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: DTensor
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            for keyword, total, pairs in seen:                 # this step's pairs enter the NEXT step's means
-                running[keyword] = [running[keyword][0] + total, running[keyword][1] + pairs]
+            for keyword in info.running:                       # this step's pairs enter the NEXT step's means
+                running[keyword] = [running[keyword][0] + sums.pop((keyword, "sum")),
+                                    running[keyword][1] + round(sums.pop((keyword, "pairs")))]
             step += 1
             # 4) log
             last = {"step": step, "epoch": round(step / len(plan) * cfg.epochs, 4),
                     **{k: v / n_pairs for k, v in sums.items()},
                     "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
             if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
-                last.update(evaluate_pairs(cfg, model, test_ex, tokenizer.pad_token_id, device, running_means(running)))
-                with autocast(cfg, device):      # each term's pull on the weights, on the step's first micro-batch
-                    last.update(term_grad_norms(cfg, model, to_device(
-                        collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device), means))
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(last) + "\n")
-            report(last)
+                last.update(evaluate_pairs(cfg, net, test_ex, tokenizer.pad_token_id, device, running_means(running), d))
+                if d.rank == 0 and not d.fsdp:   # each term's pull on the weights, on the step's first micro-batch
+                    with autocast(cfg, device):  # (rank 0's replica; not under FSDP, README)
+                        last.update(term_grad_norms(cfg, net, to_device(
+                            collate([train_ex[i] for i in window[0]], tokenizer.pad_token_id), device), means))
+            if d.rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                report(last)
             bar.update()
             bar.set_postfix(loss=f"{last['loss']:.3f}",
                             **({"margin": f"{last['rewards/margins']:.2f}"} if "rewards/margins" in last else {}))
@@ -351,51 +417,38 @@ def train(cfg, log=print):
                 bar.close()
                 log(f"--stop_after {cfg.stop_after}: stopping as if killed (last checkpoint kept)")
                 return {"stopped_at": step}
-            if step % cfg.save_every == 0 or step == len(plan) or stop["signal"]:
+            signal = d.any_rank(stop["signal"])               # torchrun: a signal to any rank stops them all here
+            if step % cfg.save_every == 0 or step == len(plan) or signal:
                 path = save()
-            if stop["signal"]:
+            if signal:
                 bar.close()
-                log(f"stopped by signal {stop['signal']} after step {step}; saved {path}. Resume with:\n"
-                    f"  {resume_command(cfg)}")
-                raise SystemExit(128 + stop["signal"])
+                log(f"stopped by signal {signal} after step {step}; saved {path}. Resume with:\n"
+                    f"  {resume_command(cfg, d.launcher())}")
+                raise SystemExit(128 + signal)
     bar.close()
-    objective_end = evaluate_pairs(cfg, model, probe, tokenizer.pad_token_id, device)["eval_loss"]
+    objective_end = evaluate_pairs(cfg, net, probe, tokenizer.pad_token_id, device, d=d)["eval_loss"]
     if objective_start is not None:
         log(f"{cfg.method} loss on {len(probe)} training pairs: {objective_start:.4f} before, {objective_end:.4f} after")
     summary = {"method": cfg.method, "steps": step, "final": last, "reference_built": info.needs_reference,
                "train_pairs": len(train_ds), "train_examples": len(train_ex), "oracle": oracle_members,
                "objective_start": objective_start, "objective_end": objective_end,
-               "train_seconds": round(time.time() - t_start, 1), "checkpoint": checkpoint.latest(cfg.out)}
+               "train_seconds": round(time.time() - t_start, 1), "checkpoint": checkpoint.latest(cfg.out),
+               "processes": d.world}
+    if d.rank != 0:
+        return summary
 
-    # 5) the check a user wants to see: did the policy move towards higher gold reward than pi_ref?
+    # 5) the check a user wants to see: did the policy move towards higher gold reward than pi_ref? (FSDP: on
+    # rank 0, the final checkpoint loaded whole: the embedded task's models are tiny)
     if cfg.final_check and task is not None:
-        summary["final_check"] = evaluate.gold_check(model, tokenizer, task, log)
+        policy = load_policy(cfg, summary["checkpoint"], task_ref, device)[0] if d.fsdp else net
+        summary["final_check"] = evaluate.gold_check(policy, tokenizer, task, log)
     if cfg.save_merged:                  # LoRA: W + (alpha / r) B A folded into the base weights, a plain model
         summary["merged"] = os.path.join(cfg.out, "merged")
-        save_model(model.merge_and_unload(), tokenizer, summary["merged"])
+        save_model(net.merge_and_unload(), tokenizer, summary["merged"])
         log(f"merged model (loads with AutoModelForCausalLM): {summary['merged']}")
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
-
-
-def is_out_of_memory(error):
-    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a RuntimeError whose message says so)."""
-    text = str(error).lower()
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in text or \
-        "not enough memory" in text or "out of memory" in text
-
-
-def out_of_memory_message(cfg, batch, step):
-    rows, T = batch["input_ids"].shape
-    return (f"out of memory at step {step + 1} on a micro-batch of {rows // 2} pairs x {T} tokens. Use less memory "
-            f"per forward pass: a smaller --micro_batch_size (now {cfg.micro_batch_size}; keep --batch_size "
-            f"{cfg.batch_size}, gradient accumulation makes up the rest), a smaller --max_length (now "
-            f"{cfg.max_length}) or --max_prompt_length"
-            + ("" if cfg.gradient_checkpointing else ", --gradient_checkpointing (activations)")
-            + ("" if cfg.lora_r else ", --lora_r 16 (no gradients or optimizer state for the base weights)")
-            + f". Nothing was saved for this step; last checkpoint: {checkpoint.latest(cfg.out) or 'none yet'} "
-              "(continue from it with --resume).")
 
 
 def main(argv=None):
