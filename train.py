@@ -260,6 +260,40 @@ def prepare_policy(model, cfg, ckpt=None, device=None):
     return model.to(device) if device is not None else model
 
 
+def accumulate(cfg, d, model, mine, n_pairs, examples, pad_id, device, keywords, step):
+    """1) forward and 2) backward of this rank's micro-batches of one optimizer step: the gradients of the step
+    accumulate in the parameters; -> the per-pair sums of the logged values (this rank's counted pairs).
+    `mine`: [(example indices, counted)] from d.share; `n_pairs`: pairs in the whole step, over all ranks."""
+    info = LOSSES[cfg.method]
+    sums = {}
+    for j, (micro, counted) in enumerate(mine):
+        batch = to_device(collate([examples[i] for i in micro], pad_id), device)
+        try:
+            # the policy's log-probs (+ head rewards) and the loss; reference log-probs come from the cache.
+            # torchrun DDP: gradients are all-reduced on this rank's last micro-batch only
+            with d.sync(model, last=j == len(mine) - 1):
+                with autocast(cfg, device):
+                    losses, metrics, logps = compute_loss(cfg, model, batch, keywords)
+                # each micro-batch adds sum(per-pair losses) / P, P = pairs in the whole window: the window's
+                # gradient is that of the mean over its pairs, whatever the split (a short last window is
+                # averaged over its own pairs). torchrun, N ranks: rank r adds g_r = sum_{i in r} grad l_i * N/P
+                # and DDP (FSDP too) AVERAGES over ranks: (1/N) sum_r g_r = sum_i grad l_i / P, the gradient of
+                # one process. A padding micro-batch (nothing left for this rank) counts 0, joins the all-reduce.
+                loss = losses.float().sum() * d.world / n_pairs if counted else losses.float().sum() * 0.0
+                loss.backward()
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if not checkpoint.is_out_of_memory(e):
+                raise
+            raise MemoryError(checkpoint.out_of_memory_message(cfg, batch, step)) from None
+        for k, v in metric_sums(metrics, losses.float(), logps).items():
+            sums[k] = sums.get(k, 0.0) + (v if counted else 0.0)
+        for keyword, metric in info.running.items():           # `running` metrics of this step's pairs
+            sums[keyword, "sum"] = sums.get((keyword, "sum"), 0.0) + (metrics[metric].float().sum().item()
+                                                                      if counted else 0.0)
+            sums[keyword, "pairs"] = sums.get((keyword, "pairs"), 0) + (len(micro) if counted else 0)
+    return sums
+
+
 def train(cfg, log=print):
     """The whole run; returns a summary dict (also written to <out>/summary.json). Under torchrun: this process's
     part of it (distributed.setup joins the process group; only rank 0 logs and writes)."""
@@ -355,34 +389,9 @@ def run(cfg, d, log):
             n_pairs = sum(len(m) for m in window)             # pairs in the whole window, over all ranks
             mine = d.share(window)                            # [(micro-batch, counted)]: this rank's part
             model.train()
-            sums = {}
             means = running_means(running)                    # fixed for the whole step, as is the window's k*
             means |= window_keywords(cfg, net, mine, train_ex, tokenizer.pad_token_id, device, means, d)
-            for j, (micro, counted) in enumerate(mine):
-                batch = to_device(collate([train_ex[i] for i in micro], tokenizer.pad_token_id), device)
-                try:
-                    # 1) policy log-probs (+ head rewards) and 2) the loss; reference log-probs come from the cache.
-                    # torchrun DDP: gradients are all-reduced on this rank's last micro-batch only
-                    with d.sync(model, last=j == len(mine) - 1):
-                        with autocast(cfg, device):
-                            losses, metrics, logps = compute_loss(cfg, model, batch, means)
-                        # each micro-batch adds sum(per-pair losses) / P, P = pairs in the whole window: the window's
-                        # gradient is that of the mean over its pairs, whatever the split (a short last window is
-                        # averaged over its own pairs). torchrun, N ranks: rank r adds g_r = sum_{i in r} grad l_i * N/P
-                        # and DDP (FSDP too) AVERAGES over ranks: (1/N) sum_r g_r = sum_i grad l_i / P, the gradient of
-                        # one process. A padding micro-batch (nothing left for this rank) counts 0, joins the all-reduce.
-                        loss = losses.float().sum() * d.world / n_pairs if counted else losses.float().sum() * 0.0
-                        loss.backward()
-                except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
-                    if not checkpoint.is_out_of_memory(e):
-                        raise
-                    raise MemoryError(checkpoint.out_of_memory_message(cfg, batch, step)) from None
-                for k, v in metric_sums(metrics, losses.float(), logps).items():
-                    sums[k] = sums.get(k, 0.0) + (v if counted else 0.0)
-                for keyword, metric in info.running.items():   # `running` metrics of this step's pairs
-                    sums[keyword, "sum"] = sums.get((keyword, "sum"), 0.0) + (metrics[metric].float().sum().item()
-                                                                              if counted else 0.0)
-                    sums[keyword, "pairs"] = sums.get((keyword, "pairs"), 0) + (len(micro) if counted else 0)
+            sums = accumulate(cfg, d, model, mine, n_pairs, train_ex, tokenizer.pad_token_id, device, means, step)
             sums = d.all_sum(sums)                            # torchrun: over every rank's pairs
             if not math.isfinite(sums["loss"]):                 # checked on the whole window, on every rank
                 raise FloatingPointError(checkpoint.non_finite_message(cfg, sums["loss"] / n_pairs, step))
