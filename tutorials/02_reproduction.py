@@ -47,6 +47,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -136,11 +137,18 @@ for (cond, seed), runs in jobs.items():
         if REPORT_ONLY:
             paths[name] = out
             continue
-        if not os.path.exists(os.path.join(out, "summary.json")):
+        cfg = train.resolve(parse_config(train.Config, [
+            "--data", DATA, "--seed", str(seed), "--out", out, "--no-final_check", "--eval_every", "0",
+            *args, *CONDITIONS[cond]]))
+        if os.path.exists(os.path.join(out, "summary.json")):    # finished: reuse it, if it is this very run
+            with open(os.path.join(out, "config.json")) as f:
+                stored = json.load(f)
+            changed = {k: (stored.get(k), v) for k, v in asdict(cfg).items() if stored.get(k) != v}
+            if changed:
+                raise SystemExit(f"{out} holds a finished run with other settings {changed} (stored, wanted); "
+                                 "move it away to train this one")
+        else:
             t0 = time.time()
-            cfg = train.resolve(parse_config(train.Config, [
-                "--data", DATA, "--seed", str(seed), "--out", out, "--no-final_check", "--eval_every", "0",
-                *args, *CONDITIONS[cond]]))
             train.train(cfg, log=lambda *a, **k: None)
             print(f"trained {name:<60} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
         paths[name] = out
