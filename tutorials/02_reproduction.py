@@ -95,6 +95,8 @@ if QUICK:
     FRONTIER = {m: (method, flag, values[1:3], extra) for m, (method, flag, values, extra) in FRONTIER.items()}
     ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:3]}
     CONDITIONS, SEEDS, PROMPTS = {"clean": []}, [0], 100
+if os.environ.get("REPRO_CONDITIONS") and not REPORT_ONLY:   # e.g. two processes on disjoint conditions
+    CONDITIONS = {k: CONDITIONS[k] for k in os.environ["REPRO_CONDITIONS"].split(",")}
 if os.environ.get("REPRO_METHODS"):
     FRONTIER = {k: FRONTIER[k] for k in os.environ["REPRO_METHODS"].split(",")}
 if os.environ.get("REPRO_ABLATIONS") is not None:
