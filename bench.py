@@ -19,6 +19,7 @@ it on completion positions only saves. Without hub access, --model opt-125m / op
 random-init model of the same architecture (same cost).
 These machines drift in speed: compare two settings only within one --table run (interleaved), as ratios.
 """
+import contextlib
 import json
 import resource
 import subprocess
@@ -64,6 +65,20 @@ def bench_model(cfg, log=print):
                                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
 
 
+@contextlib.contextmanager
+def saved_tensors(into):
+    """Record the storage (id -> bytes) of every tensor autograd keeps for backward inside the block: the
+    activation memory a GPU holds from the forward pass to the backward pass. Under gradient checkpointing
+    the layers' own saved tensors are dropped by checkpointing and not seen here (a lower bound: one layer's
+    are recomputed at a time in backward)."""
+    def pack(t):
+        storage = t.untyped_storage()
+        into[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
 def bench(cfg, log=print):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models.PACK_LOGITS = not cfg.full_logits
@@ -85,7 +100,7 @@ def bench(cfg, log=print):
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-6)
     accum = cfg.batch_size // cfg.micro_batch_size
-    times = []
+    times, saved = [], {}
     for i in range(cfg.steps + 1):                             # step 0 is a warm-up and is not timed
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -96,7 +111,7 @@ def bench(cfg, log=print):
                         (model.disable_adapter() if cfg.lora_r else torch.autocast(device.type, enabled=False)):
                     c, r = models.pair_logps(reference or model, batch, train.LOSSES[cfg.method].average_logps)["logps"]
                 batch["ref_chosen"], batch["ref_rejected"] = c.float(), r.float()
-            with models.autocast(cfg, device):
+            with models.autocast(cfg, device), saved_tensors(saved if i == 0 else {}):
                 losses, _, _ = train.compute_loss(cfg, model, batch)
             (losses.float().sum() / cfg.batch_size).backward()
         opt.step()
@@ -107,6 +122,11 @@ def bench(cfg, log=print):
             times.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)        # noqa: E731
+    tensors = {"weights": nbytes(model.parameters()) + (nbytes(reference.parameters()) if reference else 0),
+               "gradients": nbytes(trainable),
+               "optimizer": sum(nbytes(v for v in st.values() if torch.is_tensor(v)) for st in opt.state.values()),
+               "activations": sum(saved.values())}
     t = torch.tensor(times)
     tokens = 2 * cfg.batch_size * T
     return {"method": cfg.method, "model": cfg.model, "lora_r": cfg.lora_r,
@@ -115,6 +135,7 @@ def bench(cfg, log=print):
             "trainable_M": round(sum(p.numel() for p in trainable) / 1e6, 3), "pairs_per_step": cfg.batch_size,
             "tokens_per_step": tokens, "step_s": t.mean().item(), "step_s_std": t.std().item() if len(t) > 1 else 0.0,
             "tokens_per_s": tokens / t.mean().item(), "peak_memory_GB": round(peak, 3),
+            "tensor_memory_MB": sum(tensors.values()) / 2**20, **{f"{k}_MB": v / 2**20 for k, v in tensors.items()},
             "memory": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
             "dtype": "bf16 autocast" if cfg.bf16 or device.type == "cuda" else "fp32", "device": device.type,
             "threads": torch.get_num_threads()}
@@ -154,12 +175,14 @@ def table(cfg, argv, log=print):
             log(f"round {round_ + 1}, {name}: {res['step_s']:.2f} s/step, {res['peak_memory_GB']:.2f} GB")
     base = results["dpo, full, live reference"]
     lines = [f"| {cfg.model}, {cfg.batch_size} pairs x {cfg.max_length} tokens ({cfg.max_prompt_length} prompt), "
-             f"{base['dtype']} | trainable params (M) | s / step | tokens / s | peak memory (GB) | memory vs "
-             "dpo live ref | time vs dpo live ref |", "|---|---|---|---|---|---|---|"]
+             f"{base['dtype']} | trainable (M) | s / step | tokens / s | tensor memory (MB): weights + gradients + "
+             "AdamW + activations | vs dpo live ref | process peak RSS (GB) | time vs dpo live ref |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
+        parts = " + ".join(f"{res[k + '_MB']:.0f}" for k in ("weights", "gradients", "optimizer", "activations"))
         lines.append(f"| {name} | {res['trainable_M']:.2f} | {res['step_s']:.2f} | {res['tokens_per_s']:.0f} | "
-                     f"{res['peak_memory_GB']:.2f} | {res['peak_memory_GB'] / base['peak_memory_GB']:.2f} | "
-                     f"{res['step_s'] / base['step_s']:.2f} |")
+                     f"{res['tensor_memory_MB']:.0f} = {parts} | {res['tensor_memory_MB'] / base['tensor_memory_MB']:.2f} | "
+                     f"{res['peak_memory_GB']:.2f} | {res['step_s'] / base['step_s']:.2f} |")
     print("\n".join(lines))
     return results
 
