@@ -177,8 +177,9 @@ wall = time.time() - t_start
 # For every run: gold gain over $\pi_{ref}$ at temperature 1 (in distribution and out of distribution),
 # KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain and the share
 # of greedy completions with a repeated word trigram. **Gold reward at matched KL**: within one seed, a
-# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 5 and 10 nats (no value when
-# the target lies outside the seed's KL range); then mean ± std over seeds.
+# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 3, 4 and 5 nats (no value when
+# the target lies outside the seed's KL range); then mean ± std over seeds. And each method's best strength:
+# the strength with the highest mean gain over seeds, with its mean KL.
 
 # %%
 DONE = {(c, s) for c in CONDITIONS for s in SEEDS if f"{c}|{s}" in results}     # (all of them unless --report)
@@ -216,7 +217,7 @@ def interpolate(points, key, kl):
     return float("nan")
 
 
-MATCHED_KL = [2.0, 5.0, 10.0]
+MATCHED_KL = [2.0, 3.0, 4.0, 5.0]      # where the methods' KL ranges overlap (README)
 frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][2]] for s in SEEDS} for m in FRONTIER}
             for c in CONDITIONS}
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -227,18 +228,24 @@ lines = [f"# DRDO study{' (quick)' if QUICK else ''}: reward–KL frontier and a
            if missing else []),
          f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}`  ",
          f"Commit: `{commit}`; hardware: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-         f"({torch.get_num_threads()} threads), fp32; wall time {wall / 60:.1f} min (runs already on disk are "
-         f"not re-trained).  ", f"Task: `{DATA}`; seeds {SEEDS}; {PROMPTS} prompts × {SAMPLES} samples at "
+         f"({torch.get_num_threads()} threads), fp32; "
+         + ("tables rebuilt from the evaluations on disk (--report).  " if REPORT_ONLY else
+            f"wall time {wall / 60:.1f} min (runs already on disk are not re-trained).  "), f"Task: `{DATA}`; seeds {SEEDS}; {PROMPTS} prompts × {SAMPLES} samples at "
          "temperature 1, 1 greedy sample per prompt.", ""]
 for key, title in (("gain", "gold gain over pi_ref at matched KL (in distribution, temperature 1)"),
                    ("ood_gain", "out-of-distribution gold gain at matched in-distribution KL")):
     lines += [f"### {title}", "", "| condition | method | " + " | ".join(f"KL = {k:g}" for k in MATCHED_KL)
-              + " | KL range (nats) |", "|---|---|" + "---|" * (len(MATCHED_KL) + 1)]
+              + " | KL range (nats) | best strength: gain (KL) |", "|---|---|" + "---|" * (len(MATCHED_KL) + 2)]
     for c in CONDITIONS:
         for m in FRONTIER:
             kls = [p["kl"] for s in SEEDS for p in frontier[c][m][s] if p["kl"] == p["kl"]] or [float("nan")]
             cells = [mean_std([interpolate(frontier[c][m][s], key, k) for s in SEEDS]) for k in MATCHED_KL]
-            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {min(kls):.1f} – {max(kls):.1f} |")
+            per_strength = [[frontier[c][m][s][i] for s in SEEDS] for i in range(len(FRONTIER[m][2]))]
+            mean = lambda xs: sum(x for x in xs if x == x) / max(1, sum(x == x for x in xs))      # noqa: E731
+            best_i = max(range(len(per_strength)), key=lambda i: mean([p[key] for p in per_strength[i]]))
+            best = (f"{FRONTIER[m][1].lstrip('-')}={FRONTIER[m][2][best_i]:g}: "
+                    f"{mean_std([p[key] for p in per_strength[best_i]])} ({mean([p['kl'] for p in per_strength[best_i]]):.1f})")
+            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {min(kls):.1f} – {max(kls):.1f} | {best} |")
     lines.append("")
 lines += ["### every frontier run (mean ± std over seeds)", "",
           "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | distinct-2 (T=1) |",
