@@ -41,6 +41,7 @@
 # `tutorials/figures/frontier.png`.
 
 # %%
+import hashlib
 import json
 import os
 import platform
@@ -158,12 +159,18 @@ for (cond, seed), runs in jobs.items():
     eval_cfg = evaluate.EvalConfig(policies=",".join(paths.values()), names=",".join(paths), data=DATA,
                                    temperatures="0,1", ood_temperatures="1", prompts=PROMPTS, samples=SAMPLES)
     saved = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}", "evaluation.json")
-    if os.path.exists(saved) and json.load(open(saved))["config"] == json.loads(json.dumps(eval_cfg.__dict__)):
-        res = json.load(open(saved))
+    # reused only for the same settings AND the same runs (a run trained again must be evaluated again)
+    runs_hash = {name: hashlib.sha256(open(os.path.join(path, "summary.json"), "rb").read()).hexdigest()[:12]
+                 for name, path in paths.items() if os.path.exists(os.path.join(path, "summary.json"))}
+    previous = json.load(open(saved)) if os.path.exists(saved) else None
+    if previous and previous["config"] == json.loads(json.dumps(eval_cfg.__dict__)) and \
+            previous.get("runs_hash", runs_hash) == runs_hash:
+        res = previous
     elif REPORT_ONLY:
         continue
     else:
         res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
+        res["runs_hash"] = runs_hash
         with open(saved + ".tmp", "w") as f:
             json.dump(res, f)
         os.replace(saved + ".tmp", saved)
