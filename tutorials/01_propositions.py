@@ -179,8 +179,8 @@ def pair_losses(method, logp, head, w_idx, l_idx, oracle, alpha=1.0, gamma=2.0, 
         return ipo_loss(Sw, Sl, ref, ref, beta=TAU)[0]
     if method in ("distill", "distill_oracle"):
         return distill_loss(Sw, Sl, ref, ref, Rw, Rl, beta=beta)[0]
-    if method == "drdo_logprob":
-        # NOTE (reconstructs paper): student_reward = "logprob" with scale c = beta, r = beta * S(y), so the
+    if method == "drdo_implicit":
+        # NOTE (reconstructs paper): student_reward = "implicit-sum" with scale c = beta, r = beta * S(y), so the
         # distillation term alone has the same minimiser pi* as Fisch et al.'s loss (uniform reference).
         return drdo_loss(beta * Sw, beta * Sl, Rw, Rl, Sw, Sl, alpha=alpha, gamma=gamma, score=score)[0]
     if method == "drdo_head":
@@ -239,7 +239,7 @@ def run_t1(methods, mus=("U", "S", "G"), Ns=(15, 60, 1000), seeds=10, steps=3000
     return settings, connected, oracle, results
 
 
-T1_METHODS = ["dpo", "ipo", "distill", "distill_oracle", "drdo_logprob", "drdo_head"]
+T1_METHODS = ["dpo", "ipo", "distill", "distill_oracle", "drdo_implicit", "drdo_head"]
 t1_settings, t1_connected, t1_oracle, t1 = run_t1(T1_METHODS, seeds=3 if QUICK else 10,
                                                    steps=1500 if QUICK else 3000)
 print("fitted Oracle rewards (centred):", [round(v, 3) for v in t1_oracle.tolist()],
@@ -369,9 +369,9 @@ drdo_focal = run_t2("drdo_head", T2_STEPS, runs=4, score="likelihood", alpha=1.0
                     gamma=GAMMAS.repeat_interleave(len(TIE_W)))
 for k, g in enumerate(GAMMAS.tolist()):
     t2[f"drdo focal, gamma={g:g}"] = drdo_focal[:, k]
-# DRDO with logprob rewards: the distillation pull (target 0 on the tie) balances the focal push.
+# DRDO with the implicit reward (log-probs): the distillation pull (target 0 on the tie) balances the focal push.
 for alpha in (1.0, 0.1):
-    t2[f"drdo logprob, alpha={alpha:g}"] = run_t2("drdo_logprob", T2_STEPS, lr=1.0, score="likelihood",
+    t2[f"drdo implicit, alpha={alpha:g}"] = run_t2("drdo_implicit", T2_STEPS, lr=1.0, score="likelihood",
                                                   alpha=alpha, gamma=2.0)[:, 0]
 
 steps_axis = torch.arange(1, T2_STEPS + 1)
@@ -397,7 +397,7 @@ def plot_t2(curves, path):
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for name, h in curves.items():
         ax.plot(steps_axis, h, label=name, lw=1.6 if "dpo" in name else 1.2,
-                ls="--" if "logprob" in name else "-")
+                ls="--" if "implicit" in name else "-")
     ax.plot(steps_axis, dpo_tie_lower_bound(steps_axis), color="k", lw=0.8, ls=":", label="DPO lower bound")
     ax.set(xscale="log", xlabel="gradient step t", ylabel="tied margin h = log pi(y1) - log pi(y2)",
            title="T2: one label on a tied pair")
@@ -414,7 +414,7 @@ plot_t2(t2, FIGURES / "t2_ties.png")
 # derived bound: the loss has no minimiser on a singly-labelled tie. The cross pairs slow it, they do not
 # stop it. IPO stops at $1/(2\tau) = 5$, a confident preference that is pure label noise. Distillation
 # holds the tie at 0, the Oracle's gap. DRDO's focal term with a reward head grows like
-# $\log t/(1+\gamma)$: the printed slopes match $1/(1+\gamma)$. With `student_reward="logprob"` the
+# $\log t/(1+\gamma)$: the printed slopes match $1/(1+\gamma)$. With `student_reward="implicit-sum"` the
 # distillation term pulls the tie back to 0 and the margin settles at a finite equilibrium, smaller when
 # $\alpha$ is smaller.
 #
@@ -422,7 +422,7 @@ plot_t2(t2, FIGURES / "t2_ties.png")
 # gap on non-deterministic pairs and that DPO degenerates on finite data. Our reading of the exact
 # statements is a reconstruction. One thing the experiment adds: with a reward head, DRDO's *policy*
 # is pushed by the focal term alone, so on ties it inherits a slowed form of DPO's divergence; only the
-# `logprob` variant lets the distilled tie hold the policy back. We use the "likelihood" score here because
+# implicit-reward variant lets the distilled tie hold the policy back. We use the "likelihood" score here because
 # the default "unlikelihood" score is bounded on a tabular policy ($z \le -\log(1-\pi(y_w))$, and the two
 # ties compete for mass), so its margin saturates instead of growing.
 
