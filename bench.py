@@ -8,7 +8,7 @@
     python bench.py --budget                                          # computed memory of opt-1.3b and a 7B model
                                                                       # in bf16 on a 24 GB GPU
 
-One configuration: `--steps` optimizer steps (after one untimed warm-up step) of train.compute_loss + backward
+One configuration: `--steps` optimizer steps (after one untimed warm-up step) of objective.compute_loss + backward
 + AdamW on synthetic batches of `--batch_size` pairs, every row `--max_length` tokens of which
 `--max_prompt_length` are prompt; peak memory is CUDA's max allocated, or the process's peak RSS on CPU.
 Reference log-probs and Oracle scores are constants, as in real runs, where they are cached on disk;
@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import models
+import objective
 import train
 from common import parse_config, quiet_transformers
 from config import LIMITS, resolve
@@ -112,7 +113,7 @@ def bench(cfg, log=print):
                     c, r = models.pair_logps(reference or model, batch, train.LOSSES[cfg.method].average_logps)["logps"]
                 batch["ref_chosen"], batch["ref_rejected"] = c.float(), r.float()
             with models.autocast(cfg, device), saved_tensors(saved if i == 0 else {}):
-                losses, _, _ = train.compute_loss(cfg, model, batch)
+                losses, _, _ = objective.compute_loss(cfg, model, batch)
             (losses.float().sum() / cfg.batch_size).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
