@@ -37,6 +37,14 @@
 #     python tutorials/02_reproduction.py --quick    # 2 strengths, 1 seed, clean labels, 100 prompts
 #     python tutorials/02_reproduction.py --report   # the tables from what is already evaluated (while it runs)
 #
+# On 2 cores, two single-threaded processes on disjoint parts finish sooner than one using both cores:
+#
+#     OMP_NUM_THREADS=1 REPRO_CONDITIONS="clean,flip 40%" python tutorials/02_reproduction.py &
+#     OMP_NUM_THREADS=1 REPRO_CONDITIONS="non-deterministic" REPRO_OUT=/tmp/x python tutorials/02_reproduction.py &
+#
+# (REPRO_SEEDS="2" splits by seed the same way; REPRO_OUT keeps the second process's partial tables apart;
+# `--report` then builds the tables of everything.)
+#
 # It writes `tutorials/results/reproduction.md` (or `reproduction_quick.md`), a JSON with every number and
 # `tutorials/figures/frontier.png`.
 
@@ -98,6 +106,8 @@ if QUICK:
     CONDITIONS, SEEDS, PROMPTS = {"clean": []}, [0], 100
 if os.environ.get("REPRO_CONDITIONS") and not REPORT_ONLY:   # e.g. two processes on disjoint conditions
     CONDITIONS = {k: CONDITIONS[k] for k in os.environ["REPRO_CONDITIONS"].split(",")}
+if os.environ.get("REPRO_SEEDS") and not REPORT_ONLY:        # e.g. "2": one process per seed
+    SEEDS = [int(x) for x in os.environ["REPRO_SEEDS"].split(",")]
 if os.environ.get("REPRO_METHODS"):
     FRONTIER = {k: FRONTIER[k] for k in os.environ["REPRO_METHODS"].split(",")}
 if os.environ.get("REPRO_ABLATIONS") is not None:
@@ -163,7 +173,10 @@ for (cond, seed), runs in jobs.items():
     runs_hash = {name: hashlib.sha256(open(os.path.join(path, "summary.json"), "rb").read()).hexdigest()[:12]
                  for name, path in paths.items() if os.path.exists(os.path.join(path, "summary.json"))}
     previous = json.load(open(saved)) if os.path.exists(saved) else None
-    if previous and previous["config"] == json.loads(json.dumps(eval_cfg.__dict__)) and \
+    # an option added to evaluate.py after the evaluation was saved counts at its default value
+    same_settings = previous and {**json.loads(json.dumps(asdict(evaluate.EvalConfig()))), **previous["config"]} \
+        == json.loads(json.dumps(asdict(eval_cfg)))
+    if same_settings and \
             previous.get("runs_hash", runs_hash) == runs_hash:
         res = previous
     elif REPORT_ONLY:
@@ -184,7 +197,7 @@ wall = time.time() - t_start
 # For every run: gold gain over $\pi_{ref}$ at temperature 1 (in distribution and out of distribution),
 # KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain and the share
 # of greedy completions with a repeated word trigram. **Gold reward at matched KL**: within one seed, a
-# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 3, 4 and 5 nats (no value when
+# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 3, 4, 5 and 6 nats (no value when
 # the target lies outside the seed's KL range); then mean ± std over seeds. And each method's best strength:
 # the strength with the highest mean gain over seeds, with its mean KL.
 
@@ -224,7 +237,7 @@ def interpolate(points, key, kl):
     return float("nan")
 
 
-MATCHED_KL = [2.0, 3.0, 4.0, 5.0]      # where the methods' KL ranges overlap (README)
+MATCHED_KL = [2.0, 3.0, 4.0, 5.0, 6.0]     # where the methods' KL ranges overlap (6: DRDO's own range) (README)
 frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][2]] for s in SEEDS} for m in FRONTIER}
             for c in CONDITIONS}
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
@@ -252,7 +265,11 @@ for key, title in (("gain", "gold gain over pi_ref at matched KL (in distributio
             best_i = max(range(len(per_strength)), key=lambda i: mean([p[key] for p in per_strength[i]]))
             best = (f"{FRONTIER[m][1].lstrip('-')}={FRONTIER[m][2][best_i]:g}: "
                     f"{mean_std([p[key] for p in per_strength[best_i]])} ({mean([p['kl'] for p in per_strength[best_i]]):.1f})")
-            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {min(kls):.1f} – {max(kls):.1f} | {best} |")
+            if kls[0] != kls[0]:                                  # no seed of this condition evaluated yet
+                best, kl_range = "—", "—"
+            else:
+                kl_range = f"{min(kls):.1f} – {max(kls):.1f}"
+            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {kl_range} | {best} |")
     lines.append("")
 lines += ["### every frontier run (mean ± std over seeds)", "",
           "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | distinct-2 (T=1) |",
