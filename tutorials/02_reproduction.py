@@ -195,8 +195,8 @@ wall = time.time() - t_start
 # %% [markdown]
 # ## Reading the results
 # For every run: gold gain over $\pi_{ref}$ at temperature 1 (in distribution and out of distribution),
-# KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain and the share
-# of greedy completions with a repeated word trigram. **Gold reward at matched KL**: within one seed, a
+# KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain, the share
+# of completions with a repeated word trigram (greedy and at temperature 1) and distinct-2 at temperature 1. **Gold reward at matched KL**: within one seed, a
 # method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 3, 4, 5 and 6 nats (no value when
 # the target lies outside the seed's KL range); then mean ± std over seeds. And each method's best strength:
 # the strength with the highest mean gain over seeds, with its mean KL.
@@ -272,8 +272,8 @@ for key, title in (("gain", "gold gain over pi_ref at matched KL (in distributio
             lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {kl_range} | {best} |")
     lines.append("")
 lines += ["### every frontier run (mean ± std over seeds)", "",
-          "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | distinct-2 (T=1) |",
-          "|---|---|---|---|---|---|---|---|"]
+          "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | repeats (T=1) | distinct-2 (T=1) |",
+          "|---|---|---|---|---|---|---|---|---|"]
 for c in CONDITIONS:
     for m, (_, flag, values, _) in FRONTIER.items():
         for i, v in enumerate(values):
@@ -282,6 +282,7 @@ for c in CONDITIONS:
                          f"{mean_std([p['kl'] for p in ps], '{:.1f}')} | {mean_std([p['ood_gain'] for p in ps])} | "
                          f"{mean_std([p['greedy_gain'] for p in ps])} | "
                          f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} | "
+                         f"{mean_std([p['repetition'] for p in ps], '{:.2f}')} | "
                          f"{mean_std([p['distinct2'] for p in ps], '{:.3f}')} |")
 lines += ["", "### DRDO ablations (clean labels; beta_r = 0.02, lr 1e-4 unless named)", "",
           "| variant | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats |", "|---|---|---|---|---|---|"]
@@ -300,7 +301,11 @@ with open(os.path.join(OUT, f"{name}.json"), "w") as f:
                                                    for a in ABLATIONS},
                "strengths": {m: [flag, values] for m, (_, flag, values, _) in FRONTIER.items()},
                "evaluated": sorted(f"{c}|{s}" for c, s in DONE),
-               "evaluations": results}, f, indent=1)
+               # every evaluation but its head-to-head tables (all pairs of ~40 policies: megabytes), which stay
+               # in each runs/.../evaluation.json
+               "evaluations": {k: {**r, "sets": {n: {t: {"policies": v["policies"]} for t, v in st.items()}
+                                                 for n, st in r["sets"].items()}} for k, r in results.items()}},
+              f, indent=1)
 print("\n".join(lines))
 
 # %% [markdown]
