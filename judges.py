@@ -7,7 +7,7 @@
                 trained to match this Oracle's reward gaps (their win rates under it are not independent evidence)
     classifier  any reward model that loads with AutoModelForSequenceClassification (a local directory or a hub
                 id; one output, the reward): an independent judge when it was trained on other data. Our own
-                Oracles load this way too (<member>/seqcls, models.save_seqcls), and then score like `oracle`
+                Oracles load this way too (<member>/seqcls, oracle.save_seqcls), and then score like `oracle`
 
 A judge maps P prompts x n completions to a (P, n) table of rewards: `judge.rewards(prompts, texts, pairs)`
 with `texts` the decoded completions (P lists of n strings) and `pairs` the exact sampled token ids, flattened

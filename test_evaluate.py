@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import evaluate  # noqa: E402
+import oracle  # noqa: E402
 import tokenization  # noqa: E402
 
 
@@ -152,7 +153,7 @@ def tiny_llama_dir(path, tok, seed, head=False):
         del model.reward_head
     models.save_model(model, tok, str(path))
     if head:
-        models.save_seqcls(model, tok, str(path / "seqcls"))
+        oracle.save_seqcls(model, tok, str(path / "seqcls"))
     return str(path)
 
 

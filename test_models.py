@@ -11,6 +11,7 @@ import torch  # noqa: E402
 from transformers import OPTConfig, OPTForCausalLM  # noqa: E402
 
 import models  # noqa: E402
+import oracle  # noqa: E402
 from tokenization import collate  # noqa: E402
 
 
@@ -255,7 +256,7 @@ def test_seqcls_export_gives_the_same_rewards_with_automodel(tmp_path, kind):
     assert model.reward_head.in_features == model.get_output_embeddings().in_features
     assert model.reward_head.bias is None                                # as HF's score heads
     torch.nn.init.normal_(model.reward_head.weight)
-    models.save_seqcls(model, tok, str(tmp_path / "rm"))
+    oracle.save_seqcls(model, tok, str(tmp_path / "rm"))
     rm = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm")).eval()
     rm_tok = AutoTokenizer.from_pretrained(str(tmp_path / "rm"))
     # the export pads with an id that never closes a sequence: <|endoftext|> (0) instead of <|im_end|> (2)
