@@ -24,6 +24,12 @@ def tiny_task():
     return embedded.embedded_task(embedded.EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)
 
 
+@pytest.fixture
+def cache(tiny_task):
+    """The session's private cache directory, with the embedded-tiny task built in it."""
+    return os.environ["DRDO_CACHE"]
+
+
 def pytest_configure(config):
     """The one custom marker: test_smollm2.py's real-model tests (about a minute; -m "not smollm2" skips them)."""
     config.addinivalue_line("markers", "smollm2: SmolLM2-135M end to end (about a minute; deselect with -m 'not smollm2')")

@@ -74,7 +74,7 @@ Deviations from the papers and reconstructed details (each one is also marked `N
     22. KTO from pairs: z_ref = max(0, batch mean of the pairs' own log-ratios), detached; pair = sum of 2 terms.
     23. WPO: the pair weight is not clamped at 1 (the authors' code and TRL clamp it); "sampled" alignment only.
 
-Run `pytest -q test_losses.py` (a few seconds) to check every formula written here.
+Run `pytest -q test_losses*.py test_logps.py` (a few seconds) to check every formula written here.
 """
 import math
 from dataclasses import dataclass, field
@@ -588,7 +588,7 @@ def oracle_loss(chosen_rewards, rejected_rewards, chosen_nll, *, alpha=0.1):
 # 3) Stable form: 1 - p = sigmoid(-z), so (1 - p)^gamma = exp( gamma * logsigmoid(-z) ) and
 #        F_gamma(z) = -exp( gamma * logsigmoid(-z) ) * logsigmoid(z)
 #    Both logsigmoid calls are finite for |z| up to 1000 and beyond (no sigmoid(z) -> 0 -> log 0).
-# Gradient (checked, also against a table of 5 gammas x 7 z values in test_losses.py):
+# Gradient (checked, also against a table of 5 gammas x 7 z values in test_losses_distillation.py):
 #        d F / d z = (1 - p)^gamma * [ gamma * p * log p - (1 - p) ]
 #    For z >> 0 this is ~ -(1 + gamma) e^{-(1+gamma) z}: gradient descent still grows z, but like
 #    log(t) / (1 + gamma) instead of log(t). Focal modulation slows divergence; it does not stop it.
@@ -651,7 +651,7 @@ def focal_preference_loss(z, *, gamma=2.0):
 #    epochs and the term is an Oracle-weighted push on every pair: the best value with clean labels
 #    (+0.135 +- 0.007 against +0.099 +- 0.010 at 0.02) and, within noise, with 40% flips. At 0.02-0.05 the
 #    pull weighs 4-10 times more against the push, so pairs the Oracle calls near-ties (dR ~ 0, target gap
-#    ~ 0) are held near a zero gap (pinned on a tabular toy in test_losses.py): the best values on the
+#    ~ 0) are held near a zero gap (pinned on a tabular toy in test_losses_distillation.py): the best values on the
 #    non-deterministic split, where most pairs are near-ties (+0.031 +- 0.013 and +0.033 +- 0.004 against
 #    +0.010 +- 0.005 at 0.005). 0.02 is the default, keeping that property, which is what sets DRDO apart
 #    from DPO; pass --beta_r 0.005 for data with clear preferences.

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import checkpoint  # noqa: E402
 import distributed  # noqa: E402
 from losses import LOSSES  # noqa: E402
-from test_train import HERE, metrics, run, weights  # noqa: E402
+from train_test_helpers import HERE, metrics, run, weights  # noqa: E402
 
 # train.py wrapped so a test can see inside each rank: counts of the work done before the loop (Oracle members
 # trained, pairs scored by the Oracle, pairs given to pi_ref) written to <out>/work-rank<r>.json at exit, and,
@@ -64,11 +64,6 @@ oracle.train_oracle, oracle.score_examples, reference.pair_logps, train.compute_
 atexit.register(lambda: json.dump(work, open(os.path.join(out, f"work-rank{{rank}}.json"), "w")))
 train.main(sys.argv[1:])
 """
-
-
-@pytest.fixture
-def cache(tiny_task):
-    return os.environ["DRDO_CACHE"]
 
 
 def torchrun(tmp_path, *args, name="ddp", cache_dir=None, env=None):

@@ -21,11 +21,6 @@ TINY = embedded.EMBEDDED_PRESETS["embedded-tiny"]
 
 
 @pytest.fixture
-def cache(tiny_task):
-    return os.environ["DRDO_CACHE"]
-
-
-@pytest.fixture
 def task(tiny_task):
     return tiny_task
 

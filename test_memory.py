@@ -1,7 +1,7 @@
 """Tests of the memory options of train.py on the embedded-tiny task: LoRA through peft (the adapter-free model as
 pi_ref, only adapters and drdo's head train, exact resume, checkpoints that load back with peft, a merged model),
 and gradient checkpointing (the same losses and gradients as without). The logits-only-at-completions path is
-tested in test_models.py and test_losses.py. Seconds each.
+tested in test_models.py and test_logps.py. Seconds each.
 """
 import math
 import os
@@ -16,12 +16,7 @@ import checkpoint  # noqa: E402
 import tokenization  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
-from test_train import metrics, run, weights  # noqa: E402
-
-
-@pytest.fixture
-def cache(tiny_task):
-    return os.environ["DRDO_CACHE"]
+from train_test_helpers import metrics, run, weights  # noqa: E402
 
 
 def test_adapters_off_is_the_base_model_and_adapters_on_is_not(tiny_task):

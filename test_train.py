@@ -1,71 +1,29 @@
-"""Tests of train.py through its real command line (main(argv) parses exactly what `python train.py` does), on
-the embedded-tiny task (a 50k-parameter pi_ref, built once per test session) and the `tiny` model.
+"""Tests of what a training run computes, through train.py's real command line (main(argv) parses exactly what
+`python train.py` does), on the embedded-tiny task (a 50k-parameter pi_ref, built once per test session) and
+the `tiny` model. Each run takes a few seconds.
 
-Each run takes a few seconds. What is checked, each against a value derived here rather than read back:
-every method lowers its own objective in exactly the number of steps the data and batch sizes imply, and its
-loss receives exactly the hyper-parameters given on the command line; a toy loss trains through its registry
-entry alone; every data and model option changes what it should (split, max_pairs, ref_model, oracle_model,
-student_reward); bf16 autocast on CPU; gradient accumulation is exact; stopped-and-resumed runs equal
-uninterrupted ones (DRDO with its head, DPO with cached reference log-probs, a kill while saving, a real
-SIGTERM); checkpoint retention; a damaged checkpoint, an empty --resume, an out-of-memory error and a
-non-finite loss each give one clear message and keep the last checkpoint; bad arguments; the benchmark.
+What is checked, each against a value derived here rather than read back: every method lowers its own
+objective in exactly the number of steps the data and batch sizes imply, and its loss receives exactly the
+hyper-parameters given on the command line; a toy loss trains through its registry entry alone; every data
+and model option changes what it should (split, max_pairs, ref_model, oracle_model, student_reward, a local
+file); running means, KTO's reference point and WPO's weights; bf16 autocast on CPU; gradient accumulation is
+exact. Beside it: test_checkpoint.py (resume, preemption, retention, failures), test_config.py (bad
+arguments), test_runlog.py (logged names and sinks), test_bench.py.
 """
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import checkpoint  # noqa: E402
-import common  # noqa: E402
-import tokenization  # noqa: E402
-import train  # noqa: E402
-from losses import LOSSES  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def cache(tiny_task):
-    """The session's embedded-tiny task (conftest.py) and the cache directory it lives in."""
-    return os.environ["DRDO_CACHE"]
-
-
-def run(tmp_path, *args, name="run"):
-    argv = ["--data", "embedded-tiny", "--no-final_check", "--eval_every", "0", "--out",
-            str(tmp_path / name), *args]
-    return train.main(argv)
-
-
-def metrics(tmp_path, name="run"):
-    with open(tmp_path / name / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def weights(tmp_path, name="run"):
-    from safetensors.torch import load_file
-    return load_file(os.path.join(checkpoint.latest(str(tmp_path / name)), "model.safetensors"))
-
-
-def record_calls(monkeypatch, method):
-    """Wrap the registered loss of `method`: every call's keyword arguments and positional tensors are kept."""
-    calls = []
-    info = LOSSES[method]
-
-    def wrapped(*args, **kwargs):
-        calls.append({"kwargs": kwargs, "args": [a.detach().clone() for a in args]})
-        return info.fn(*args, **kwargs)
-    monkeypatch.setitem(LOSSES, method, replace(info, fn=wrapped))
-    return calls
+import checkpoint
+import common
+import tokenization
+import train
+from losses import LOSSES
+from train_test_helpers import metrics, record_calls, run, weights
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -257,7 +215,7 @@ def test_kto_z_ref_is_the_detached_batch_estimate_its_registry_entry_leaves_to_i
 
 def test_wpo_multiplies_each_pair_loss_by_its_detached_weight(cache, tmp_path):
     # --wpo with dpo: at step 1 pi = pi_ref, so every pair's DPO loss is log 2 and the weighted loss of the step is
-    # log 2 times the mean weight (the weights themselves are tested in test_losses / test_models); and the run
+    # log 2 times the mean weight (the weights themselves are tested in test_logps / test_models); and the run
     # still lowers its (weighted) objective
     s = run(tmp_path, "--method", "dpo", "--wpo", "--epochs", "2", "--lr", "1e-3")
     first = metrics(tmp_path)[0]
@@ -310,7 +268,7 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(cache, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Accumulation, resume, preemption, retention
+# Gradient accumulation, and a user's own data file
 # ------------------------------------------------------------------------------------------------------------
 def test_gradient_accumulation_is_exact(cache, tmp_path):
     # 4 micro-batches of 1 pair and 1 micro-batch of 4 pairs make the same gradient (each micro-batch adds
@@ -325,248 +283,6 @@ def test_gradient_accumulation_is_exact(cache, tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-6)
     wa, wb = weights(tmp_path, "accum"), weights(tmp_path, "plain")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-5
-
-
-@pytest.mark.parametrize("method", [["--method", "drdo", "--student_reward", "head"], ["--method", "dpo"]])
-def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
-    # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
-    # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32.
-    # drdo: with its reward head; dpo: with its reference log-probs read from the cache on resume.
-    args = [*method, "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--eval_every", "3"]
-    run(tmp_path, *args, name="whole")
-    run(tmp_path, *args, "--stop_after", "5", name="split")
-    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "split")))["step"] == 4
-    run(tmp_path, *args, "--resume", name="split")
-    assert metrics(tmp_path, "split") == metrics(tmp_path, "whole")
-    wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    if "head" in method:
-        head = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("split", "whole")]
-        assert torch.equal(head[0]["weight"], head[1]["weight"])
-
-
-def test_save_total_limit_keeps_the_newest_checkpoints(cache, tmp_path):
-    run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "1", "--save_total_limit", "2")
-    steps = sorted(int(d.split("-")[1]) for d in os.listdir(tmp_path / "run") if d.startswith("checkpoint-"))
-    n = json.loads((tmp_path / "run" / "summary.json").read_text())["steps"]
-    assert steps == [n - 1, n] and n >= 3
-
-
-def trainer_subprocess(args, env_extra=None, code=None):
-    """`python train.py ARGS` (or `python -c CODE ARGS`) on the tiny task in the test session's cache."""
-    cmd = [sys.executable, "train.py"] if code is None else [sys.executable, "-c", code]
-    return subprocess.Popen([*cmd, "--data", "embedded-tiny", "--no-final_check", *args], cwd=HERE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env_extra or {})))
-
-
-def test_killed_while_saving_resumes_from_the_previous_checkpoint(cache, tmp_path):
-    # a real SIGKILL in the middle of writing checkpoint-4 (after the weights, before trainer_state.pt): the
-    # half-written directory is never picked; --resume continues from checkpoint-2 to the uninterrupted result
-    args = ["--method", "dpo", "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--eval_every", "0"]
-    run(tmp_path, *args, name="whole")
-    kill_on_step_4 = (
-        "import os, signal, sys, torch, checkpoint\n"
-        "real = torch.save\n"
-        "def save(obj, path, *a, **k):\n"
-        "    if str(path).endswith('trainer_state.pt') and 'checkpoint-4' in str(path):\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    return real(obj, path, *a, **k)\n"
-        "checkpoint.torch.save = save\n"
-        "import train\ntrain.main(sys.argv[1:])\n")
-    p = trainer_subprocess([*args, "--out", str(tmp_path / "killed")], code=kill_on_step_4)
-    p.communicate(timeout=600)
-    assert p.returncode == -signal.SIGKILL
-    assert os.path.isdir(tmp_path / "killed" / "checkpoint-4.tmp")
-    assert checkpoint.latest(str(tmp_path / "killed")).endswith("checkpoint-2")
-    run(tmp_path, *args, "--resume", name="killed")
-    assert metrics(tmp_path, "killed") == metrics(tmp_path, "whole")
-    assert not os.path.exists(tmp_path / "killed" / "checkpoint-4.tmp")
-
-
-def test_sigterm_saves_prints_the_resume_command_and_resumes_exactly(cache, tmp_path):
-    # a real SIGTERM to a training process: it finishes its step, saves, prints the command that resumes, and
-    # exits 128 + 15; running that command gives the uninterrupted run's metrics and weights
-    args = ["--method", "drdo", "--student_reward", "head", "--epochs", "40", "--lr", "1e-4", "--save_every", "1000",
-            "--eval_every", "0", "--batch_size", "4", "--micro_batch_size", "4"]
-    p = trainer_subprocess([*args, "--out", str(tmp_path / "term")])
-    log = tmp_path / "term" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=300)
-    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
-    command = out.split("Resume with:\n")[1].splitlines()[0].strip()
-    stopped_at = len(log.read_text().splitlines())
-    assert checkpoint.latest(str(tmp_path / "term")).endswith(f"checkpoint-{stopped_at}")
-    assert command.startswith("python train.py ") and command.endswith(" --resume")
-    r = subprocess.run(command.replace("python", sys.executable, 1).split(), cwd=HERE, capture_output=True,
-                       text=True, env=dict(os.environ))
-    assert r.returncode == 0, r.stderr[-2000:]
-    run(tmp_path, *args, name="whole")
-    assert metrics(tmp_path, "term") == metrics(tmp_path, "whole")
-    wa, wb = weights(tmp_path, "term"), weights(tmp_path, "whole")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Failures: one clear message each, nothing lost
-# ------------------------------------------------------------------------------------------------------------
-def test_resume_with_nothing_to_resume_names_the_directory(cache, tmp_path):
-    with pytest.raises(SystemExit, match=r"--resume: .*empty_run holds no complete checkpoint"):
-        run(tmp_path, "--method", "dpo", "--resume", name="empty_run")
-
-
-@pytest.mark.parametrize("damage", ["model.safetensors", "trainer_state.pt", "tokenizer.json", "config.json"])
-def test_a_damaged_checkpoint_names_its_file_and_the_older_checkpoint(cache, tmp_path, damage):
-    run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2")
-    newest = checkpoint.latest(str(tmp_path / "run"))
-    path = os.path.join(newest, damage)
-    with open(path, "r+b") as f:                              # truncate the file to a third
-        f.truncate(os.path.getsize(path) // 3)
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2", "--resume")
-    older = checkpoint.complete(str(tmp_path / "run"))[-2]
-    assert f"{damage}" in str(e.value) and f"--resume_from {older}" in str(e.value), str(e.value)
-    s = run(tmp_path, "--method", "sft", "--epochs", "1", "--save_every", "2", "--resume_from", older)
-    assert s["steps"] > int(older.rsplit("-", 1)[1])
-
-
-def test_non_finite_loss_stops_and_keeps_the_checkpoint(cache, tmp_path, monkeypatch):
-    real = train.compute_loss
-    calls = {"n": 0}
-
-    def poisoned(cfg, model, batch, keywords=None):
-        losses, metrics_, logps = real(cfg, model, batch, keywords)
-        calls["n"] += model.training                     # count training micro-batches only (not evaluation)
-        return (losses * float("nan") if calls["n"] > 3 else losses), metrics_, logps
-    monkeypatch.setattr(train, "compute_loss", poisoned)
-    with pytest.raises(FloatingPointError, match="non-finite loss .* at step 4 .*Last good checkpoint: .*checkpoint-2"):
-        train.train(train.resolve(train.Config(method="dpo", data="embedded-tiny", save_every=2, final_check=False,
-                                               eval_every=0, out=str(tmp_path / "nan"))), log=lambda *_: None)
-    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "nan")))["step"] == 2
-
-
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")])
-def test_out_of_memory_names_the_flags_that_reduce_memory(cache, tmp_path, monkeypatch, error):
-    real = train.compute_loss
-    calls = {"n": 0}
-
-    def oom(cfg, model, batch, keywords=None):
-        calls["n"] += model.training
-        if calls["n"] > 3:
-            raise error
-        return real(cfg, model, batch, keywords)
-    monkeypatch.setattr(train, "compute_loss", oom)
-    with pytest.raises(SystemExit, match=r"out of memory at step 4 .*--micro_batch_size \(now 8.*--max_length.*"
-                                         r"--gradient_checkpointing.*--lora_r 16.*last checkpoint: .*checkpoint-2"):
-        run(tmp_path, "--method", "dpo", "--save_every", "2")
-    assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "run")))["step"] == 2
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--method", "dpox"], "unknown --method 'dpox'"),
-    (["--method", "dpo", "--batch_size", "6", "--micro_batch_size", "4"], "must be a positive multiple"),
-    (["--method", "dpo", "--batch_size", "0"], r"--batch_size must be in \[1, inf\); got 0"),
-    (["--method", "dpo", "--beta", "-0.1"], r"--beta must be in \(0, inf\); got -0.1"),
-    (["--method", "dpo", "--lr", "nan"], r"--lr must be in \[0, inf\); got nan"),
-    (["--method", "dpo", "--warmup", "1.5"], r"--warmup must be in \[0, 1\]; got 1.5"),
-    (["--method", "cdpo", "--label_smoothing", "0.5"], r"--label_smoothing must be in \[0, 0.5\)"),
-    (["--method", "dpo", "--epochs", "0"], r"--epochs must be in \(0, inf\)"),
-    (["--method", "dpo", "--save_total_limit", "0"], r"--save_total_limit must be in \[1, inf\)"),
-    (["--method", "dpo", "--max_length", "64", "--max_prompt_length", "63"], "leaves no room for a response"),
-    (["--method", "dpo", "--model", "opt-125m"], "Without internet, use one of"),
-    (["--method", "dpo", "--model", "no-such-org/no-such-model"], "Without internet, use one of"),
-    (["--method", "dpo", "--split", "hard"], "--split must be one of all, deterministic, nondeterministic"),
-    (["--method", "drdo", "--score", "margin"], "--score must be one of"),
-    (["--method", "edpo", "--aggregate", "max"], "--aggregate must be one of"),
-    (["--method", "drdo", "--student_reward", "logprob"], "--student_reward must be one of"),
-    (["--method", "fdpo", "--fdpo_divergence", "kl"], "--fdpo_divergence must be one of"),
-    (["--method", "sft", "--wpo"], "--wpo weights pairwise preference losses; sft is not one"),
-    (["--method", "discopop", "--discopop_tau", "2"], r"--discopop_tau must be in \(0, 1\]"),
-    (["--method", "dpo", "--flip", "40"], r"--flip must be in \[0, 1\]; got 40"),
-    (["--method", "dpo", "--data", "ultrafeedback"], "Without internet, use --data embedded"),
-    (["--method", "dpo", "--data", "missing.jsonl"], "does not exist"),
-    (["--method", "dpo", "--data_config", "helpful-base"], "--data_config and --data_split choose a hub dataset's"),
-    (["--method", "dpo", "--data", "someone/pairs", "--data_split", "a,b,c"], "--data_split takes the hub dataset's"),
-    (["--method", "dpo", "--resume_from", "no/such/dir"], "--resume_from no/such/dir: no such directory"),
-])
-def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path, *args)
-    assert e.value.code != 0
-    import re
-    assert re.search(message, str(e.value)), str(e.value)
-    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
-
-
-def test_every_numeric_option_has_a_range():
-    from dataclasses import fields
-    from config import LIMITS
-    numeric = {f.name for f in fields(train.Config) if f.type in (int, float, "int", "float")}
-    assert numeric == set(LIMITS), numeric ^ set(LIMITS)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The real command line, checkpoints usable elsewhere, the benchmark
-# ------------------------------------------------------------------------------------------------------------
-def test_checkpoint_loads_with_automodel_and_cli_runs(cache, tmp_path):
-    # the real entry point, in a subprocess, including the final gold check against pi_ref's cached samples
-    out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "train.py", "--method", "simpo", "--data", "embedded-tiny", "--epochs",
-                        "0.5", "--out", str(out)], cwd=HERE, capture_output=True, text=True,
-                       env=dict(os.environ, DRDO_CACHE=cache))
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(summary["checkpoint"])
-    assert model.config.vocab_size == 512
-    with open(os.path.join(summary["checkpoint"], "train_config.json")) as f:
-        assert json.load(f)["method"] == "simpo"
-    fc = summary["final_check"]
-    # the printed line carries the summary's own numbers
-    assert f"gain {fc['gain']:+.3f} +- {fc['gain_se']:.3f}" in r.stdout
-
-
-def test_logged_names_follow_the_hugging_face_trainers(cache, tmp_path):
-    run(tmp_path, "--method", "dpo", "--epochs", "1", "--eval_every", "2")
-    rows = metrics(tmp_path)
-    for key in ("loss", "rewards/chosen", "rewards/margins", "rewards/accuracies", "logps/chosen", "logits/chosen",
-                "logits/rejected", "grad_norm", "learning_rate"):
-        assert key in rows[0], key
-    assert "eval_loss" in rows[1] and "eval_rewards/accuracies" in rows[1] and "eval_logits/chosen" in rows[1]
-    assert not any(k.startswith("eval/") for row in rows for k in row)
-
-
-def test_report_to_tensorboard_writes_the_logged_rows(cache, tmp_path):
-    pytest.importorskip("tensorboard")       # optional: pip install tensorboard (not in requirements.txt)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    run(tmp_path, "--method", "dpo", "--epochs", "1", "--report_to", "tensorboard")
-    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
-    events.Reload()
-    logged = {e.step: e.value for e in events.Scalars("loss")}
-    assert logged == pytest.approx({row["step"]: row["loss"] for row in metrics(tmp_path)}, rel=1e-6)
-
-
-@pytest.mark.parametrize("value, message", [("csv", "--report_to 'csv': choose from tensorboard, wandb"),
-                                            ("wandb", "--report_to wandb needs its package: pip install wandb")])
-def test_report_to_errors(cache, tmp_path, value, message):
-    import importlib.util
-    if value == "wandb" and importlib.util.find_spec("wandb"):
-        pytest.skip("wandb is installed here")
-    with pytest.raises(SystemExit, match=message):
-        run(tmp_path, "--method", "dpo", "--report_to", value)
-
-
-def test_benchmark_prints_consistent_numbers(cache, tmp_path, capsys):
-    import bench
-    res = bench.main(["--method", "dpo", "--model", "tiny", "--data", "embedded-tiny", "--steps", "2",
-                      "--batch_size", "4", "--micro_batch_size", "2", "--max_length", "48", "--max_prompt_length", "16"])
-    assert res["tokens_per_step"] == 2 * 4 * 48
-    assert res["step_s"] > 0 and res["tokens_per_s"] == pytest.approx(res["tokens_per_step"] / res["step_s"])
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "dpo"
 
 
 def test_a_local_file_with_a_model_directory(cache, tiny_task, tmp_path):

@@ -100,7 +100,7 @@ def test_t2_focal_growth_is_slower_by_one_plus_gamma(tut):
 
 def test_t2_drdo_implicit_reaches_a_finite_equilibrium_smaller_for_smaller_alpha(tut):
     # With r = beta * S the distillation pull on the tie is 2 beta^2 h; the focal push at gamma = 2 near
-    # z = 0 is alpha * |F'(0)| = alpha * 0.2983 (the focal table in test_losses.py). Balance: 2 beta^2 h ~ alpha * 0.2983 for small h:
+    # z = 0 is alpha * |F'(0)| = alpha * 0.2983 (the focal table in test_losses_distillation.py). Balance: 2 beta^2 h ~ alpha * 0.2983 for small h:
     # alpha = 0.1 -> h ~ 0.0597 (first-order; F' shrinks as z grows, so the true equilibrium is a bit lower).
     h1, h01 = tut["t2"]["drdo implicit, alpha=1"], tut["t2"]["drdo implicit, alpha=0.1"]
     assert abs(h1[-1] - h1[-100]) < 1e-9 and abs(h01[-1] - h01[-100]) < 1e-9     # settled
