@@ -39,6 +39,7 @@ def record_calls(monkeypatch, method):
         calls.append({"kwargs": kwargs, "args": [a.detach().clone() for a in args]})
         return info.fn(*args, **kwargs)
     monkeypatch.setitem(LOSSES, method, replace(info, fn=wrapped))
+    return calls
 
 
 def trainer_subprocess(args, env_extra=None, code=None):
