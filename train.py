@@ -61,10 +61,9 @@ from config import Config, resolve, resume_command
 from losses import LOSSES
 from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
                     load_head, load_lora, load_model, save_model, to_device)
-
-from reference import reference_logps
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
                        window_keywords)
+from reference import reference_logps
 from runlog import metric_sums, open_sinks
 
 
