@@ -10,6 +10,8 @@ What is checked, each against a value derived here or a run made without torchru
    --resume reproduces the uninterrupted torchrun run bit for bit;
  * before the loop nothing is computed whole by each rank: with an empty cache, rank 0 alone trains the Oracle
    ensemble and scores the pairs, and the reference log-probs are split between the ranks (counted per rank);
+ * every worker has freed its DDP/FSDP wrapper when it destroys the process group, after a normal end and after
+   a SIGTERM (distributed.teardown: otherwise gloo's teardown at interpreter exit sometimes aborts the worker);
  * FSDP2 (fully_shard) runs on gloo/CPU: stopped and resumed under --fsdp, it equals the single-process run;
    its checkpoints are plain Hugging Face checkpoints with the same tensors;
  * one process: e-DPO's member is the argmin over the whole optimizer batch (recomputed here), whatever the
@@ -36,14 +38,25 @@ from losses import LOSSES  # noqa: E402
 from train_test_helpers import HERE, metrics, run, weights  # noqa: E402
 
 # train.py wrapped so a test can see inside each rank: counts of the work done before the loop (Oracle members
-# trained, pairs scored by the Oracle, pairs given to pi_ref) written to <out>/work-rank<r>.json at exit, and,
-# when SIGTERM_RANK is set, that rank sends itself SIGTERM during its SIGTERM_AT-th training micro-batch.
+# trained, pairs scored by the Oracle, pairs given to pi_ref, and how many DDP/FSDP wrappers were still alive
+# when the process group was destroyed) written to <out>/work-rank<r>.json at exit, and, when SIGTERM_RANK is
+# set, that rank sends itself SIGTERM during its SIGTERM_AT-th training micro-batch.
 LAUNCHER = """
 import atexit, json, os, signal, sys
 sys.path.insert(0, {here!r})
-import oracle, reference, train
+import weakref
+import distributed, oracle, reference, train
 rank, out = int(os.environ["RANK"]), sys.argv[sys.argv.index("--out") + 1]
-work = {{"oracle_members": 0, "oracle_pairs": 0, "reference_pairs": 0}}
+work = {{"oracle_members": 0, "oracle_pairs": 0, "reference_pairs": 0, "wrappers_alive_at_teardown": None}}
+wrapped, real_wrap, real_destroy = [], distributed.Dist.wrap, distributed.dist.destroy_process_group
+def wrap(self, model):
+    model = real_wrap(self, model)
+    wrapped.append(weakref.ref(model))
+    return model
+def destroy_process_group(*a, **k):
+    work["wrappers_alive_at_teardown"] = sum(w() is not None for w in wrapped)
+    return real_destroy(*a, **k)
+distributed.Dist.wrap, distributed.dist.destroy_process_group = wrap, destroy_process_group
 real_train, real_score, real_logps, real_loss = oracle.train_oracle, oracle.score_examples, reference.pair_logps, train.compute_loss
 def train_oracle(*a, **k):
     work["oracle_members"] += 1
@@ -74,6 +87,13 @@ def torchrun(tmp_path, *args, name="ddp", cache_dir=None, env=None):
            "--data", "embedded-tiny", "--no-final_check", "--eval_every", "0", "--out", str(tmp_path / name), *args]
     environment = dict(os.environ, OMP_NUM_THREADS="1", DRDO_CACHE=cache_dir or os.environ["DRDO_CACHE"], **(env or {}))
     return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=environment, timeout=300)
+
+
+def said(r):
+    """A torchrun run's output for an assertion message: the workers' last printed lines, then stderr up to the
+    launcher's own traceback (a worker's error or abort message is there, above torchrun's summary of it)."""
+    err = r.stderr.split('Traceback (most recent call last):\n  File "<frozen runpy>"')[0]
+    return f"stdout:\n{r.stdout[-1500:]}\nstderr:\n{err[-2500:]}\n[...]\n{r.stderr[-1000:]}"
 
 
 def work(tmp_path, name):
@@ -121,18 +141,22 @@ def test_ddp_dpo_equals_accumulation_and_a_sigterm_to_one_rank_resumes_exactly(c
     args = ["--method", "dpo", *STEPS, "--save_every", "2", "--eval_every", "2"]
     run(tmp_path, *args, name="single")
     r = torchrun(tmp_path, *args, name="ddp")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
     assert_same_run("single", "ddp", tmp_path)
+    # the DDP wrapper (in a reference cycle) is freed before the process group goes: left to interpreter
+    # shutdown, gloo's teardown there sometimes aborts a finished worker (distributed.teardown)
+    assert [w["wrappers_alive_at_teardown"] for w in work(tmp_path, "ddp")] == [0, 0]
     # rank 1 alone gets SIGTERM in its 3rd micro-batch (step 2): both ranks finish step 2, rank 0 saves
     # checkpoint-2 and prints the torchrun command that resumes; each worker exits 128 + 15
     r = torchrun(tmp_path, *args, name="term", env={"SIGTERM_RANK": "1", "SIGTERM_AT": "3"})
-    assert r.returncode != 0 and "exitcode  : 143" in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 0 and "exitcode  : 143" in r.stderr, said(r)
     assert [os.path.basename(c) for c in checkpoint.complete(str(tmp_path / "term"))] == ["checkpoint-2"]
+    assert [w["wrappers_alive_at_teardown"] for w in work(tmp_path, "term")] == [0, 0]   # also when stopped
     assert len(metrics(tmp_path, "term")) == 2
     command = r.stdout.split("Resume with:\n")[1].splitlines()[0].strip()
     assert command.startswith("torchrun --standalone --nproc_per_node 2 train.py ") and command.endswith("--resume")
     r = torchrun(tmp_path, *args, "--resume", name="term")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
     assert metrics(tmp_path, "term") == metrics(tmp_path, "ddp")                 # bit for bit
     wa, wb = weights(tmp_path, "term"), weights(tmp_path, "ddp")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -144,7 +168,7 @@ def test_ddp_drdo_with_its_reward_head_equals_accumulation(cache, tmp_path):
     args = ["--method", "drdo", "--student_reward", "head", *STEPS, "--eval_every", "2"]
     run(tmp_path, *args, name="single")
     r = torchrun(tmp_path, *args, name="ddp")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
     assert_same_run("single", "ddp", tmp_path)
     assert "grad_norm/distill" in metrics(tmp_path, "ddp")[1]
     heads = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("single", "ddp")]
@@ -165,7 +189,7 @@ def test_ddp_edpo_chooses_the_member_on_the_global_batch_and_builds_everything_o
     args = ["--method", "edpo", *STEPS, "--oracle_epochs", "2"]
     run(tmp_path, *args, name="single")
     r = torchrun(tmp_path, *args, name="ddp", cache_dir=str(fresh))
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
     assert_same_run("single", "ddp", tmp_path)
     # the member chosen at each step (logged as edpo/member, the same for every pair of the step) is the same
     members = [row["edpo/member"] for row in metrics(tmp_path, "ddp")]
@@ -190,11 +214,12 @@ def test_fsdp_stopped_and_resumed_equals_accumulation(cache, tmp_path):
     args = [*STEPS, "--method", "dpo", "--save_every", "2", "--eval_every", "2"]
     run(tmp_path, *args, name="single")
     r = torchrun(tmp_path, *args, "--fsdp", "--stop_after", "3", name="fsdp")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
     state = checkpoint.load_state(checkpoint.latest(str(tmp_path / "fsdp")))
     assert state["step"] == 2 and sorted(state["optimizer"]["state"]) == list(range(len(state["optimizer"]["state"])))
     r = torchrun(tmp_path, *args, "--fsdp", "--resume", name="fsdp")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, said(r)
+    assert [w["wrappers_alive_at_teardown"] for w in work(tmp_path, "fsdp")] == [0, 0]
     assert "resumed from" in r.stdout and "2 processes, FSDP" in r.stdout
     assert_same_run("single", "fsdp", tmp_path)
     from transformers import AutoModelForCausalLM

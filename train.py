@@ -44,6 +44,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from dataclasses import asdict
 
 import torch
@@ -178,6 +179,10 @@ def train(cfg, log=print):
     d = distributed.setup(cfg.fsdp)
     try:
         return run(cfg, d, log if d.rank == 0 else lambda *_: None)
+    except BaseException as e:       # a signal's SystemExit too: run's frame, kept by the traceback, holds the
+        if d.world > 1:              # DDP wrapper; cleared, teardown frees it before the group goes
+            traceback.clear_frames(e.__traceback__)
+        raise
     finally:
         distributed.teardown(d)
 
