@@ -6,7 +6,8 @@ A checkpoint is one directory, `<out>/checkpoint-<step>`:
                                                        (loads with peft's AutoPeftModelForCausalLM)
     reward_head.pt                                     DRDO's head student, when the policy carries one
     train_config.json                                  the run's resolved config
-    trainer_state.pt                                   optimizer, scheduler, RNG, step, running means (written last)
+    trainer_state.pt                                   optimizer, scheduler, RNG, step, running means
+    MANIFEST.json                                      every file's size in bytes (written last; cache.py)
 It is written under `checkpoint-<step>.tmp` and renamed when complete: a crash or a kill while writing leaves
 only a `.tmp` directory, which `latest` never picks (and the next save deletes). After a save, all but the
 newest `keep` checkpoints are deleted (`--save_total_limit`). Under torchrun rank 0 alone writes (an FSDP model's
@@ -21,7 +22,8 @@ import shutil
 
 import torch
 
-from common import write_json
+import cache
+from common import atomic_write, write_json
 from models import HEAD_FILE, save_model
 
 STATE_FILE = "trainer_state.pt"
@@ -38,7 +40,8 @@ def save(out, model, tokenizer, trainer_state, config, keep=2, state_dict=None):
         shutil.rmtree(stale, ignore_errors=True)                   # left by a run killed while saving
     save_model(model, tokenizer, tmp, state_dict)                  # HF weights + tokenizer (+ reward_head.pt)
     write_json(config, os.path.join(tmp, "train_config.json"))
-    torch.save(trainer_state, os.path.join(tmp, STATE_FILE))       # last: a complete directory has it
+    torch.save(trainer_state, os.path.join(tmp, STATE_FILE))       # a complete directory has it
+    cache.write_manifest(tmp, final, hashes=False)                  # last: every file's size (and JSONL rows)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in complete(out)[:-keep]:
@@ -75,6 +78,10 @@ def verify(path):
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}. {hint}.")
 
     present = os.listdir(path)
+    if cache.MANIFEST in present:       # every file at the size it was written (checkpoints of older versions
+        found = cache.damage(path)      # have no manifest: the format checks below still run)
+        if found is not None:
+            fail(os.path.relpath(found[0], path), found[1])
     required = {"train_config.json", "adapter_config.json" if "adapter_config.json" in present else "config.json"}
     for name in sorted(required | {n for n in present if n.endswith(".json")}):   # incl. tokenizer files
         try:
@@ -108,12 +115,32 @@ def load_state(path):
 
 
 def truncate_log(path, step):
-    """Keep the JSONL rows of steps <= step: a resumed run rewrites the steps after its checkpoint."""
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(path, "w") as f:
-            f.writelines(rows)
+    """Keep the JSONL rows of steps <= step: a resumed run rewrites the steps after its checkpoint.
+    A last line cut short (the process died while appending it) is dropped with the other rows after the
+    checkpoint; a damaged line before the last, or a log that stops before the checkpoint's step, cannot come
+    from a crash and raises a ValueError naming the file."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if n < len(lines):
+                raise ValueError(f"{path}, line {n} of {len(lines)}: not JSON; the run's log is damaged. Move "
+                                 "it away to resume without the earlier rows, or start the run again") from None
+    kept = [line for line, row in zip(lines, rows) if row["step"] <= step]
+    if step and (not kept or json.loads(kept[-1])["step"] != step):
+        raise ValueError(f"{path}: its last row is step {json.loads(kept[-1])['step'] if kept else 'none'}, the "
+                         f"checkpoint's is {step}; the log lost rows. Move it away to resume without them, or "
+                         "start the run again")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+    atomic_write(path, write)
 
 
 # ============================================================================================================

@@ -1,5 +1,5 @@
-"""Shared plumbing, and nothing else: the command line generated from a @dataclass, content hashes, the cache
-directory, atomic writes, JSONL files, and the one learning-rate schedule every loop uses.
+"""Shared plumbing, and nothing else: the command line generated from a @dataclass, content hashes, atomic
+writes (the cache built on them is cache.py), JSONL files, and the one learning-rate schedule every loop uses.
 
 Every other module may import this one; it imports no module of this repository. Nothing here knows about
 preferences, models or losses.
@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 
 
 # ============================================================================================================
@@ -66,29 +65,8 @@ def weights_hash(path):
 
 
 # ============================================================================================================
-# The cache directory and atomic writes
+# Atomic writes and JSONL files (the cache's entries: cache.py)
 # ============================================================================================================
-def cache_root():
-    """Where built artefacts live: $DRDO_CACHE, or .cache/ beside this file. Created when missing (a fresh
-    clone has none), so every writer below can assume it exists."""
-    root = os.environ.get("DRDO_CACHE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
-    os.makedirs(root, exist_ok=True)
-    return root
-
-
-def atomic_dir(final, build):
-    """Run build(tmp_dir), then rename tmp_dir to `final`: an interrupted build never leaves a half-written
-    directory that a later run would take for a finished one. Returns `final`; a no-op when it exists."""
-    if os.path.isdir(final):
-        return final
-    tmp = f"{final}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    build(tmp)
-    os.replace(tmp, final)
-    return final
-
-
 def atomic_write(path, write):
     """write(tmp_path) then rename to `path` (one filesystem, so the rename is atomic): readers see the old
     file or the whole new one, never a half-written one."""
@@ -115,8 +93,17 @@ def write_jsonl(rows, path):
 
 
 def read_jsonl(path):
+    """The rows of a JSONL file; a line that is not JSON (a file cut short mid-line) raises a ValueError that
+    names the file and the line."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise ValueError(f"{path}, line {n}: not JSON ({e}); the file is damaged or cut short") from None
+    return rows
 
 
 # ============================================================================================================

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from common import atomic_dir, cache_root, cosine_schedule, read_jsonl, stable_hash, write_jsonl
+import cache
+from common import cosine_schedule, read_jsonl, stable_hash, write_jsonl
 from models import sample_completions, small_opt_config
 
 EMBEDDED_VERSION = 3      # bump when the build code changes meaning, so old caches are not reused
@@ -198,14 +199,14 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
     """
     import datasets
 
-    root = cache_dir or cache_root()
+    root = cache_dir or cache.cache_root()
     corpus = corpus_path()
     ref_inputs = {"v": EMBEDDED_VERSION, "corpus": [os.path.basename(corpus), os.path.getsize(corpus)],
                   **{k: v for k, v in asdict(task).items() if k in ("seed", "vocab_size", "hidden", "layers",
                                                                      "sft_steps", "sft_lr", "max_tweets")}}
     ref_dir = os.path.join(root, f"embedded-ref-{stable_hash(ref_inputs)}")
     task_dir = os.path.join(root, f"embedded-task-{stable_hash([ref_inputs, asdict(task)])}")
-    log(f"embedded task: cached in {task_dir}" if os.path.isdir(task_dir) else
+    log(f"embedded task: cached in {task_dir}" if cache.problem(task_dir) is None else
         f"embedded task: building in {task_dir} (once; later runs reuse it)")
     split = {}
 
@@ -229,7 +230,7 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         log(f"  pi_ref saved ({time.time() - t0:.0f} s)")
-    atomic_dir(ref_dir, build_reference)
+    cache.build(ref_dir, build_reference, log, inputs=ref_inputs)
 
     def build_pairs(tmp):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -268,7 +269,7 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
         stats["task"], stats["build_seconds"] = asdict(task), round(time.time() - t0, 1)
         with open(os.path.join(tmp, "stats.json"), "w") as f:
             json.dump(stats, f, indent=2)
-    atomic_dir(task_dir, build_pairs)
+    cache.build(task_dir, build_pairs, log, inputs=[ref_inputs, asdict(task)])
 
     out = {"reference": ref_dir, "dir": task_dir}
     for name in ("train", "test"):

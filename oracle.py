@@ -28,10 +28,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+import cache
 import data
 import tokenization
-from common import (atomic_dir, cache_root, check_ranges, cosine_schedule, parse_config, quiet_transformers,
-                    read_jsonl, stable_hash, weights_hash, write_json, write_jsonl)
+from common import (check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
+                    weights_hash, write_json, write_jsonl)
 from losses import oracle_loss, sequence_logps
 from models import add_reward_head, check_available, forward_with_reward, load_model, load_reward_model, save_model
 
@@ -196,20 +197,32 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls")}
     key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
                        data.fingerprint(test_ds), task_reference and os.path.basename(task_reference)])
-    out = cfg.out or os.path.join(cache_root(), f"oracle-{key}")
-    report_path = os.path.join(out, "report.json")
-    if os.path.exists(report_path):
+    out = cfg.out or os.path.join(cache.cache_root(), f"oracle-{key}")
+    if cache.problem(out) is None:
         log(f"Oracle: cached in {out}")
-        with open(report_path) as f:
+    built = {}
+
+    def build(tmp):                        # every member, then report.json; cache.build renames tmp to out
+        built["report"] = train_members(cfg, train_ds, test_ds, task_reference, tmp, out, log)
+    # a directory the user named with --out is never deleted: a damaged one is refused (naming the file)
+    cache.build(out, build, log, inputs=[settings, key], rebuild=not cfg.out,
+                fix=f"Delete {out} (or choose another --out) and run oracle.py again.")
+    report = built.get("report")
+    if report is None:                      # cached (by this or another process)
+        with open(os.path.join(out, "report.json")) as f:
             report = json.load(f)
-        members = [os.path.join(out, m) for m in report["members"]]
-        for d in members if cfg.seqcls else []:          # Oracles cached before the export existed get it now
-            if not os.path.isdir(os.path.join(d, SEQCLS_DIR)):
-                from transformers import AutoTokenizer
-                export_seqcls(load_reward_model(d), AutoTokenizer.from_pretrained(d), d)
-        return members, report
+    members = [os.path.join(out, m) for m in report["members"]]
+    for d in members if cfg.seqcls else []:  # an Oracle built with --no-seqcls gets its export when asked for
+        if cache.problem(os.path.join(d, SEQCLS_DIR)) is not None:
+            from transformers import AutoTokenizer
+            export_seqcls(load_reward_model(d), AutoTokenizer.from_pretrained(d), d)
+    return members, report
+
+
+def train_members(cfg, train_ds, test_ds, task_reference, directory, final, log=print):
+    """Train the cfg.ensemble members into `directory` (member-<k>/ each, report.json last) -> the report."""
     log(f"Oracle: training {cfg.ensemble} member(s) on {len(train_ds)} pairs, alpha {cfg.alpha}, "
-        f"{cfg.epochs} epochs -> {out}")
+        f"{cfg.epochs} epochs -> {final}")
     report = {"config": asdict(cfg), "members": [], "held_out": [], "train_pairs": len(train_ds)}
     for k in range(cfg.ensemble):
         t0 = time.time()
@@ -229,23 +242,24 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
         train_oracle(model, train_examples, cfg, seed=cfg.seed + k, log=log)
         stats = evaluate_oracle(model, test_examples, gold)
         name = f"member-{k}"
-        save_model(model, tokenizer, os.path.join(out, name))
+        save_model(model, tokenizer, os.path.join(directory, name))
         if cfg.seqcls:
-            export_seqcls(model, tokenizer, os.path.join(out, name))
+            export_seqcls(model, tokenizer, os.path.join(directory, name))
         report["members"].append(name)
         report["held_out"].append(stats)
         log(f"  member {k}: held-out accuracy {stats['accuracy']:.3f} +- {stats['accuracy_se']:.3f} on "
             f"{stats['pairs']} pairs, margin {stats['margin_mean']:+.2f} +- {stats['margin_std']:.2f}"
             + (f", corr. with gold margin {stats['gold_margin_corr']:.2f}" if "gold_margin_corr" in stats else "")
             + f" ({time.time() - t0:.0f} s)")
-    write_json(report, report_path)                           # the report marks the ensemble as complete
-    return [os.path.join(out, m) for m in report["members"]], report
+    write_json(report, os.path.join(directory, "report.json"))
+    return report
 
 
 def export_seqcls(model, tokenizer, member_dir):
     """<member_dir>/seqcls: the member as a sequence-classification checkpoint (save_seqcls above), written
     atomically; AutoModelForSequenceClassification.from_pretrained(<member_dir>/seqcls) gives its rewards."""
-    return atomic_dir(os.path.join(member_dir, SEQCLS_DIR), lambda tmp: save_seqcls(model, tokenizer, tmp))
+    return cache.build(os.path.join(member_dir, SEQCLS_DIR), lambda tmp: save_seqcls(model, tokenizer, tmp),
+                       log=lambda *_: None)
 
 
 def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=print):
@@ -256,24 +270,27 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
 
     key = stable_hash([[weights_hash(d) for d in member_dirs], data.fingerprint(ds), max_length,
                        max_prompt_length])
-    path = os.path.join(cache_root(), f"scored-{key}.jsonl")
-    if os.path.exists(path):
+    entry = os.path.join(cache.cache_root(), f"scored-{key}")
+    path = os.path.join(entry, "scores.jsonl")
+    if cache.problem(entry) is None:
         log(f"Oracle scores: cached in {path}")
         return datasets.Dataset.from_list(read_jsonl(path))
-    log(f"Oracle scores: scoring {len(ds)} pairs with {len(member_dirs)} member(s)")
-    chosen, rejected = [], []
-    for d in member_dirs:
-        model = load_reward_model(d).eval()
-        examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length,
-                                                    max_prompt_length, log)
-        c, r = score_examples(model, examples)
-        chosen.append(c.tolist())
-        rejected.append(r.tolist())
-    rows = [dict(ds[e["row"]], chosen_score=[m[i] for m in chosen], rejected_score=[m[i] for m in rejected])
-            for i, e in enumerate(examples)]
-    write_jsonl(rows, path)
-    log(f"Oracle scores: written to {path}")
-    return datasets.Dataset.from_list(rows)
+
+    def build(tmp):
+        log(f"Oracle scores: scoring {len(ds)} pairs with {len(member_dirs)} member(s)")
+        chosen, rejected = [], []
+        for d in member_dirs:
+            model = load_reward_model(d).eval()
+            examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length,
+                                                        max_prompt_length, log)
+            c, r = score_examples(model, examples)
+            chosen.append(c.tolist())
+            rejected.append(r.tolist())
+        write_jsonl([dict(ds[e["row"]], chosen_score=[m[i] for m in chosen], rejected_score=[m[i] for m in rejected])
+                     for i, e in enumerate(examples)], os.path.join(tmp, "scores.jsonl"))
+    cache.build(entry, build, log, inputs=key)
+    log(f"Oracle scores: in {path}")
+    return datasets.Dataset.from_list(read_jsonl(path))
 
 
 def main(argv=None):

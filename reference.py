@@ -2,7 +2,8 @@
 
 The DPO family (every loss whose registry entry consumes "reference") needs log pi_ref(y|x) for both
 responses of every pair. They never change during training, so train.py computes them once, before the
-policy's optimizer exists, and stores them in <cache>/reflogps-<key>.pt; later runs with the same reference
+policy's optimizer exists, and stores them in <cache>/reflogps-<key>/logps.pt (a cache entry: cache.py); later
+runs with the same reference
 weights, tokenizer, token ids, lengths and reduction read the file. With LoRA and no --ref_model, pi_ref is
 the policy itself with its adapters switched off: no second copy of the model ever sits in memory. Under
 torchrun the pairs are shared out over the processes and the results gathered (each pair computed once).
@@ -13,7 +14,8 @@ import os
 import torch
 
 import tokenization
-from common import cache_root, stable_hash, weights_hash
+import cache
+from common import stable_hash, weights_hash
 from models import autocast, is_lora, load_model, pair_logps, to_device
 
 
@@ -34,8 +36,9 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
                        cfg.max_length, cfg.max_prompt_length, average, cfg.bf16])
-    path = os.path.join(cache_root(), f"reflogps-{key}.pt")
-    cached = os.path.exists(path) if d is None else d.from_rank0(os.path.exists(path))
+    entry = os.path.join(cache.cache_root(), f"reflogps-{key}")
+    path = os.path.join(entry, "logps.pt")
+    cached = cache.ready(entry, log) if d is None else d.from_rank0(d.rank == 0 and cache.ready(entry, log))
     if cached:
         log(f"pi_ref log-probs ({name}): cached in {path}")
         chosen, rejected = torch.load(path)
@@ -64,9 +67,9 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
         if d is not None:                                           # every rank's batches, on every rank
             done = {i: v for part in d.gather(done) for i, v in part.items()}
         chosen, rejected = torch.cat([done[i][0] for i in starts]), torch.cat([done[i][1] for i in starts])
-        if d is None or d.rank == 0:
-            torch.save((chosen, rejected), path + ".tmp")
-            os.replace(path + ".tmp", path)
+        if d is None or d.rank == 0:     # a process that raced this one may have stored it first: same numbers
+            cache.build(entry, lambda tmp: torch.save((chosen, rejected), os.path.join(tmp, "logps.pt")), log,
+                        inputs=key)
         ref.train(was_training)
         del ref                                                     # a loaded reference is freed before training
     for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import cache  # noqa: E402
 import common  # noqa: E402
 import conditions  # noqa: E402
 import embedded  # noqa: E402
@@ -83,7 +84,7 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path):
         open(os.path.join(tmp, "half"), "w").close()
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        common.atomic_dir(str(tmp_path / "final"), failing)
+        cache.build(str(tmp_path / "final"), failing)
     assert not (tmp_path / "final").exists()
 
 
@@ -148,10 +149,18 @@ def test_oracle_cli_trains_an_ensemble_saves_it_and_scores_with_a_cache(task, ca
             r = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).double()
         expected = single_row_rewards(load_reward_model(member).eval(), AutoTokenizer.from_pretrained(member), task["test"])
         torch.testing.assert_close(r.view(2, -1).T, expected, atol=1e-5, rtol=0)
-    import shutil                        # an Oracle cached without its export gets it when it is next used
+    # an Oracle trained with --no-seqcls gets its export when it is next used with the export on
+    bare = tmp_path / "bare"
+    oracle.main(["--data", "embedded-tiny", "--epochs", "1", "--out", str(bare), "--no-score", "--no-seqcls"])
+    assert not os.path.exists(bare / "member-0" / "seqcls")
+    oracle.main(["--data", "embedded-tiny", "--epochs", "1", "--out", str(bare), "--no-score"])
+    assert os.path.isfile(bare / "member-0" / "seqcls" / "config.json")
+    # a file missing from an Oracle the user named with --out: refused, naming the file and the fix; not deleted
+    import shutil
     shutil.rmtree(os.path.join(members[1], "seqcls"))
-    oracle.main(["--data", "embedded-tiny", "--ensemble", "2", "--epochs", "2", "--out", str(out), "--no-score"])
-    assert os.path.isfile(os.path.join(members[1], "seqcls", "config.json"))
+    with pytest.raises(SystemExit, match=r"member-1/seqcls/.*missing.*Delete .*oracle.*run oracle.py again"):
+        oracle.main(["--data", "embedded-tiny", "--ensemble", "2", "--epochs", "2", "--out", str(out), "--no-score"])
+    assert os.path.isfile(os.path.join(members[0], "model.safetensors"))
     # scoring: one entry per member, equal to the single-row rewards of that member, and cached the second time
     scored = oracle.score_dataset(members, task["test"])
     assert all(len(row["chosen_score"]) == 2 for row in scored)

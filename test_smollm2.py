@@ -31,10 +31,10 @@ SHORT = ["--data", DATA, "--max_pairs", "2", "--epochs", "1", "--batch_size", "2
 def smollm2():
     """The converted checkpoint: the repository's own converted copy (.cache/smollm2-135m, made by any earlier
     --model smollm2-135m run) linked into this session's cache when there is one, else converted here (~30 s)."""
-    import common
+    import cache
     import models
     from transformers import AutoTokenizer
-    mine, session = os.path.join(HERE, ".cache", "smollm2-135m"), os.path.join(common.cache_root(), "smollm2-135m")
+    mine, session = os.path.join(HERE, ".cache", "smollm2-135m"), os.path.join(cache.cache_root(), "smollm2-135m")
     if os.path.isfile(os.path.join(mine, "model.safetensors")) and not os.path.exists(session):
         os.symlink(mine, session)
     path = models.smollm2_dir()

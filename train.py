@@ -57,7 +57,8 @@ import distributed
 import evaluate
 import oracle
 import tokenization
-from common import cache_root, cosine_schedule, parse_config, quiet_transformers
+from cache import cache_root
+from common import cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
 from losses import LOSSES
 from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
