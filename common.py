@@ -16,7 +16,8 @@ import re
 def parse_config(cls, argv=None, description=None):
     """argparse from a @dataclass: one --flag per field, its type and default from the field, its help from
     the comment on the field's line (so each option is documented in exactly one place). Booleans become
-    --flag / --no-flag. Fields inherited from a parent dataclass keep the parent's comments."""
+    --flag / --no-flag. Fields inherited from a parent dataclass keep the parent's comments. A class attribute
+    HELP_EXTRA = {field: text} adds text computed at import time (train.py's list of every method)."""
     import argparse
     import dataclasses
     import inspect
@@ -25,6 +26,7 @@ def parse_config(cls, argv=None, description=None):
     for klass in reversed(cls.__mro__):                  # parents first, so a child's comment wins
         if dataclasses.is_dataclass(klass):
             comments.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(klass), flags=re.M))
+    comments = {k: " ".join(filter(None, (v, getattr(cls, "HELP_EXTRA", {}).get(k)))) for k, v in comments.items()}
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):

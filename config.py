@@ -25,7 +25,9 @@ LIMITS = {
     "max_grad_norm": "[0, inf)", "seed": "[0, inf)", "eval_every": "[0, inf)", "save_every": "[1, inf)",
     "save_total_limit": "[1, inf)", "stop_after": "[0, inf)", "exo_epsilon": "(0, 0.5)", "discopop_tau": "(0, 1]",
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
-    "kto_undesirable_weight": "[0, inf)", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
+    "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
+    "modpo_w0": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -37,7 +39,7 @@ CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unl
 @dataclass
 class Config:
     # --- what to train ---------------------------------------------------------------------------------------
-    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"); e.g. dpo ipo simpo kto edpo drdo sft
+    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"):
     model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
     data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, hh, a .jsonl/.json/.parquet/.csv, a hub id
     data_config: str = ""          # hub dataset's configuration (hh: its subset, e.g. helpful-base); empty = the source's default
@@ -72,6 +74,13 @@ class Config:
     cpo_alpha: float = 1.0         # cpo: weight of the NLL of y_w, summed log-probs (paper 1; 0.1-1)
     kto_desirable_weight: float = 1.0    # kto: lambda_D, weight of the chosen (desirable) term (1-1.33)
     kto_undesirable_weight: float = 1.0  # kto: lambda_U, weight of the rejected (undesirable) term (1)
+    ld_alpha: float = 0.5          # ld_dpo: weight of the log-probs past the pair's shared length (1 = dpo; 0-1)
+    aot_label_smoothing: float = 0.0  # aot, aot_unpaired: label smoothing of the sorted logistic loss (TRL's)
+    madpo_c_min: float = 0.5       # madpo: margin coefficient for clear pairs (< 1 damps them)
+    madpo_c_max: float = 2.0       # madpo: margin coefficient for near-ties (> 1 amplifies them)
+    adpo_temperature: float = 1.0  # adpo: soft target q = sigmoid(Oracle margin / T)
+    asft_lambda: float = 0.1       # asft: weight of the absolute-likelihood terms (0.1-1)
+    modpo_w0: float = 0.9          # modpo: weight of the labels' objective; brevity gets 1 - w0 (1 = dpo)
     wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
@@ -108,6 +117,10 @@ class Config:
     save_total_limit: int = 2      # keep the newest K checkpoints (<out>/checkpoint-<step>); older ones are deleted
     final_check: bool = True       # embedded task: sample held-out prompts and compare with pi_ref by gold reward
     stop_after: int = 0            # testing aid: stop (as if killed) after this many steps, without a final save
+
+
+# --help lists every method of the registry (each is also in the README's method table)
+Config.HELP_EXTRA = {"method": " ".join(LOSSES)}
 
 
 def resolve(cfg, limits=LIMITS):

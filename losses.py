@@ -3,7 +3,7 @@
 What is here
     sequence_logps        the one place where token logits become sequence log-probs
     sequence_wpo_logps, wpo_weights   WPO's detached per-pair weights (train.py --wpo)
-    log1mexp              log(1 - exp(s)), stable; used by ORPO and DRDO
+    softplus, log1mexp    log(1 + e^u) and log(1 - exp(s)), exact / stable everywhere; used by most losses
     dpo_loss, cdpo_loss, rdpo_loss, ipo_loss, hinge_loss      the DPO family (need pi_ref)
     simpo_loss, orpo_loss                                     reference-free baselines
     distill_loss, edpo_loss, pdpo_loss                        Fisch et al., arXiv 2405.19316 (v2)
@@ -67,12 +67,15 @@ Deviations from the papers and reconstructed details (each one is also marked `N
     15. APO: Eqs. 7-8 without TRL's added constant 1 (same gradients).
     16. SPPO (hard): one offline iteration, pi_t = pi_ref, 0/1 win probabilities, eta = 1/beta.
     17. EXO: the pair's 0/1 label smoothed by eps (1e-3) as its target; the data set's pair as the K = 2 samples.
-    18. BCO: delta = running mean of (r_w + r_l)/2 over the pairs of PREVIOUS optimizer steps (train.py).
+    18. BCO: delta = running mean of (r_w + r_l)/2 over the pairs of PREVIOUS optimizer steps (train.py);
+        TRL 1.16's bco_pair has no shift (delta = 0).
     19. DiscoPOP: Eq. 5's sigmoid(beta rho / tau) (the paper's code uses sigmoid(rho)); stable exp branch.
-    20. f-DPO: no cap on exp(-alpha rho) (TRL caps it); forward_kl / alpha_divergence overflow at extremes.
+    20. f-DPO: no cap on exp(-alpha rho) (TRL 1.16 caps its alpha_divergence only); forward_kl /
+        alpha_divergence overflow at extremes; our alpha is TRL's 1 - f_alpha_divergence_coef.
     21. CPO: summed log-probs in both terms (TRL token-averages the NLL).
     22. KTO from pairs: z_ref = max(0, batch mean of the pairs' own log-ratios), detached; pair = sum of 2 terms.
-    23. WPO: the pair weight is not clamped at 1 (the authors' code and TRL clamp it); "sampled" alignment only.
+    23. WPO: the pair weight is not clamped at 1 (the authors' code clamps it; TRL 1.16 does not either);
+        "sampled" alignment only.
 
 Run `pytest -q test_losses*.py test_logps.py` (a few seconds) to check every formula written here.
 """
@@ -188,8 +191,8 @@ def completion_lengths(loss_mask):
 # Sanity values (checked): a uniform next-token distribution gives a_t = log(1/V) - log(1/V) = 0 (weight 1);
 #   p = (0.5, 0.25, 0.25) and token 1: a_t = log(0.25 / 0.375) = log(2/3).
 # Bound: pi(y_t) / sum_v pi(v)^2 <= 1 / sum_v pi(v)^2 <= V, so a pair's weight is at most V^2 (finite).
-# NOTE (deviates from paper): the authors' released code and TRL's use_weighting clamp the pair weight at 1;
-#   the paper's formula, as we read it, has no clamp, and neither do we (max_weight=1.0 gives theirs). Only
+# NOTE (deviates from paper): the authors' released code clamps the pair weight at 1; the paper's formula, as
+#   we read it, has no clamp, and neither do we nor TRL 1.16's use_weighting (max_weight=1.0 gives the code's). Only
 #   the "sampled" alignment is here (not the "greedy" one, which divides by max_v pi(v)). train.py --wpo
 #   multiplies the per-pair losses of the registry entries that allow it (README deviation 23).
 # ============================================================================================================
@@ -220,6 +223,12 @@ def wpo_weights(chosen_wpo_logps, rejected_wpo_logps, *, max_weight=None):
     _pair_shapes(chosen_wpo_logps, rejected_wpo_logps)
     weights = torch.exp(chosen_wpo_logps.detach() + rejected_wpo_logps.detach())   # (B,)
     return weights if max_weight is None else weights.clamp(max=max_weight)
+
+
+def softplus(u):
+    """softplus(u) = log(1 + e^u) = -log sigmoid(-u), exact for every u. (torch's F.softplus returns u itself
+    for u > 20, about 2e-9 too small there in float64; F.logsigmoid has no such threshold.)"""
+    return -F.logsigmoid(-u)
 
 
 def log1mexp(s):
@@ -283,7 +292,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     """Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
     chosen_logratios, rejected_logratios, h = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    losses = F.softplus(-beta * h)                                              # (B,) step 5
+    losses = softplus(-beta * h)                                              # (B,) step 5
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
 
 
@@ -300,7 +309,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 # Gradient (checked):  d loss / d h = -beta * [ (1 - eps) * sigmoid(-beta*h) - eps * sigmoid(beta*h) ]
 # Reduction (checked): eps = 0 gives DPO.
 # Sanity value (checked): beta = 0.1, h = 10, eps = 0.1 -> 0.9 * 0.313262 + 0.1 * 1.313262 = 0.413262
-# NOTE (deviates from paper): none (TRL calls this DPO with label_smoothing).
+# NOTE (deviates from paper): none. TRL 1.16 has no cDPO: its `sigmoid` loss ignores label_smoothing (which only
+#   its robust, exo_pair and aot losses read); rdpo below is its `robust`.
 # ============================================================================================================
 def cdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
               *, beta=0.1, label_smoothing=0.1):
@@ -310,7 +320,7 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
     eps = label_smoothing
     chosen_logratios, rejected_logratios, h = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    losses = (1 - eps) * F.softplus(-beta * h) + eps * F.softplus(beta * h)     # (B,) step 2
+    losses = (1 - eps) * softplus(-beta * h) + eps * softplus(beta * h)     # (B,) step 2
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
 
 
@@ -338,7 +348,7 @@ def rdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
     eps = label_smoothing
     chosen_logratios, rejected_logratios, h = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    losses = ((1 - eps) * F.softplus(-beta * h) - eps * F.softplus(beta * h)) / (1 - 2 * eps)  # (B,) step 2
+    losses = ((1 - eps) * softplus(-beta * h) - eps * softplus(beta * h)) / (1 - 2 * eps)  # (B,) step 2
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
 
 
@@ -356,6 +366,8 @@ def rdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
 #   paper writes h with sequence log-likelihoods and does not discuss length. With summed log-probs the
 #   fixed target 1/(2 tau) is reached by shifting a few tokens of a long answer; averaging makes the target
 #   a per-token margin, independent of length. Pass summed log-probs yourself to get the literal form.
+#   Logged rewards: ours are beta * (Sbar - Sbar_ref), from the averaged log-probs the loss sees; TRL 1.16 logs
+#   beta * (S - S_ref) from summed log-probs (its loss averages inside), so each TRL reward is |y| times ours.
 # ============================================================================================================
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
              *, beta=0.1):
@@ -406,7 +418,7 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=2.0, gamma=1.
     chosen_rewards = beta * policy_chosen_logps                                 # (B,) step 1
     rejected_rewards = beta * policy_rejected_logps                             # (B,)
     u = chosen_rewards - rejected_rewards - gamma                               # (B,) step 2
-    losses = F.softplus(-u)                                                     # (B,)
+    losses = softplus(-u)                                                     # (B,)
     return losses, _reward_metrics(chosen_rewards, rejected_rewards)
 
 
@@ -421,7 +433,10 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=2.0, gamma=1.
 #        d loss / d Sbar(y_w) = -1 - beta * sigmoid(-v) / (1 - exp(Sbar(y_w)))
 # Sanity value (checked): Sbar(y_w) = Sbar(y_l) = log 0.5 -> v = 0 -> loss = log 2 + beta * log 2.
 # Rewards (TRL's convention): chosen_rewards = beta * Sbar(y_w), rejected_rewards = beta * Sbar(y_l).
-# NOTE (deviates from paper): none; TRL's ORPO matches this form.
+# NOTE (deviates from paper): none in the odds-ratio term. The NLL differs from TRL 1.16's ORPOTrainer
+#   (trl.experimental.orpo): ours is the completion's token-mean per pair, then the mean over pairs; TRL's is a
+#   cross-entropy over the prompt AND response tokens of the chosen rows, averaged over all those tokens of the
+#   batch (long pairs weigh more, and the prompt is trained too).
 # ============================================================================================================
 def orpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1):
     """Shapes: (B,) token-AVERAGED log-probs Sbar (<= 0). Returns losses (B,), metrics."""
@@ -429,7 +444,7 @@ def orpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1):
     chosen_logodds = policy_chosen_logps - log1mexp(policy_chosen_logps)        # (B,) step 2
     rejected_logodds = policy_rejected_logps - log1mexp(policy_rejected_logps)  # (B,)
     log_odds_ratio = chosen_logodds - rejected_logodds                          # (B,) v
-    odds_ratio_loss = F.softplus(-log_odds_ratio)                               # (B,) step 3
+    odds_ratio_loss = softplus(-log_odds_ratio)                               # (B,) step 3
     nll = -policy_chosen_logps                                                  # (B,) step 4
     losses = nll + beta * odds_ratio_loss                                       # (B,)
     return losses, _reward_metrics(beta * policy_chosen_logps, beta * policy_rejected_logps,
@@ -555,7 +570,7 @@ def pdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     forward_kl = _forward_kl_estimate(policy_chosen_logps, policy_rejected_logps,
                                       reference_chosen_logps, reference_rejected_logps)  # (B,)
-    losses = F.softplus(-beta * h) + kl_coef * forward_kl                       # (B,) step 1
+    losses = softplus(-beta * h) + kl_coef * forward_kl                       # (B,) step 1
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, forward_kl=forward_kl)
 
 
@@ -575,7 +590,7 @@ def pdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
 def oracle_loss(chosen_rewards, rejected_rewards, chosen_nll, *, alpha=0.1):
     """Shapes: chosen_rewards, rejected_rewards (B,) Oracle rewards; chosen_nll (B,) token-averaged NLL of y_w."""
     _pair_shapes(chosen_rewards, rejected_rewards, chosen_nll)
-    bt = F.softplus(-(chosen_rewards - rejected_rewards))                       # (B,) step 1
+    bt = softplus(-(chosen_rewards - rejected_rewards))                       # (B,) step 1
     losses = bt + alpha * chosen_nll                                            # (B,) step 3
     return losses, _reward_metrics(chosen_rewards, rejected_rewards, bt_loss=bt, nll_loss=chosen_nll)
 
@@ -745,7 +760,7 @@ def nca_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
     chosen_logratios, rejected_logratios, _ = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,) step 1
-    losses = F.softplus(-r_w) + 0.5 * F.softplus(r_w) + 0.5 * F.softplus(r_l)   # (B,) step 3
+    losses = softplus(-r_w) + 0.5 * softplus(r_w) + 0.5 * softplus(r_l)   # (B,) step 3
     return losses, _reward_metrics(r_w, r_l)
 
 
@@ -876,8 +891,8 @@ def exo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 # Metrics: reward_shift (delta, per pair) and reward_mean = (r_w + r_l) / 2, the quantity whose running mean
 #   train.py passes back as delta (LOSSES["bco_pair"].running; README "BCO's reward shift").
 # NOTE (deviates from paper): train.py's delta is the mean of reward_mean over every pair of the PREVIOUS optimizer
-#   steps (0 at step 1, when pi = pi_ref and every reward is 0); TRL folds the current batch into its running
-#   mean before using it. BCO's density-ratio weighting for unpaired data (UDM) is not included (README
+#   steps (0 at step 1, when pi = pi_ref and every reward is 0). TRL 1.16's only BCO form is DPOTrainer's
+#   bco_pair, with no shift at all (delta = 0: bco_pair_loss(..., delta=0) here). BCO's density-ratio weighting for unpaired data (UDM) is not included (README
 #   deviation 18). Log-probs are summed.
 # ============================================================================================================
 def bco_pair_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
@@ -888,7 +903,7 @@ def bco_pair_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     r_w, r_l = beta * chosen_logratios, beta * rejected_logratios               # (B,), (B,)
     delta = torch.as_tensor(delta, dtype=h.dtype, device=h.device).detach().expand_as(h)   # (B,) step 3
-    losses = F.softplus(delta - r_w) + F.softplus(r_l - delta)                  # (B,) step 1
+    losses = softplus(delta - r_w) + softplus(r_l - delta)                  # (B,) step 1
     return losses, _reward_metrics(r_w, r_l, reward_shift=delta, reward_mean=0.5 * (r_w + r_l))
 
 
@@ -925,7 +940,7 @@ def discopop_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
     chosen_logratios, rejected_logratios, h = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     u = beta * h                                                                # (B,)
-    logistic = torch.sigmoid(-u / tau) * F.softplus(-u)                         # (B,) (1 - m) softplus(-u)
+    logistic = torch.sigmoid(-u / tau) * softplus(-u)                         # (B,) (1 - m) softplus(-u)
     exponential = torch.exp(F.logsigmoid(u / tau) - u)                          # (B,) m exp(-u), step 3
     losses = logistic + exponential                                             # (B,) step 1
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios,
@@ -957,9 +972,11 @@ def discopop_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_l
 # Not finite by construction: forward_kl and alpha_divergence are exponential in the log-ratios, so at
 #   |rho| = 10000 (|beta h| = 1000) exp(alpha |rho|) overflows: the loss is +inf (y_w very unlikely) or 0 with a
 #   NaN gradient (y_l very unlikely). reverse_kl and js_divergence are finite there (checked).
-# NOTE (deviates from paper): alpha is restricted to (0, 1), the paper's range. TRL caps the exponent (cap_exp)
-#   to avoid the overflow; we do not: a NaN stops train.py with a clear message (README deviation 20).
-#   Log-probs are summed.
+# NOTE (deviates from paper): alpha is restricted to (0, 1), the paper's range. TRL 1.16 caps the exponent of
+#   its alpha_divergence only (at 80 in fp32/bf16, 11 in fp16; its forward_kl is uncapped, as here); we cap
+#   neither: a NaN stops train.py with a clear message (README deviation 20). TRL's alpha is another
+#   parametrisation: its score (u^(c-1) - 1)/(c-1) with c = f_alpha_divergence_coef is ours with alpha = 1 - c
+#   (up to a constant that cancels), so the same number gives the same loss only at 0.5. Log-probs are summed.
 # ============================================================================================================
 FDPO_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
@@ -986,7 +1003,7 @@ def fdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     z = beta * (_fdpo_g(chosen_logratios, divergence, alpha)
                 - _fdpo_g(rejected_logratios, divergence, alpha))               # (B,) step 3
-    losses = F.softplus(-z)                                                     # (B,)
+    losses = softplus(-z)                                                     # (B,)
     return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, pref_logit=z)
 
 
@@ -1016,7 +1033,7 @@ def cpo_loss(policy_chosen_logps, policy_rejected_logps, *, beta=0.1, alpha=1.0)
     _pair_shapes(policy_chosen_logps, policy_rejected_logps)
     chosen_rewards = beta * policy_chosen_logps                                 # (B,)
     rejected_rewards = beta * policy_rejected_logps                             # (B,)
-    pref = F.softplus(-(chosen_rewards - rejected_rewards))                     # (B,) step 1
+    pref = softplus(-(chosen_rewards - rejected_rewards))                     # (B,) step 1
     nll = -policy_chosen_logps                                                  # (B,) step 2
     losses = pref + alpha * nll                                                 # (B,) step 3
     return losses, _reward_metrics(chosen_rewards, rejected_rewards, pref_loss=pref, nll_loss=nll)
@@ -1066,6 +1083,256 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 
 
 # ============================================================================================================
+# The offline losses of DRDO's related-work list, and TRL's DPO options (issue 24). Each takes the DPO inputs
+# plus, where it needs them, what the registry's new input names provide: the Oracle's rewards (madpo, adpo),
+# a second objective's margin reward (modpo), the log-probs past the pair's shared length (ld_dpo).
+# ============================================================================================================
+
+# ============================================================================================================
+# LD-DPO, length-desensitised DPO (Liu et al., arXiv 2409.06411; the split at the "public length" l_p)
+#
+# 1) DPO's log-likelihood of the longer response has more terms, which biases the implicit reward towards
+#    length. Split each response's summed log-prob at the pair's shared length l_p = min(|y_w|, |y_l|):
+#        S(y)   = sum_{t <= l_p} log pi(y_t) + sum_{t > l_p} log pi(y_t)  =  P(y) + T(y)      (T: the tail)
+# 2) Keep the shared part whole and damp the excess by alpha in [0, 1]:
+#        S_alpha(y) = P(y) + alpha * T(y) = S(y) - (1 - alpha) * T(y)
+#    (only the longer response of a pair has a tail; the shorter one's T is 0 and its S_alpha = S).
+# 3) The same split of pi_ref's log-probs, then DPO on the split log-ratios:
+#        h_alpha = [S_alpha(y_w) - S_alpha,ref(y_w)] - [S_alpha(y_l) - S_alpha,ref(y_l)]
+#        loss    = softplus(-beta * h_alpha)
+# Gradient (checked): d loss / d S(y_w) = -beta sigmoid(-beta h_alpha),  d loss / d T(y_w) = -(1 - alpha) times
+#   that (and the mirror image for y_l): the tail tokens get alpha times the gradient of the shared ones.
+# Reduction (checked): alpha = 1 is dpo_loss exactly, whatever the tails.
+# Sanity values (checked): |y_w| = 60, |y_l| = 100 -> l_p = 60; y_l's first 60 tokens sum to -40, its last 40 to
+#   -60: S_0.5(y_l) = -40 + 0.5 * (-60) = -70 (plain S: -100); y_w has no tail.
+# NOTE (deviates from paper): the split of the REFERENCE's log-probs is our reading (TRL 1.16's ld_alpha splits
+#   the reference too when it runs it live, but not its precomputed reference log-probs; the paper's equations
+#   were read second-hand). train.py's reference cache stores S and T for every pair, so any alpha reuses it.
+#   Log-probs are summed; T comes from the same forward pass (models.pair_logps(..., tail=True)).
+# ============================================================================================================
+def ld_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                policy_chosen_tail, policy_rejected_tail, reference_chosen_tail, reference_rejected_tail,
+                *, beta=0.1, alpha=0.5):
+    """Shapes: all inputs (B,): summed log-probs S and their tails T past the pair's shared length
+    (losses.sequence_tail_logps). Returns losses (B,), metrics (rewards on the split log-ratios)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"ld_dpo_loss: alpha must be in [0, 1], got {alpha}")
+    _pair_shapes(policy_chosen_tail, policy_rejected_tail, reference_chosen_tail, reference_rejected_tail,
+                 policy_chosen_logps)
+    damp = 1.0 - alpha
+    chosen_logratios, rejected_logratios, h = _logratios(                       # step 2 and 3
+        policy_chosen_logps - damp * policy_chosen_tail, policy_rejected_logps - damp * policy_rejected_tail,
+        reference_chosen_logps - damp * reference_chosen_tail, reference_rejected_logps - damp * reference_rejected_tail)
+    losses = softplus(-beta * h)                                                # (B,) step 3
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+def sequence_tail_logps(logits, labels, loss_mask):
+    """T(y) of LD-DPO: the summed log-probs of the completion tokens past the pair's shared length
+    l_p = min(|y_w|, |y_l|), for a stacked [chosen; rejected] batch of 2B rows -> (2B,) fp32 (0 for the shorter
+    response of each pair). Same layouts as sequence_logps: (2B, T, V) logits, or (M, V) at completion positions."""
+    mask = loss_mask[:, 1:]                                                     # (2B, T-1) scored tokens
+    B = mask.shape[0] // 2
+    if mask.shape[0] != 2 * B:
+        raise ValueError(f"sequence_tail_logps: expected a stacked [chosen; rejected] batch, got {mask.shape[0]} rows")
+    n = mask.sum(-1)                                                            # (2B,) |y|
+    shared = torch.minimum(n[:B], n[B:]).repeat(2)                              # (2B,) l_p of each row's pair
+    tail = (mask > 0) & (mask.cumsum(-1) > shared[:, None])                     # (2B, T-1) tokens past l_p
+    if logits.dim() == 3:
+        return sequence_logps(logits, labels, F.pad(tail, (1, 0)).to(loss_mask.dtype))
+    keep = mask.bool()                                                          # the (M, V) layout's positions
+    values = token_logps(logits, labels[:, 1:][keep]) * tail[keep].to(torch.float32)      # (M,)
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(2 * B, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+# ============================================================================================================
+# TRL's sigmoid_norm: DPO on length-normalised log-ratios (TRL 1.16, DPOConfig loss_type="sigmoid_norm")
+#
+#        loss = softplus( -beta * [ (S_w - S_ref,w) / |y_w|  -  (S_l - S_ref,l) / |y_l| ] )
+#             = dpo_loss on token-AVERAGED log-probs (Sbar - Sbar_ref = (S - S_ref) / |y|)
+# It is therefore not a new function: the registry entry "sigmoid_norm" feeds dpo_loss averaged log-probs
+# (for policy and reference alike). beta works on a per-token scale here, so it wants values ~|y| times DPO's.
+# ============================================================================================================
+
+
+# ============================================================================================================
+# AOT, alignment via optimal transport (Melnyk et al., arXiv 2406.05882; TRL 1.16's loss_type "aot" and
+# "aot_unpaired")
+#
+# 1) Instead of asking each pair's margin to be positive, AOT asks the DISTRIBUTION of chosen rewards to
+#    dominate that of rejected rewards (first-order stochastic dominance). Over a batch, the one-dimensional
+#    optimal-transport plan between two empirical distributions matches their sorted values, so the penalty
+#    is a DPO-type loss on sorted quantities:
+#      aot_unpaired:  d_i = sort(rho_w)_i - sort(rho_l)_i             (chosen and rejected sorted separately)
+#      aot (paired):  d_i = sort(S_w - S_l)_i - sort(S_ref,w - S_ref,l)_i
+#        loss_i = (1 - eps) * softplus(-beta d_i) + eps * softplus(beta d_i)      (label smoothing eps, TRL's)
+# 2) Sorting is a permutation, so gradients flow back to the unsorted entries (torch.sort is differentiable).
+#    A batch of one pair is DPO (with eps = 0) for both forms.
+# Gradient (checked): d loss_i / d d_i = -beta [ (1 - eps) sigmoid(-beta d_i) - eps sigmoid(beta d_i) ], sent to
+#   the entries that sort to place i.
+# Sanity value (checked): rho_w = (1, -2), rho_l = (0, 3), beta = 1, eps = 0: unpaired d = (-2 - 0, 1 - 3) =
+#   (-2, -2) -> loss 2.126928 each; per-pair DPO would give (softplus(-1), softplus(5)) = (0.313262, 5.006715).
+# NOTE (deviates from paper): the sort runs over each call's pairs: train.py's micro-batch, like TRL's
+#   per-device batch, so the loss depends on the micro-batch split (gradient accumulation is not exact, as for
+#   KTO's z_ref, README deviation 22). Log-probs are summed. Each i is logged against pair i's own rewards.
+# ============================================================================================================
+def _smoothed_logistic(d, beta, label_smoothing):
+    return (1 - label_smoothing) * softplus(-beta * d) + label_smoothing * softplus(beta * d)
+
+
+def aot_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+             *, beta=0.1, label_smoothing=0.0):
+    """Paired AOT. Shapes: all inputs (B,) summed log-probs. Returns losses (B,) (entry i: the i-th smallest
+    policy margin against the i-th smallest reference margin), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    policy_margin = torch.sort(policy_chosen_logps - policy_rejected_logps).values                   # (B,)
+    reference_margin = torch.sort((reference_chosen_logps - reference_rejected_logps).detach()).values  # (B,)
+    losses = _smoothed_logistic(policy_margin - reference_margin, beta, label_smoothing)             # (B,)
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+def aot_unpaired_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                      *, beta=0.1, label_smoothing=0.0):
+    """Unpaired AOT. Shapes: all inputs (B,) summed log-probs. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    d = torch.sort(chosen_logratios).values - torch.sort(rejected_logratios).values                  # (B,)
+    losses = _smoothed_logistic(d, beta, label_smoothing)                                             # (B,)
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+# ============================================================================================================
+# MADPO, margin-adaptive DPO (arXiv 2510.05342; the weight of the authors' released MADPOLoss)
+#
+# 1) A reward model's margin m = R(y_w) - R(y_l) says how clear each pair is. Re-weight DPO's per-pair loss by
+#        w(m) = sigmoid(c(|m|) * m) / sigmoid(m)   if m > -tau,   else 1
+#    with the margin coefficient
+#        c(a) = c_min + (c_max - c_min) / (1 + k * exp(lambda * (a - tau))),   k = (c_max - 1) / (1 - c_min)
+#    c(tau) = 1 (w = 1 at |m| = tau), c(0) ~ c_max, and c -> c_min as |m| -> inf. Near-ties (small |m|,
+#    c ~ c_max > 1) get w > 1 when m > 0 (hard pairs amplified); large margins (c ~ c_min < 1) get w slightly
+#    below 1 (easy pairs damped); pairs the reward model calls mislabelled (m < 0) get w < 1.
+# 2) loss = w * softplus(-beta * h), w a constant (no gradient into the reward model).
+# Gradient (checked): d loss / d h = -w beta sigmoid(-beta h).
+# Sanity values (checked; c_min 0.5, c_max 2, lambda 1, tau = ln(999) = 6.9068): m = 0 -> w = 1;
+#   m = 1 -> c = 1.99188, w = 0.87993 / 0.73106 = 1.20365;  m = -1 -> w = 0.44641;  m = 3 -> w = 1.04670;
+#   m = 10 -> c = 0.53326, w = 0.99524.
+# NOTE (deviates from paper): the paper itself was not available to us; the weight is that of the authors'
+#   released code, with tau = ln(0.999 / 0.001) from their notebook (their class default is 2). The Oracle's
+#   rewards are the reward model (its margin std is ~2 on the embedded task, so tau = 6.9 rarely binds).
+# ============================================================================================================
+def madpo_weights(margin, *, c_min=0.5, c_max=2.0, lam=1.0, tau=math.log(999.0)):
+    """w(m) of step 1 for a (B,) margin, detached -> (B,)."""
+    if not (0.0 < c_min < 1.0 < c_max):
+        raise ValueError(f"madpo: need 0 < c_min < 1 < c_max, got c_min {c_min}, c_max {c_max}")
+    m = margin.detach()
+    k = (c_max - 1.0) / (1.0 - c_min)
+    c = c_min + (c_max - c_min) / (1.0 + k * torch.exp(lam * (m.abs() - tau)))               # (B,)
+    return torch.where(m > -tau, torch.sigmoid(c * m) / torch.sigmoid(m), torch.ones_like(m))  # (B,)
+
+
+def madpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+               oracle_chosen_rewards, oracle_rejected_rewards, *, beta=0.1, c_min=0.5, c_max=2.0):
+    """Shapes: (B,) summed log-probs, (B,) Oracle rewards. Returns losses (B,), metrics (+ madpo_weight)."""
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    w = madpo_weights(oracle_chosen_rewards - oracle_rejected_rewards, c_min=c_min, c_max=c_max)  # (B,) step 1
+    losses = w * softplus(-beta * h)                                                               # (B,) step 2
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, madpo_weight=w,
+                                   oracle_margin=(oracle_chosen_rewards - oracle_rejected_rewards))
+
+
+# ============================================================================================================
+# ADPO, anchored DPO, pairwise form (arXiv 2510.18913: minimise KL(q || softmax((s - s_anchor) / tau)) over the
+# candidate set; here the set is the pair, K = 2)
+#
+# 1) Over a pair, softmax((s - s_anchor)/tau) is (sigmoid(h / tau), sigmoid(-h / tau)) with h the log-ratio
+#    margin (anchor = pi_ref, s = log pi); write tau = 1 / beta. With soft targets (q, 1 - q):
+#        KL(q || p) = const - q log sigmoid(beta h) - (1 - q) log sigmoid(-beta h)
+#        loss       = q * softplus(-beta h) + (1 - q) * softplus(beta h)
+# 2) The targets from the Oracle: q = sigmoid(dR / T), its Bradley-Terry probability at temperature T.
+# 3) The minimiser is finite: sigmoid(beta h*) = q, i.e. beta h* = logit(q) = dR / T. At T = 1 that is the
+#    minimiser of reward distillation (dR - beta h)^2 (distill_loss) reached through a cross-entropy, whose
+#    gradient saturates for confident q instead of growing with the error.
+# Gradient (checked): d loss / d h = beta * (sigmoid(beta h) - q).
+# Reductions (checked): q = 1 is DPO; q = 1 - eps is cDPO with label smoothing eps.
+# Sanity values (checked): h = 0 -> log 2 for every q; q = 0.8, beta = 1 -> optimum h* = log 4 = 1.386294.
+# NOTE (deviates from paper): reconstructed as the K = 2 case of the abstract's objective (the paper body was not
+#   available to us); q = sigmoid(dR / T) is our choice of soft target from a Bradley-Terry Oracle (the public
+#   ports build q from group-normalised rewards, which for K = 2 is a constant). The anchor is the fixed pi_ref.
+# ============================================================================================================
+def adpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+              oracle_chosen_rewards, oracle_rejected_rewards, *, beta=0.1, temperature=1.0):
+    """Shapes: (B,) summed log-probs, (B,) Oracle rewards. Returns losses (B,), metrics (+ target q)."""
+    if not temperature > 0.0:
+        raise ValueError(f"adpo_loss: temperature must be > 0, got {temperature}")
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    dR = (oracle_chosen_rewards - oracle_rejected_rewards).detach()
+    q = torch.sigmoid(dR / temperature)                                         # (B,) step 2
+    losses = q * softplus(-beta * h) + (1 - q) * softplus(beta * h)             # (B,) step 1
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, adpo_target=q,
+                                   oracle_margin=dR)
+
+
+# ============================================================================================================
+# ASFT, aligned SFT through absolute likelihood (arXiv 2409.10571)
+#
+# 1) Reference-free, one stage: with the length-normalised likelihood p(y) = exp(Sbar(y)) and its log-odds
+#    logodds(p) = log(p / (1 - p)), ASFT adds to the NLL of y_w an absolute (unpaired) term per response:
+#        loss = -Sbar(y_w) - lambda * [ log sigmoid(logodds(p_w)) + log sigmoid(-logodds(p_l)) ]
+# 2) log sigmoid(logodds(p)) = log p and log sigmoid(-logodds(p)) = log(1 - p), so
+#        loss = -(1 + lambda) * Sbar(y_w) - lambda * log(1 - exp(Sbar(y_l)))
+#    Unlike ORPO there is no ratio between the two responses: y_w is pushed up and y_l down independently.
+# Gradient (checked): d loss / d Sbar(y_w) = -(1 + lambda);  d loss / d Sbar(y_l) = lambda p_l / (1 - p_l).
+# Sanity value (checked): p_w = p_l = 0.5, lambda = 0.1 -> 1.1 log 2 + 0.1 log 2 = 0.831777.
+# Rewards: chosen_rewards = Sbar(y_w), rejected_rewards = Sbar(y_l).
+# NOTE (deviates from paper): read second-hand (a later study's restatement); whether ASFT length-normalises p
+#   is our reading (the registry feeds token-averaged log-probs); lambda's value was not recovered (0.1 here).
+# ============================================================================================================
+def asft_loss(policy_chosen_logps, policy_rejected_logps, *, lam=0.1):
+    """Shapes: (B,) token-AVERAGED log-probs Sbar (<= 0). Returns losses (B,), metrics."""
+    if not lam >= 0.0:
+        raise ValueError(f"asft_loss: lambda must be >= 0, got {lam}")
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps)
+    nll = -policy_chosen_logps                                                  # (B,)
+    losses = (1 + lam) * nll - lam * log1mexp(policy_rejected_logps)            # (B,) step 2
+    return losses, _reward_metrics(policy_chosen_logps, policy_rejected_logps, nll_loss=nll)
+
+
+# ============================================================================================================
+# MODPO, multi-objective DPO (Zhou et al., arXiv 2310.03708; the loss of the authors' released trainer)
+#
+# 1) Several objectives r_0 (the preference labels at hand) and r_1, ..., and a weighting w = (w_0, w_1, ...).
+#    The policy optimal for the combined reward w . r satisfies  beta * rho(y) = w_0 r_0(y) + sum_k w_k r_k(y)
+#    + const(x), so r_0 = (beta rho - sum_k w_k r_k) / w_0 up to const(x).
+# 2) Bradley-Terry on r_0 for the r_0-labelled pairs, with the other objectives' margins dr_k known:
+#        loss = -log sigmoid( (1 / w_0) * [ beta h - sum_k w_k dr_k ] ) = softplus( -(beta h - w_1 dr_1) / w_0 )
+#    One model per weighting; here one extra objective, w_1 = 1 - w_0 (the released scripts' convention).
+# 3) The second objective on the embedded task: brevity, r_1(y) = -|y| in tokens (one of MODPO's own
+#    experiments is a length objective); `train.py` feeds dr_1 = |y_l| - |y_w|. Any other margin reward can be
+#    passed in its place (a second Oracle, a safety reward model).
+# Gradient (checked): d loss / d h = -(beta / w_0) sigmoid(-(beta h - w_1 dr_1) / w_0).
+# Reductions (checked): w_0 = 1 (w_1 = 0) is DPO.
+# Sanity value (checked): w_0 = w_1 = 0.5, dr_1 = 1, h = 0 -> softplus(1) = 1.313262.
+# NOTE (deviates from paper): read in the authors' code, not the paper text. The brevity margin is in raw token
+#   counts (the released length script's form); its scale sets how much w_1 means.
+# ============================================================================================================
+def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+               margin_chosen_rewards, margin_rejected_rewards, *, beta=0.1, w0=0.9):
+    """Shapes: (B,) summed log-probs, (B,) rewards of the second objective. Returns losses (B,), metrics."""
+    if not 0.0 < w0 <= 1.0:
+        raise ValueError(f"modpo_loss: w0 (the weight of the labels' objective) must be in (0, 1], got {w0}")
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    dr1 = (margin_chosen_rewards - margin_rejected_rewards).detach()            # (B,)
+    logit = (beta * h - (1.0 - w0) * dr1) / w0                                  # (B,) step 2
+    losses = softplus(-logit)                                                   # (B,)
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, pref_logit=logit)
+
+
+# ============================================================================================================
 # Registry: method name -> the function, what the trainer must feed it, and its hyper-parameters
 #
 # `inputs` lists, in call order, the pairs of (B,) tensors the function takes before its keywords:
@@ -1074,6 +1341,9 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 #     "oracle"          the Oracle's rewards R(x, y_w), R(x, y_l), averaged over ensemble members: (B,) each
 #     "oracle_members"  every ensemble member's rewards: (K, B) each (e-DPO's pessimism needs them all)
 #     "student"         DRDO's student rewards r(x, y_w), r(x, y_l); train.py's --student_reward says which
+#     "policy_tail"     the policy's summed log-probs past the pair's shared length (LD-DPO; sequence_tail_logps)
+#     "reference_tail"  the same under pi_ref (cached with the reference log-probs)
+#     "brevity"         -|y_w|, -|y_l| in completion tokens (MODPO's second objective on any data)
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
 # `running` maps a keyword argument to one of the function's OWN metrics: train.py passes, as that keyword, the
 #     mean of the metric over every training pair of the previous optimizer steps (nothing before the first
@@ -1153,4 +1423,18 @@ LOSSES = {
     # z_ref is not filled: kto_loss estimates it from each micro-batch, detached (README deviation 22)
     "kto":       LossInfo(kto_loss, _REF, False, {"beta": "beta", "desirable_weight": "kto_desirable_weight",
                                                   "undesirable_weight": "kto_undesirable_weight"}, wpo=True),
+    # the related-work list's offline losses and TRL 1.16's DPO options (README, "The methods")
+    "ld_dpo":    LossInfo(ld_dpo_loss, _REF + ("policy_tail", "reference_tail"), False,
+                          {"beta": "beta", "alpha": "ld_alpha"}, wpo=True),
+    "sigmoid_norm": LossInfo(dpo_loss, _REF, True, {"beta": "beta"}, wpo=True),     # dpo on averaged log-probs
+    # no wpo: the sorted entry i mixes pairs, so pair i's weight does not belong to it (TRL refuses it too)
+    "aot":       LossInfo(aot_loss, _REF, False, {"beta": "beta", "label_smoothing": "aot_label_smoothing"}),
+    "aot_unpaired": LossInfo(aot_unpaired_loss, _REF, False,
+                             {"beta": "beta", "label_smoothing": "aot_label_smoothing"}),
+    "madpo":     LossInfo(madpo_loss, _REF + ("oracle",), False,
+                          {"beta": "beta", "c_min": "madpo_c_min", "c_max": "madpo_c_max"}),
+    "adpo":      LossInfo(adpo_loss, _REF + ("oracle",), False, {"beta": "beta", "temperature": "adpo_temperature"}),
+    "asft":      LossInfo(asft_loss, _POL, True, {"lam": "asft_lambda"}),
+    # the second objective: brevity, r_1(y) = -|y| tokens (modpo_loss step 3)
+    "modpo":     LossInfo(modpo_loss, _REF + ("brevity",), False, {"beta": "beta", "w0": "modpo_w0"}),
 }

@@ -21,9 +21,9 @@ SINGLE = distributed.Dist()          # one process: every distributed step is th
 def collate(examples, pad_token_id):
     """tokenization.collate plus the cached reference log-probs, as (B,) tensors."""
     batch = tokenization.collate(examples, pad_token_id)
-    if "ref_chosen" in examples[0]:
-        batch["ref_chosen"] = torch.tensor([e["ref_chosen"] for e in examples])
-        batch["ref_rejected"] = torch.tensor([e["ref_rejected"] for e in examples])
+    for key in ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail"):
+        if key in examples[0]:
+            batch[key] = torch.tensor([e[key] for e in examples])
     return batch
 
 
@@ -49,14 +49,19 @@ def loss_inputs(cfg, model, batch):
     Only what the entry names is read from the batch."""
     info = LOSSES[cfg.method]
     head = uses_reward_head(cfg)
-    out = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo, logits_mean=True)
+    out = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo, logits_mean=True,
+                     tail="policy_tail" in info.inputs)
     (c_sum, r_sum), head_rewards = out["logps"], out.get("head")                             # (B,) S
     n = completion_lengths(batch["loss_mask"])                                               # (2B,) |y|
-    c_mean, r_mean = c_sum / n[:len(c_sum)], r_sum / n[len(c_sum):]                          # (B,) Sbar
+    B = len(c_sum)
+    c_mean, r_mean = c_sum / n[:B], r_sum / n[B:]                                            # (B,) Sbar
     policy = (c_mean, r_mean) if info.average_logps else (c_sum, r_sum)
     inputs = {
         "policy": lambda: policy,
         "reference": lambda: (batch["ref_chosen"], batch["ref_rejected"]),                   # (B,) cached
+        "policy_tail": lambda: out["tail"],                                                  # (B,) T, LD-DPO
+        "reference_tail": lambda: (batch["ref_chosen_tail"], batch["ref_rejected_tail"]),    # (B,) cached
+        "brevity": lambda: (-n[:B].to(c_sum.dtype), -n[B:].to(c_sum.dtype)),                # (B,) -|y|
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
         "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),

@@ -22,7 +22,9 @@ from models import autocast, is_lora, load_model, pair_logps, to_device
 @torch.no_grad()
 def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None, d=None):
     """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
-    tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example.
+    tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example, and with
+    sums also ref_chosen_tail / ref_rejected_tail, the log-probs past the pair's shared length (LD-DPO at any
+    alpha reads the same cache).
     With LoRA and no --ref_model, pi_ref is the policy itself with its adapters switched off (no second copy
     of the model); otherwise the reference is loaded, used and freed before training starts.
     Under torchrun (`d`, a distributed.Dist): rank 0 says whether the cache exists; if not, each rank computes
@@ -35,13 +37,13 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name   # retrained -> new key
     key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
-                       cfg.max_length, cfg.max_prompt_length, average, cfg.bf16])
+                       cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails"])
     entry = os.path.join(cache.cache_root(), f"reflogps-{key}")
     path = os.path.join(entry, "logps.pt")
     cached = cache.ready(entry, log) if d is None else d.from_rank0(d.rank == 0 and cache.ready(entry, log))
     if cached:
         log(f"pi_ref log-probs ({name}): cached in {path}")
-        chosen, rejected = torch.load(path)
+        stored = torch.load(path)
     else:
         adapters_off = policy is not None and is_lora(policy) and not cfg.ref_model
         log(f"pi_ref log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}"
@@ -56,21 +58,22 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
         ref.eval()
         starts = list(range(0, len(examples), 32))
         mine = [(i, True) for i in starts] if d is None else d.share(starts, pad=d.fsdp)
-        done = {}                                                   # batch start -> (chosen, rejected)
+        done = {}                                   # batch start -> [chosen, rejected(, chosen tail, rejected tail)]
         with (ref.disable_adapter() if adapters_off else contextlib.nullcontext()):
             for i, counted in mine:
                 batch = to_device(tokenization.collate(examples[i:i + 32], tokenizer.pad_token_id), device)
                 with autocast(cfg, device):
-                    c, r = pair_logps(ref, batch, average)["logps"]
-                if counted:
-                    done[i] = (c.float().cpu(), r.float().cpu())
+                    out = pair_logps(ref, batch, average, tail=not average)
+                if counted:            # S (or Sbar), and with sums the tails past each pair's shared length
+                    done[i] = [t.float().cpu() for t in out["logps"] + out.get("tail", ())]
         if d is not None:                                           # every rank's batches, on every rank
             done = {i: v for part in d.gather(done) for i, v in part.items()}
-        chosen, rejected = torch.cat([done[i][0] for i in starts]), torch.cat([done[i][1] for i in starts])
+        stored = tuple(torch.cat([done[i][k] for i in starts]) for k in range(len(done[starts[0]])))
         if d is None or d.rank == 0:     # a process that raced this one may have stored it first: same numbers
-            cache.build(entry, lambda tmp: torch.save((chosen, rejected), os.path.join(tmp, "logps.pt")), log,
-                        inputs=key)
+            cache.build(entry, lambda tmp: torch.save(stored, os.path.join(tmp, "logps.pt")), log, inputs=key)
         ref.train(was_training)
         del ref                                                     # a loaded reference is freed before training
-    for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
-        e["ref_chosen"], e["ref_rejected"] = c, r
+    names = ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail")[:len(stored)]
+    columns = [values.tolist() for values in stored]
+    for i, e in enumerate(examples):
+        e.update({name: column[i] for name, column in zip(names, columns)})

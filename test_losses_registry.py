@@ -5,9 +5,10 @@ entry consumes, its keywords, and the fields of Config that fill them).
 import pytest
 import torch
 
-from losses import (LOSSES, apo_down_loss, apo_zero_loss, bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss,
-                    distill_loss, dpo_loss, drdo_loss, edpo_loss, exo_loss, fdpo_loss, hinge_loss, ipo_loss,
-                    kto_loss, nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss)
+from losses import (LOSSES, adpo_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
+                    bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
+                    exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
+                    nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -18,6 +19,8 @@ def _random_case(B=16, seed=0):
     summed = lambda: -torch.rand(B, generator=g, dtype=torch.float64) * 60 - 1      # S in [-61, -1]
     avg = lambda: -torch.rand(B, generator=g, dtype=torch.float64) * 4 - 0.05       # Sbar in [-4.05, -0.05]
     return dict(pc=summed(), pr=summed(), rc=summed(), rr=summed(), ac=avg(), ar=avg(),
+                tc=summed() / 3, tr=summed() / 3, uc=summed() / 3, ur=summed() / 3,   # tails (policy, reference)
+                nc=torch.randint(1, 40, (B,), generator=g).double(), nr=torch.randint(1, 40, (B,), generator=g).double(),
                 Rw=torch.randn(B, generator=g, dtype=torch.float64),
                 Rl=torch.randn(B, generator=g, dtype=torch.float64),
                 Rk=torch.randn(3, B, generator=g, dtype=torch.float64),
@@ -82,12 +85,38 @@ def test_every_loss_against_a_fresh_rederivation():
         "kto": (kto_loss(*four, beta=b, desirable_weight=1.0, undesirable_weight=1.5)[0],
                 (1 - sig(b * (rw - z_kto))) + 1.5 * (1 - sig(b * (z_kto - rl)))),
     })
+    # the related-work list's offline losses (issue 24), each from its formula
+    al, dR, w0 = 0.3, c["Rw"] - c["Rl"], 0.7
+    h_ld = (c["pc"] - (1 - al) * c["tc"] - c["rc"] + (1 - al) * c["uc"]) - (c["pr"] - (1 - al) * c["tr"]
+                                                                          - c["rr"] + (1 - al) * c["ur"])
+    kk, tau = 2.0, torch.log(torch.tensor(999.0, dtype=torch.float64))
+    coef = 0.5 + 1.5 / (1 + kk * torch.exp(dR.abs() - tau))
+    w_madpo = torch.where(dR > -tau, sig(coef * dR) / sig(dR), torch.ones_like(dR))
+    q = sig(dR / 0.7)
+    lsort = lambda x: torch.sort(x).values                                                        # noqa: E731
+    d_aot = lsort(c["pc"] - c["pr"]) - lsort(c["rc"] - c["rr"])
+    d_un = lsort(c["pc"] - c["rc"]) - lsort(c["pr"] - c["rr"])
+    smooth = lambda d: -(1 - 0.1) * torch.log(sig(b * d)) - 0.1 * torch.log(sig(-b * d))          # noqa: E731
+    cases.update({
+        "ld_dpo": (ld_dpo_loss(*four, c["tc"], c["tr"], c["uc"], c["ur"], beta=b, alpha=al)[0],
+                   -torch.log(sig(b * h_ld))),
+        "sigmoid_norm": (dpo_loss(c["ac"], c["ar"], c["rc"] / 30, c["rr"] / 30, beta=b)[0], -torch.log(sig(b * ha))),
+        "aot": (aot_loss(*four, beta=b, label_smoothing=0.1)[0], smooth(d_aot)),
+        "aot_unpaired": (aot_unpaired_loss(*four, beta=b, label_smoothing=0.1)[0], smooth(d_un)),
+        "madpo": (madpo_loss(*four, c["Rw"], c["Rl"], beta=b)[0], -w_madpo * torch.log(sig(b * h))),
+        "adpo": (adpo_loss(*four, c["Rw"], c["Rl"], beta=b, temperature=0.7)[0],
+                 -q * torch.log(sig(b * h)) - (1 - q) * torch.log(sig(-b * h))),
+        "asft": (asft_loss(c["ac"], c["ar"], lam=0.4)[0],
+                 -c["ac"] - 0.4 * (torch.log(sig(torch.log(odds(c["ac"])))) + torch.log(sig(-torch.log(odds(c["ar"])))))),
+        "modpo": (modpo_loss(*four, -c["nc"], -c["nr"], beta=b, w0=w0)[0],
+                  -torch.log(sig((b * h - (1 - w0) * (c["nr"] - c["nc"])) / w0))),
+    })
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
         torch.testing.assert_close(ours, fresh, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl):
+def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
     """Call a registered loss the way train.py does: the tensor pairs its entry names, in order.
     Policy and reference log-probs come summed (pc, pr, rc, rr) or averaged (ac, ar; reference / 30)."""
     info = LOSSES[name]
@@ -96,7 +125,8 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl):
              "reference": (rc / 30, rr / 30) if average else (rc, rr),
              "oracle": (Rw, Rl),
              "oracle_members": (Rw[None].expand(2, -1), Rl[None].expand(2, -1)),
-             "student": (rw, rl)}
+             "student": (rw, rl),
+             "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr)}
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -114,7 +144,7 @@ def test_metrics_detached_and_frozen_inputs_get_no_gradient(name):
         expected = (4, 2) if key in window_metrics else (4,)
         assert value.shape == expected, f"{name}: metrics[{key!r}] has shape {tuple(value.shape)}"
     losses.sum().backward()
-    for frozen in ("rc", "rr", "Rw", "Rl"):                # reference log-probs and Oracle rewards
+    for frozen in ("rc", "rr", "Rw", "Rl", "uc", "ur", "nc", "nr"):   # reference, Oracle, lengths
         assert c[frozen].grad is None, f"{name}: gradient reached frozen input {frozen}"
     policy = ("ac", "ar") if LOSSES[name].average_logps else ("pc", "pr")
     assert c[policy[0]].grad is not None and c[policy[0]].grad.abs().sum() > 0
@@ -139,10 +169,10 @@ def test_every_loss_is_finite_at_extremes(name, extreme):
             base["pc"], base["pr"], base["ac"], base["ar"] = bad, good, far, near0
         base["rc"], base["rr"] = torch.full((B,), -10.0), torch.full((B,), -10.0)
     elif extreme == "logps_near_0":
-        for k in ("pc", "pr", "rc", "rr", "ac", "ar"):
+        for k in ("pc", "pr", "rc", "rr", "ac", "ar", "tc", "tr", "uc", "ur"):
             base[k] = torch.tensor([-1e-7, -1e-4, 0.0])
     else:
-        for k in ("pc", "pr", "rc", "rr", "ac", "ar"):
+        for k in ("pc", "pr", "rc", "rr", "ac", "ar", "tc", "tr", "uc", "ur"):
             base[k] = torch.tensor([-1000.0, -999.0, -1001.0])
     leaves = {k: v.clone().requires_grad_(True) for k, v in base.items()}
     losses, _ = _call(name, **leaves)
@@ -160,15 +190,17 @@ def test_shape_mismatch_is_a_clear_error():
 
 def test_registry_metadata():
     reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
-    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo"}
-    assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo"}
-    assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft"}
+    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo", "asft"}
+    assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo", "madpo", "adpo"}
+    assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft",
+                                                                   "sigmoid_norm", "asft"}
     assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
     from losses import WindowArgmin
     assert {n: i.window for n, i in LOSSES.items() if i.window} == {
         "edpo": {"member": WindowArgmin("member_losses", ("aggregate", "batch_min"))}}
     # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
-    assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft"}
+    assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft",
+                                                            "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo"}
 
 
 def _metrics_for_a_keyword_train_fills(name, keyword):

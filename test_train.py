@@ -33,7 +33,9 @@ FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "-
          "--simpo_beta", "1.7", "--simpo_gamma", "0.3", "--orpo_beta", "0.45", "--alpha", "0.6", "--gamma", "1.5",
          "--score", "odds", "--distill_weight", "0.8", "--beta_r", "0.09", "--exo_epsilon", "0.002",
          "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
-         "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9"]
+         "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9", "--ld_alpha", "0.35",
+         "--aot_label_smoothing", "0.04", "--madpo_c_min", "0.6", "--madpo_c_max", "1.8", "--adpo_temperature", "0.8",
+         "--asft_lambda", "0.25", "--modpo_w0", "0.85"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -45,6 +47,10 @@ EXPECTED_KWARGS = {
     "exo": {"beta": 0.123, "epsilon": 0.002}, "bco_pair": {"beta": 0.123}, "discopop": {"beta": 0.123, "tau": 0.07},
     "fdpo": {"beta": 0.123, "divergence": "js_divergence", "alpha": 0.3}, "cpo": {"beta": 0.123, "alpha": 0.8},
     "kto": {"beta": 0.123, "desirable_weight": 1.2, "undesirable_weight": 0.9},
+    "ld_dpo": {"beta": 0.123, "alpha": 0.35}, "sigmoid_norm": {"beta": 0.123},
+    "aot": {"beta": 0.123, "label_smoothing": 0.04}, "aot_unpaired": {"beta": 0.123, "label_smoothing": 0.04},
+    "madpo": {"beta": 0.123, "c_min": 0.6, "c_max": 1.8}, "adpo": {"beta": 0.123, "temperature": 0.8},
+    "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85},
 }
 
 
