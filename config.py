@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from common import check_ranges
-from losses import FDPO_DIVERGENCES, LOSSES
+from losses import FDPO_DIVERGENCES, LOSSES, combine, parse_loss_weights
 from runlog import check_report_to
 
 
@@ -39,7 +39,7 @@ CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unl
 @dataclass
 class Config:
     # --- what to train ---------------------------------------------------------------------------------------
-    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"):
+    method: str = "drdo"           # a name in losses.LOSSES (README, "The methods"), or a weighted sum a+b (--loss_weights):
     model: str = "embedded"        # embedded (the task's pi_ref), tiny, opt-125m, opt-350m, opt-1.3b, smollm2-135m, hub id, path
     data: str = "embedded"         # embedded, embedded-tiny, ultrafeedback, tldr, hh, a .jsonl/.json/.parquet/.csv, a hub id
     data_config: str = ""          # hub dataset's configuration (hh: its subset, e.g. helpful-base); empty = the source's default
@@ -81,6 +81,7 @@ class Config:
     adpo_temperature: float = 1.0  # adpo: soft target q = sigmoid(Oracle margin / T)
     asft_lambda: float = 0.1       # asft: weight of the absolute-likelihood terms (0.1-1)
     modpo_w0: float = 0.9          # modpo: weight of the labels' objective; brevity gets 1 - w0 (1 = dpo)
+    loss_weights: str = ""         # --method a+b: one weight per loss, comma-separated (e.g. 1,0.2; empty = all 1)
     wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
@@ -126,8 +127,15 @@ Config.HELP_EXTRA = {"method": " ".join(LOSSES)}
 def resolve(cfg, limits=LIMITS):
     """Fill the defaults that depend on other fields, and reject impossible combinations with one clear error.
     `limits`: the range table (a command that adds options to Config passes its own, extended one)."""
+    if "+" in cfg.method and cfg.method not in LOSSES:     # a weighted combination, registered under its name
+        LOSSES[cfg.method] = combine(cfg.method.split("+"))
     if cfg.method not in LOSSES:
-        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}")
+        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}, or a "
+                         "combination such as dpo+sft with --loss_weights 1,0.2")
+    if "+" in cfg.method:
+        parse_loss_weights(cfg.loss_weights, len(cfg.method.split("+")))
+    elif cfg.loss_weights:
+        raise ValueError(f"--loss_weights weighs the losses of a combination (--method a+b); {cfg.method} is one loss")
     check_ranges(cfg, limits)
     world = int(os.environ.get("WORLD_SIZE", "1"))         # torchrun's number of processes (1 without torchrun)
     if world == 1 and cfg.batch_size % cfg.micro_batch_size:

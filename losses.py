@@ -1344,6 +1344,8 @@ def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logp
 #     "policy_tail"     the policy's summed log-probs past the pair's shared length (LD-DPO; sequence_tail_logps)
 #     "reference_tail"  the same under pi_ref (cached with the reference log-probs)
 #     "brevity"         -|y_w|, -|y_l| in completion tokens (MODPO's second objective on any data)
+#     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
+#                                   (combinations of entries: combine below)
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
 # `running` maps a keyword argument to one of the function's OWN metrics: train.py passes, as that keyword, the
 #     mean of the metric over every training pair of the previous optimizer steps (nothing before the first
@@ -1386,6 +1388,81 @@ class LossInfo:
     @property
     def needs_oracle(self):
         return "oracle" in self.inputs or "oracle_members" in self.inputs
+
+
+# ============================================================================================================
+# Weighted combinations of entries (TRL's loss_type list with loss_weights, i.e. MPO; RPO = DPO + NLL)
+#
+#     train.py --method dpo+sft --loss_weights 1,0.2        loss = 1 * dpo + 0.2 * sft, per pair
+#
+# combine(names) builds the entry of "a+b+...": its function calls each member's function on that member's own
+# inputs with that member's own hyper-parameters and returns sum_k w_k loss_k (B,), with each member's loss as a
+# metric (loss/<name>) and the first member's rewards. Members may mix summed and averaged policy log-probs (the
+# inputs "policy_sum" / "policy_mean" stand in for each member's "policy"), but all members that read pi_ref must
+# read it with one reduction (one reference cache), and members with state across steps (`running`, `window`)
+# are refused. The terms of the combination are its members, each at its weight (grad_norm/<name> on evaluation
+# steps; the keyword `only` keeps one member).
+# The weights are a keyword of the function (Config.loss_weights, "1,0.2"), so --loss_weights reaches it the
+# way every hyper-parameter does. config.resolve registers the combination under its name.
+# NOTE (deviates from TRL): each member is reduced per pair and then averaged over pairs, as everywhere here;
+#   TRL's "sft" member (and rpo_alpha's NLL) is a token-mean over the whole batch, so long responses weigh more
+#   there (README deviation 38).
+# ============================================================================================================
+def parse_loss_weights(text, n):
+    """'1,0.2' -> [1.0, 0.2]; empty -> n ones. A ValueError names the problem."""
+    if not text:
+        return [1.0] * n
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--loss_weights {text!r}: expected comma-separated numbers, e.g. 1,0.2") from None
+    if len(weights) != n:
+        raise ValueError(f"--loss_weights {text!r} has {len(weights)} weight(s) for {n} losses; give one per loss")
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"--loss_weights {text!r}: every weight must be a finite number >= 0")
+    return weights
+
+
+def combine(names):
+    """The LossInfo of the weighted sum of the entries `names` (see above); a ValueError names what cannot be
+    combined and why."""
+    for name in names:
+        if name not in LOSSES or "+" in name:
+            raise ValueError(f"unknown --method {name!r} in a combination; choose from: {' '.join(LOSSES)}")
+    infos = [LOSSES[name] for name in names]
+    for name, info in zip(names, infos):
+        if info.running or info.window:
+            raise ValueError(f"{name} keeps state across steps ({'running means' if info.running else 'a window argmin'})"
+                             " and cannot be combined; train it alone")
+    reductions = {info.average_logps for info in infos if info.needs_reference}
+    if len(reductions) > 1:
+        readers = [n for n, i in zip(names, infos) if i.needs_reference]
+        raise ValueError(f"{' and '.join(readers)} read pi_ref's log-probs with different reductions (summed and "
+                         "averaged): one run caches one; combine losses whose reference inputs agree")
+    average = reductions.pop() if reductions else infos[0].average_logps
+    member_inputs = [tuple(("policy_mean" if i.average_logps else "policy_sum") if x == "policy" else x
+                           for x in i.inputs) for i in infos]
+    inputs = tuple(dict.fromkeys(x for member in member_inputs for x in member))    # union, in first-use order
+
+    def combined_loss(*tensors, loss_weights="", only=None, **kwargs):
+        pairs = {name: tensors[2 * k:2 * k + 2] for k, name in enumerate(inputs)}
+        weights = parse_loss_weights(loss_weights, len(infos))
+        if only is not None:                        # one member alone, at its weight (a term's gradient norm)
+            weights = [w if j == only else 0.0 for j, w in enumerate(weights)]
+        total, metrics = 0.0, {}
+        for j, (name, info, member) in enumerate(zip(names, infos, member_inputs)):
+            own = {key.split(".", 1)[1]: v for key, v in kwargs.items() if key.startswith(f"{j}.")}
+            losses, member_metrics = info.fn(*[t for x in member for t in pairs[x]], **own)
+            total = total + weights[j] * losses                                  # (B,)
+            metrics[f"loss/{name}"] = losses.detach()
+            if j == 0:
+                metrics.update(member_metrics)
+        return total, metrics
+
+    hparams = {f"{j}.{keyword}": field for j, info in enumerate(infos) for keyword, field in info.hparams.items()}
+    return LossInfo(combined_loss, inputs, average, hparams | {"loss_weights": "loss_weights"},
+                    terms={name: {"only": j} for j, name in enumerate(names)},
+                    wpo=all(info.wpo for info in infos))
 
 
 _POL, _REF = ("policy",), ("policy", "reference")

@@ -58,6 +58,8 @@ def loss_inputs(cfg, model, batch):
     policy = (c_mean, r_mean) if info.average_logps else (c_sum, r_sum)
     inputs = {
         "policy": lambda: policy,
+        "policy_sum": lambda: (c_sum, r_sum),                                                # (B,) S
+        "policy_mean": lambda: (c_mean, r_mean),                                             # (B,) Sbar
         "reference": lambda: (batch["ref_chosen"], batch["ref_rejected"]),                   # (B,) cached
         "policy_tail": lambda: out["tail"],                                                  # (B,) T, LD-DPO
         "reference_tail": lambda: (batch["ref_chosen_tail"], batch["ref_rejected_tail"]),    # (B,) cached

@@ -19,7 +19,7 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
              "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
              "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight",
-             "member": "edpo/member"}
+             "member": "edpo/member", "madpo_weight": "madpo/weight", "adpo_target": "adpo/target"}
 SINKS = ("tensorboard", "wandb")
 
 
@@ -28,8 +28,8 @@ def metric_sums(metrics, losses, logps):
     out = {"loss": losses.detach().sum().item(), "logps/chosen": logps[0].detach().sum().item(),
            "logps/rejected": logps[1].detach().sum().item()}
     for k, v in metrics.items():
-        if k in LOG_NAMES and v.dim() == 1:
-            out[LOG_NAMES[k]] = v.float().sum().item()
+        if (k in LOG_NAMES or k.startswith("loss/")) and v.dim() == 1:   # loss/<name>: a combination's members
+            out[LOG_NAMES.get(k, k)] = v.float().sum().item()
     return out
 
 

@@ -254,3 +254,49 @@ def test_registry_hparams_are_keywords_of_the_function_and_fields_of_the_config(
     # and the positional parameters are exactly two per named input
     positional = [p for p, v in params.items() if v.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     assert len(positional) == 2 * len(info.inputs), (name, positional, info.inputs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Weighted combinations of entries (--method a+b --loss_weights ...)
+# ------------------------------------------------------------------------------------------------------------
+def test_a_combination_is_the_weighted_sum_of_its_members_on_their_own_inputs():
+    from losses import combine
+    c = _random_case(B=6)
+    info = combine(["simpo", "dpo", "sft"])
+    # simpo and sft read averaged log-probs, dpo summed ones and pi_ref (summed: the reference cache's reduction)
+    assert info.inputs == ("policy_mean", "policy_sum", "reference") and info.average_logps is False
+    assert info.hparams == {"0.beta": "simpo_beta", "0.gamma": "simpo_gamma", "1.beta": "beta",
+                            "loss_weights": "loss_weights"}
+    args = (c["ac"], c["ar"], c["pc"], c["pr"], c["rc"], c["rr"])
+    losses, metrics = info.fn(*args, **{"0.beta": 1.7, "0.gamma": 0.3, "1.beta": 0.123}, loss_weights="0.5,1,0.2")
+    simpo = simpo_loss(c["ac"], c["ar"], beta=1.7, gamma=0.3)[0]
+    dpo = dpo_loss(c["pc"], c["pr"], c["rc"], c["rr"], beta=0.123)[0]
+    sft = -c["ac"]
+    torch.testing.assert_close(losses, 0.5 * simpo + dpo + 0.2 * sft)
+    torch.testing.assert_close(metrics["loss/dpo"], dpo)
+    torch.testing.assert_close(metrics["chosen_rewards"], 1.7 * c["ac"])            # the first member's rewards
+    # a term alone keeps its weight (grad_norm/<member>); no weights = all 1
+    only, _ = info.fn(*args, **{"0.beta": 1.7, "0.gamma": 0.3, "1.beta": 0.123}, loss_weights="0.5,1,0.2", only=2)
+    torch.testing.assert_close(only, 0.2 * sft)
+    ones, _ = info.fn(*args, **{"0.beta": 1.7, "0.gamma": 0.3, "1.beta": 0.123})
+    torch.testing.assert_close(ones, simpo + dpo + sft)
+
+
+@pytest.mark.parametrize("names,message", [
+    (["ipo", "dpo"], "different reductions"),                 # one reference cache per run
+    (["bco_pair", "sft"], "keeps state across steps"),
+    (["edpo", "sft"], "keeps state across steps"),
+    (["dpo", "nope"], "unknown --method 'nope'"),
+])
+def test_what_cannot_be_combined_is_a_clear_error(names, message):
+    from losses import combine
+    with pytest.raises(ValueError, match=message):
+        combine(names)
+
+
+@pytest.mark.parametrize("text,message", [("1", "1 weight"), ("1,x", "comma-separated numbers"),
+                                          ("1,-1", ">= 0"), ("1,nan", ">= 0")])
+def test_bad_loss_weights_are_a_clear_error(text, message):
+    from losses import parse_loss_weights
+    with pytest.raises(ValueError, match=message):
+        parse_loss_weights(text, 2)

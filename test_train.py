@@ -83,6 +83,53 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
 
+def test_a_weighted_combination_trains_and_logs_each_member(cache, tmp_path):
+    # RPO-style dpo + 0.2 sft: each logged step's loss is the weighted sum of the members' logged means, the
+    # combined objective goes down, and each member's gradient norm is logged on evaluation steps
+    s = run(tmp_path, "--method", "dpo+sft", "--loss_weights", "1,0.2", "--epochs", "3", "--lr", "1e-3")
+    assert s["objective_end"] < s["objective_start"] - 1e-3
+    rows = metrics(tmp_path)
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["loss/dpo"] + 0.2 * row["loss/sft"], rel=1e-6)
+    assert rows[0]["loss/dpo"] == pytest.approx(math.log(2), abs=1e-6)          # policy = pi_ref at step 1
+    assert {"grad_norm/dpo", "grad_norm/sft"} <= set(rows[-1])
+
+
+def test_ld_dpo_tails_of_policy_and_cached_reference_and_alpha_one_is_dpo(cache, tiny_task, tmp_path, monkeypatch):
+    # the first call of the loss (the objective before step 1) sees policy = pi_ref: the policy's tails, computed in
+    # the training forward, must equal the reference tails read from the cache, pair by pair, and be non-zero
+    calls = record_calls(monkeypatch, "ld_dpo")
+    run(tmp_path, "--method", "ld_dpo", "--ld_alpha", "0.5", "--epochs", "1", name="ld")
+    pc, pr, rc, rr, pct, prt, rct, rrt = calls[0]["args"]
+    torch.testing.assert_close(torch.stack([pc, pr, pct, prt]), torch.stack([rc, rr, rct, rrt]), atol=1e-4, rtol=0)
+    assert ((pct != 0) | (prt != 0)).any() and ((pct == 0) | (prt == 0)).all()      # one tail per pair at most
+    # the cached tails themselves, recomputed token by token from pi_ref for a few pairs
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import reference
+    ref = AutoModelForCausalLM.from_pretrained(tiny_task["reference"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
+    examples, _ = tokenization.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)
+    cfg = train.resolve(train.Config(method="ld_dpo", data="embedded-tiny"))
+    reference.reference_logps(cfg, examples, "train", tok, False, torch.device("cpu"), tiny_task["reference"],
+                              log=lambda *_: None)
+    with torch.no_grad():
+        for e in examples[:6]:
+            lp = []
+            for ids in (e["chosen_ids"], e["rejected_ids"]):
+                x = torch.tensor([e["prompt_ids"] + ids])
+                logp = torch.log_softmax(ref(x).logits[0, :-1].double(), -1)
+                lp.append([logp[p, x[0, p + 1]].item() for p in range(len(e["prompt_ids"]) - 1, x.shape[1] - 1)])
+            shared = min(len(lp[0]), len(lp[1]))
+            assert e["ref_chosen"] == pytest.approx(sum(lp[0]), abs=1e-4)
+            assert e["ref_chosen_tail"] == pytest.approx(sum(lp[0][shared:]), abs=1e-4)
+            assert e["ref_rejected_tail"] == pytest.approx(sum(lp[1][shared:]), abs=1e-4)
+    # --ld_alpha 1 trains exactly as dpo
+    run(tmp_path, "--method", "ld_dpo", "--ld_alpha", "1", "--epochs", "1", name="ld1")
+    run(tmp_path, "--method", "dpo", "--epochs", "1", name="dpo")
+    assert metrics(tmp_path, "ld1") == metrics(tmp_path, "dpo")
+
+
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):
     # "Adding a loss" in the README: one function plus one registry entry; no edit to train.py. A toy loss,
     # the squared log-ratio margin pulled to a target 1/beta, registered under a new name, must train through
