@@ -27,7 +27,7 @@ LIMITS = {
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
     "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
     "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
-    "modpo_w0": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "modpo_w0": "(0, 1]", "ref_sync_every": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -81,6 +81,8 @@ class Config:
     adpo_temperature: float = 1.0  # adpo: soft target q = sigmoid(Oracle margin / T)
     asft_lambda: float = 0.1       # asft: weight of the absolute-likelihood terms (0.1-1)
     modpo_w0: float = 0.9          # modpo: weight of the labels' objective; brevity gets 1 - w0 (1 = dpo)
+    ref_sync_every: int = 0        # TR-DPO: every N steps pi_ref <- a * pi + (1 - a) * pi_ref (a live reference; 0 = fixed, cached)
+    ref_sync_alpha: float = 0.6    # TR-DPO: the mixing weight a of --ref_sync_every (1 = hard update; TRL's default 0.6)
     loss_weights: str = ""         # --method a+b: one weight per loss, comma-separated (e.g. 1,0.2; empty = all 1)
     wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
@@ -164,6 +166,14 @@ def resolve(cfg, limits=LIMITS):
     if cfg.wpo and not LOSSES[cfg.method].wpo:
         raise ValueError(f"--wpo weights pairwise preference losses; {cfg.method} is not one. Use one of: "
                          f"{' '.join(n for n, i in LOSSES.items() if i.wpo)}")
+    if cfg.ref_sync_every:
+        why = ("it reads no reference model" if not LOSSES[cfg.method].needs_reference else
+               "with LoRA pi_ref is the policy with its adapters off, which cannot drift towards the policy; "
+               "train without --lora_r" if cfg.lora_r else
+               "syncing a reference sharded by FSDP or replicated by torchrun is not implemented; run one process"
+               if world > 1 or cfg.fsdp else "")
+        if why:
+            raise ValueError(f"--ref_sync_every (TR-DPO) cannot be used with --method {cfg.method} here: {why}")
     if cfg.resume_from and not os.path.isdir(cfg.resume_from):
         raise ValueError(f"--resume_from {cfg.resume_from}: no such directory")
     small = cfg.model in ("embedded", "tiny")

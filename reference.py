@@ -3,18 +3,22 @@
 The DPO family (every loss whose registry entry consumes "reference") needs log pi_ref(y|x) for both
 responses of every pair. They never change during training, so train.py computes them once, before the
 policy's optimizer exists, and stores them in <cache>/reflogps-<key>/logps.pt (a cache entry: cache.py); later
-runs with the same reference
-weights, tokenizer, token ids, lengths and reduction read the file. With LoRA and no --ref_model, pi_ref is
-the policy itself with its adapters switched off: no second copy of the model ever sits in memory. Under
-torchrun the pairs are shared out over the processes and the results gathered (each pair computed once).
+runs with the same reference weights, tokenizer, token ids, lengths and reduction read the file. With LoRA and
+no --ref_model, pi_ref is the policy itself with its adapters switched off: no second copy of the model ever
+sits in memory. Under torchrun the pairs are shared out over the processes and the results gathered (each pair
+computed once).
+
+The exception is TR-DPO's reference syncing (--ref_sync_every): the reference then moves towards the policy
+during training, so it is kept in memory (live_reference), its log-probs are computed for each step's pairs
+just before the step (fill_reference), and every N steps it is mixed with the policy (sync_reference).
 """
 import contextlib
 import os
 
 import torch
 
-import tokenization
 import cache
+import tokenization
 from common import stable_hash, weights_hash
 from models import autocast, is_lora, load_model, pair_logps, to_device
 
@@ -77,3 +81,51 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     columns = [values.tolist() for values in stored]
     for i, e in enumerate(examples):
         e.update({name: column[i] for name, column in zip(names, columns)})
+
+
+# ============================================================================================================
+# TR-DPO: a reference that follows the policy (Gorbatovski et al., arXiv 2404.09656, "Learn your reference
+# model for real good alignment")
+#
+# Every N steps (--ref_sync_every), the reference's weights are mixed with the policy's:
+#     theta_ref <- alpha * theta + (1 - alpha) * theta_ref        (soft update; alpha = 1 is the hard update)
+# so the KL anchor moves with training instead of pinning the policy to the SFT model. The loss is unchanged
+# (any entry that reads "reference"); only where pi_ref's log-probs come from changes: a second model in memory,
+# one forward without gradient over each step's pairs, as TRL's sync_ref_model does.
+# NOTE (deviates from paper): the update is applied every N steps with mixing weight alpha, as TRL 1.16
+#   implements it (ref_model_sync_steps, ref_model_mixup_alpha; defaults 512 and 0.6 there, ours 0 = off and
+#   0.6). The paper names a soft update with weight alpha and a hard update every tau steps; as we read it,
+#   --ref_sync_every 1 with alpha < 1 is the first and --ref_sync_every tau with alpha = 1 the second.
+# ============================================================================================================
+def live_reference(cfg, task_ref, device):
+    """The reference model of a run with --ref_sync_every, frozen (it changes only through sync_reference)."""
+    ref = load_model(cfg.ref_model or cfg.model, task_ref)[0].to(device).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def fill_reference(cfg, ref, examples, pad_id, device, average):
+    """The live reference's log-probs of `examples` (and, with sums, their tails past the shared length), written
+    into each example as the cache does: ref_chosen, ref_rejected (, ref_chosen_tail, ref_rejected_tail)."""
+    names = ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail")
+    for i in range(0, len(examples), 32):
+        part = examples[i:i + 32]
+        batch = to_device(tokenization.collate(part, pad_id), device)
+        with autocast(cfg, device):
+            out = pair_logps(ref, batch, average, tail=not average)
+        columns = [t.float().cpu().tolist() for t in out["logps"] + out.get("tail", ())]
+        for j, e in enumerate(part):
+            e.update({name: column[j] for name, column in zip(names, columns)})
+
+
+@torch.no_grad()
+def sync_reference(ref, policy, alpha):
+    """theta_ref <- alpha * theta + (1 - alpha) * theta_ref, parameter by parameter (buffers copied)."""
+    target = dict(policy.named_parameters())
+    for name, p in ref.named_parameters():
+        p.mul_(1.0 - alpha).add_(target[name].detach().to(p.dtype), alpha=alpha)
+    buffers = dict(policy.named_buffers())
+    for name, b in ref.named_buffers():
+        if name in buffers:
+            b.copy_(buffers[name])

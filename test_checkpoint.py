@@ -5,6 +5,7 @@ non-finite loss each give one clear message and keep the last checkpoint; a chec
 AutoModelForCausalLM.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -35,6 +36,19 @@ def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
     if "head" in method:
         head = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("split", "whole")]
         assert torch.equal(head[0]["weight"], head[1]["weight"])
+
+
+def test_tr_dpo_reference_sync_resumes_exactly(cache, tmp_path):
+    # the synced reference is part of the run's state: stopped after step 3 (checkpoint at step 2, just after a
+    # sync) and resumed, the run equals the uninterrupted one (without the reference in the checkpoint, the resumed
+    # run would restart from pi_ref and differ from step 3 on)
+    args = ["--method", "dpo", "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--ref_sync_every", "2",
+            "--ref_sync_alpha", "0.5"]
+    run(tmp_path, *args, name="whole")
+    run(tmp_path, *args, "--stop_after", "3", name="split")
+    run(tmp_path, *args, "--resume", name="split")
+    assert metrics(tmp_path, "split") == metrics(tmp_path, "whole")
+    assert metrics(tmp_path, "whole")[2]["loss"] != pytest.approx(math.log(2), abs=1e-4)   # soft: step 3 not at ln 2
 
 
 def test_save_total_limit_keeps_the_newest_checkpoints(cache, tmp_path):

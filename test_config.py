@@ -35,6 +35,13 @@ from train_test_helpers import run
     (["--method", "dpo", "--data_config", "helpful-base"], "--data_config and --data_split choose a hub dataset's"),
     (["--method", "dpo", "--data", "someone/pairs", "--data_split", "a,b,c"], "--data_split takes the hub dataset's"),
     (["--method", "dpo", "--resume_from", "no/such/dir"], "--resume_from no/such/dir: no such directory"),
+    (["--method", "simpo", "--ref_sync_every", "2"], "--ref_sync_every .* simpo here: it reads no reference model"),
+    (["--method", "dpo", "--ref_sync_every", "2", "--lora_r", "4"], "--ref_sync_every .*train without --lora_r"),
+    (["--method", "dpo", "--ref_sync_alpha", "0"], r"--ref_sync_alpha must be in \(0, 1\]"),
+    (["--method", "ipo+dpo"], "ipo and dpo read pi_ref's log-probs with different reductions"),
+    (["--method", "dpo+sft", "--loss_weights", "1"], "has 1 weight\\(s\\) for 2 losses"),
+    (["--method", "dpo", "--loss_weights", "1,2"], "--loss_weights weighs the losses of a combination"),
+    (["--method", "bco_pair+sft"], "bco_pair keeps state across steps"),
 ])
 def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
     with pytest.raises(SystemExit) as e:

@@ -130,6 +130,32 @@ def test_ld_dpo_tails_of_policy_and_cached_reference_and_alpha_one_is_dpo(cache,
     assert metrics(tmp_path, "ld1") == metrics(tmp_path, "dpo")
 
 
+def test_tr_dpo_hard_sync_restarts_every_other_step_at_log_2(cache, tmp_path):
+    # --ref_sync_every 2 --ref_sync_alpha 1: after steps 2 and 4 the reference becomes the policy, so steps 3 and 5
+    # start at rho = 0 (DPO's loss ln 2 exactly, as step 1); steps 2 and 4 do not. A fixed reference (plain dpo)
+    # leaves step 3 away from ln 2.
+    run(tmp_path, "--method", "dpo", "--epochs", "1", "--lr", "1e-3", "--ref_sync_every", "2", "--ref_sync_alpha",
+        "1", name="synced")
+    run(tmp_path, "--method", "dpo", "--epochs", "1", "--lr", "1e-3", name="fixed")
+    synced, fixed = [r["loss"] for r in metrics(tmp_path, "synced")], [r["loss"] for r in metrics(tmp_path, "fixed")]
+    assert len(synced) == 5
+    for step in (1, 3, 5):
+        assert synced[step - 1] == pytest.approx(math.log(2), abs=1e-6), synced
+    for step in (2, 4):
+        assert abs(synced[step - 1] - math.log(2)) > 1e-4, synced
+    assert synced[:2] == fixed[:2] and abs(fixed[2] - math.log(2)) > 1e-4
+
+
+def test_sync_reference_mixes_every_parameter():
+    from reference import sync_reference
+    torch.manual_seed(0)
+    ref, policy = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = {k: 0.6 * policy.state_dict()[k] + 0.4 * v for k, v in ref.state_dict().items()}
+    sync_reference(ref, policy, 0.6)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-7)
+
+
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):
     # "Adding a loss" in the README: one function plus one registry entry; no edit to train.py. A toy loss,
     # the squared log-ratio margin pulled to a target 1/beta, registered under a new name, must train through

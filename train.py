@@ -65,7 +65,7 @@ from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_availa
                     load_head, load_lora, load_model, save_model, to_device)
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
                        window_keywords)
-from reference import reference_logps
+from reference import fill_reference, live_reference, reference_logps, sync_reference
 from runlog import metric_sums, open_sinks
 
 
@@ -222,9 +222,18 @@ def run(cfg, d, log):
     # 3) pi_ref log-probs, once, cached (torchrun: shared out over the ranks and gathered); the reference model
     # is never in memory with the policy's optimizer
     info = LOSSES[cfg.method]
-    if info.needs_reference:
+    live_ref = None                           # TR-DPO (--ref_sync_every): a reference that follows the policy
+    if info.needs_reference and cfg.ref_sync_every:
+        live_ref = live_reference(cfg, task_ref, device)
+        log(f"pi_ref: kept in memory and mixed with the policy every {cfg.ref_sync_every} steps "
+            f"(alpha {cfg.ref_sync_alpha:g}); its log-probs are computed for each step's pairs, not cached")
+    elif info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
             reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d)
+
+    def current_reference(examples):          # TR-DPO: the live reference's log-probs of these pairs, now
+        if live_ref is not None:
+            fill_reference(cfg, live_ref, examples, tokenizer.pad_token_id, device, info.average_logps)
 
     # 4) optimizer, schedule, state
     plan = windows(len(train_ex), cfg)
@@ -239,6 +248,8 @@ def run(cfg, d, log):
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         running = state.get("running", running)
+        if live_ref is not None:
+            live_ref.load_state_dict(state["reference"])             # where the synced reference had got to
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         log(f"resumed from {ckpt} at step {step}")
@@ -248,7 +259,8 @@ def run(cfg, d, log):
         path = d.rank == 0 and checkpoint.save(
             cfg.out, model, tokenizer, config=asdict(cfg), keep=cfg.save_total_limit, state_dict=weights,
             trainer_state={"optimizer": optimizer, "scheduler": sched.state_dict(), "step": step, "running": running,
-                           "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}})
+                           "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+                           **({"reference": live_ref.state_dict()} if live_ref is not None else {})})
         d.barrier()
         return path
     log(f"training: {cfg.method}, {len(train_ex)} pairs, {len(plan)} steps of {cfg.batch_size} pairs "
@@ -262,6 +274,7 @@ def run(cfg, d, log):
             os.remove(metrics_path)
         checkpoint.truncate_log(metrics_path, step)            # a resumed run rewrites steps after its checkpoint
     probe = train_ex[:256]                # a fixed subset of training pairs: the objective before and after
+    current_reference(probe)
     objective_start = (evaluate_pairs(cfg, net, probe, tokenizer.pad_token_id, device, d=d)["eval_loss"]
                        if step == 0 else None)                 # (no running means yet: the loss's defaults)
     bar = tqdm(total=len(plan), initial=step, desc=cfg.method, disable=None if d.rank == 0 else True)
@@ -273,6 +286,7 @@ def run(cfg, d, log):
             n_pairs = sum(len(m) for m in window)             # pairs in the whole window, over all ranks
             mine = d.share(window)                            # [(micro-batch, counted)]: this rank's part
             model.train()
+            current_reference([train_ex[i] for micro, _ in mine for i in micro])
             means = running_means(running)                    # fixed for the whole step, as is the window's k*
             means |= window_keywords(cfg, net, mine, train_ex, tokenizer.pad_token_id, device, means, d)
             sums = accumulate(cfg, d, model, mine, n_pairs, train_ex, tokenizer.pad_token_id, device, means, step)
@@ -285,6 +299,8 @@ def run(cfg, d, log):
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            if live_ref is not None and (step + 1) % cfg.ref_sync_every == 0:
+                sync_reference(live_ref, net, cfg.ref_sync_alpha)      # TR-DPO, after this step's update
             for keyword in info.running:                       # this step's pairs enter the NEXT step's means
                 running[keyword] = [running[keyword][0] + sums.pop((keyword, "sum")),
                                     running[keyword][1] + round(sums.pop((keyword, "pairs")))]
@@ -294,6 +310,7 @@ def run(cfg, d, log):
                     **{k: v / n_pairs for k, v in sums.items()},
                     "grad_norm": grad_norm.item(), "learning_rate": sched.get_last_lr()[0]}
             if cfg.eval_every and step % cfg.eval_every == 0 or step == len(plan):
+                current_reference(test_ex)
                 last.update(evaluate_pairs(cfg, net, test_ex, tokenizer.pad_token_id, device, running_means(running), d))
                 if d.rank == 0 and not d.fsdp:   # each term's pull on the weights, on the step's first micro-batch
                     with autocast(cfg, device):  # (rank 0's replica; not under FSDP, README)
@@ -319,6 +336,7 @@ def run(cfg, d, log):
                     f"  {resume_command(cfg, d.launcher())}")
                 raise SystemExit(128 + signal)
     bar.close()
+    current_reference(probe)
     objective_end = evaluate_pairs(cfg, net, probe, tokenizer.pad_token_id, device, d=d)["eval_loss"]
     if objective_start is not None:
         log(f"{cfg.method} loss on {len(probe)} training pairs: {objective_start:.4f} before, {objective_end:.4f} after")
