@@ -110,7 +110,7 @@ def bench(cfg, log=print):
             if cfg.live_reference:                             # what caching the reference log-probs avoids
                 with torch.no_grad(), models.autocast(cfg, device), \
                         (model.disable_adapter() if cfg.lora_r else torch.autocast(device.type, enabled=False)):
-                    c, r = models.pair_logps(reference or model, batch, train.LOSSES[cfg.method].average_logps)["logps"]
+                    c, r = models.pair_logps(reference or model, batch, train.loss_entry(cfg.method).average_logps)["logps"]
                 batch["ref_chosen"], batch["ref_rejected"] = c.float(), r.float()
             with models.autocast(cfg, device), saved_tensors(saved if i == 0 else {}):
                 losses, _, _ = objective.compute_loss(cfg, model, batch)

@@ -9,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 from common import check_ranges
-from losses import FDPO_DIVERGENCES, LOSSES, combine, parse_loss_weights
+from losses import FDPO_DIVERGENCES, LOSSES, loss_entry, parse_loss_weights
 from runlog import check_report_to
 
 
@@ -27,7 +27,7 @@ LIMITS = {
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
     "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
     "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
-    "modpo_w0": "(0, 1]", "ref_sync_every": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -80,9 +80,12 @@ class Config:
     madpo_c_max: float = 2.0       # madpo: margin coefficient for near-ties (> 1 amplifies them)
     adpo_temperature: float = 1.0  # adpo: soft target q = sigmoid(Oracle margin / T)
     asft_lambda: float = 0.1       # asft: weight of the absolute-likelihood terms (0.1-1)
+    tpo_beta: float = 0.01         # tpo: beta of its reference-free preference term on summed log-probs (paper 0.01)
+    tpo_alpha: float = 1.0         # tpo, tpo_l: weight of the gold response's NLL (paper 1 on base models, 0.05 on instruct)
     modpo_w0: float = 0.9          # modpo: weight of the labels' objective; brevity gets 1 - w0 (1 = dpo)
     ref_sync_every: int = 0        # TR-DPO: every N steps pi_ref <- a * pi + (1 - a) * pi_ref (a live reference; 0 = fixed, cached)
     ref_sync_alpha: float = 0.6    # TR-DPO: the mixing weight a of --ref_sync_every (1 = hard update; TRL's default 0.6)
+    curriculum_stage: int = 0      # Curry-DPO stage k: the best vs the k-th worst of each prompt's K samples (curriculum.py; 0 = off)
     loss_weights: str = ""         # --method a+b: one weight per loss, comma-separated (e.g. 1,0.2; empty = all 1)
     wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
@@ -129,11 +132,7 @@ Config.HELP_EXTRA = {"method": " ".join(LOSSES)}
 def resolve(cfg, limits=LIMITS):
     """Fill the defaults that depend on other fields, and reject impossible combinations with one clear error.
     `limits`: the range table (a command that adds options to Config passes its own, extended one)."""
-    if "+" in cfg.method and cfg.method not in LOSSES:     # a weighted combination, registered under its name
-        LOSSES[cfg.method] = combine(cfg.method.split("+"))
-    if cfg.method not in LOSSES:
-        raise ValueError(f"unknown --method {cfg.method!r}; choose one of: {' '.join(sorted(LOSSES))}, or a "
-                         "combination such as dpo+sft with --loss_weights 1,0.2")
+    info = loss_entry(cfg.method)                          # a registry name, or a combination a+b
     if "+" in cfg.method:
         parse_loss_weights(cfg.loss_weights, len(cfg.method.split("+")))
     elif cfg.loss_weights:
@@ -163,11 +162,11 @@ def resolve(cfg, limits=LIMITS):
     if (cfg.save_merged or cfg.lora_dropout) and not cfg.lora_r:
         raise ValueError("--save_merged and --lora_dropout apply to LoRA training; add --lora_r (e.g. 16)")
     check_report_to(cfg.report_to)
-    if cfg.wpo and not LOSSES[cfg.method].wpo:
+    if cfg.wpo and not info.wpo:
         raise ValueError(f"--wpo weights pairwise preference losses; {cfg.method} is not one. Use one of: "
                          f"{' '.join(n for n, i in LOSSES.items() if i.wpo)}")
     if cfg.ref_sync_every:
-        why = ("it reads no reference model" if not LOSSES[cfg.method].needs_reference else
+        why = ("it reads no reference model" if not info.needs_reference else
                "with LoRA pi_ref is the policy with its adapters off, which cannot drift towards the policy; "
                "train without --lora_r" if cfg.lora_r else
                "syncing a reference sharded by FSDP or replicated by torchrun is not implemented; run one process"

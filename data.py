@@ -9,6 +9,7 @@ The record schema (TRL's preference format; every loader returns it, every consu
     chosen_score    optional float, or list of K floats (one per Oracle ensemble member): a reward of `chosen`
     rejected_score  optional, same shape as chosen_score
     confidence      optional float: annotator confidence in the label (TL;DR), NaN when unknown
+    gold_response   optional, same type as `chosen`: a third, best response (TPO's "gold"; its NLL is trained)
 Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
 move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
@@ -174,8 +175,11 @@ def hub_splits(source, data_split=""):
     return parts[0], parts[1] if len(parts) == 2 else None
 
 
-def load_splits(source, held_out=0.1, seed=0, log=print, config="", split=""):
+def load_splits(source, held_out=0.1, seed=0, log=print, config="", split="", triples=False, stage=0):
     """The one way data enters train.py, oracle.py and evaluate.py -> (train, test, task).
+    triples=True (TPO): every record needs a gold_response; the embedded task builds them from its K ranked
+    samples (ranked_triples), other data must have the column. stage=k (Curry-DPO, curriculum.py): the
+    embedded task's stage-k pairs of its ranked samples (ranked_pairs) instead of its best-vs-worst pairs.
 
     `task` is the embedded task's dict (embedded.embedded_task: pi_ref, prompts, gold) for `embedded*`
     sources, else None. Hub sources use their held-out split (`split` = "train,test" names both; default:
@@ -188,7 +192,65 @@ def load_splits(source, held_out=0.1, seed=0, log=print, config="", split=""):
                          f"{source!r} is not a hub dataset (drop them)")
     if source in EMBEDDED_PRESETS:
         task = embedded_task(EMBEDDED_PRESETS[source], log=log)
+        if triples:
+            return ranked_triples(task["train_ranked"]), ranked_triples(task["test_ranked"]), task
+        if stage:
+            return ranked_pairs(task["train_ranked"], stage), ranked_pairs(task["test_ranked"], stage), task
         return task["train"], task["test"], task
+    if stage:
+        raise ValueError(f"--curriculum_stage needs K ranked responses per prompt, which only the embedded task "
+                         f"keeps here; {source} has pairs")
+    train, test, task = load_pair_splits(source, held_out, seed, log, config, split, local)
+    if triples and "gold_response" not in train.column_names:
+        raise ValueError(f"this method trains on a third, gold response per pair: {source} has no 'gold_response' "
+                         "column (TPO's triples: gold_response > chosen > rejected); add one, or use --data embedded")
+    return train, test, task
+
+
+def ranked_triples(ranked):
+    """K samples per prompt with their scores -> TPO's triples, as the TPO authors build them from UltraFeedback:
+    gold_response = the best, chosen = the second best, rejected = the worst (chosen_gold / rejected_gold: their
+    scores). Prompts whose second-best and worst tie, or with an empty response among the three, are dropped."""
+    import datasets
+    rows = []
+    for r in ranked:
+        order = sorted(range(len(r["scores"])), key=lambda i: -r["scores"][i])
+        if len(order) < 3:
+            raise ValueError(f"TPO's triples need at least 3 responses per prompt; got {len(order)}")
+        best, second, worst = order[0], order[1], order[-1]
+        texts = [r["responses"][i] for i in (best, second, worst)]
+        if r["scores"][second] > r["scores"][worst] and all(t.strip() for t in texts):
+            rows.append({"prompt": r["prompt"], "gold_response": texts[0], "chosen": texts[1], "rejected": texts[2],
+                         "chosen_gold": r["scores"][second], "rejected_gold": r["scores"][worst]})
+    if not rows:
+        raise ValueError("no prompt has three ranked responses with second-best > worst")
+    return datasets.Dataset.from_list(rows)
+
+
+def ranked_pairs(ranked, stage):
+    """Curry-DPO's stage `stage` of K ranked responses per prompt: the best against the stage-th worst, so stage
+    1 (best vs worst, the largest gap) is the easiest and stage K-1 (best vs second best) the hardest. Pairs
+    whose two responses tie, or with an empty one, are dropped. -> a Dataset of pairs (+ chosen_gold,
+    rejected_gold: their scores)."""
+    import datasets
+    rows = []
+    for r in ranked:
+        K = len(r["scores"])
+        if not 1 <= stage <= K - 1:
+            raise ValueError(f"--curriculum_stage {stage}: with K = {K} responses per prompt the stages are 1..{K - 1}")
+        order = sorted(range(K), key=lambda i: -r["scores"][i])
+        best, other = order[0], order[K - stage]
+        texts = r["responses"][best], r["responses"][other]
+        if r["scores"][best] > r["scores"][other] and all(t.strip() for t in texts):
+            rows.append({"prompt": r["prompt"], "chosen": texts[0], "rejected": texts[1],
+                         "chosen_gold": r["scores"][best], "rejected_gold": r["scores"][other]})
+    if not rows:
+        raise ValueError(f"curriculum stage {stage}: no prompt has a best response above its stage-{stage} one")
+    return datasets.Dataset.from_list(rows)
+
+
+def load_pair_splits(source, held_out, seed, log, config, split, local):
+    """load_splits for files and hub sources (not the embedded task)."""
     if local:
         ds = load_preferences(source)
     else:
@@ -378,6 +440,9 @@ def validate(rows, source, where=None):
                 raise ValueError(f"{where(i)}, field {field!r}: expected a string or a list of chat messages "
                                  f"(each {{'role': str, 'content': str}}), got {describe(row[field])}; fix or drop "
                                  "that row")
+        if row.get("gold_response") is not None and not is_text(row["gold_response"]):
+            raise ValueError(f"{where(i)}, field 'gold_response': expected a string or a list of chat messages, got "
+                             f"{describe(row['gold_response'])}; fix or drop that row")
         for field in ("chosen_score", "rejected_score", "confidence"):
             value = row.get(field)
             if value is None and (field == "confidence" or "chosen_score" not in (columns or row)):

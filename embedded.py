@@ -193,6 +193,7 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
     """Build (once) and load the embedded task -> dict with
         reference      path of pi_ref (Hugging Face model + tokenizer)
         train, test    Datasets of pairs in the schema of data.py, plus chosen_gold / rejected_gold
+        train_ranked, test_ranked   every prompt's K samples and their gold: {"prompt", "responses", "scores"}
         eval_prompts   held-out in-distribution prompts;  ood_prompts: prompts from negative tweets
         reference_eval_prompts / reference_ood_prompts   pi_ref's cached samples there, with their gold
         stats          gold spread, margins, sizes (also in stats.json)
@@ -205,7 +206,8 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
                   **{k: v for k, v in asdict(task).items() if k in ("seed", "vocab_size", "hidden", "layers",
                                                                      "sft_steps", "sft_lr", "max_tweets")}}
     ref_dir = os.path.join(root, f"embedded-ref-{stable_hash(ref_inputs)}")
-    task_dir = os.path.join(root, f"embedded-task-{stable_hash([ref_inputs, asdict(task)])}")
+    # "ranked": the task dir also keeps all K samples per prompt (same pairs as before; the marker renews the key)
+    task_dir = os.path.join(root, f"embedded-task-{stable_hash([ref_inputs, asdict(task), 'ranked'])}")
     log(f"embedded task: cached in {task_dir}" if cache.problem(task_dir) is None else
         f"embedded task: building in {task_dir} (once; later runs reuse it)")
     split = {}
@@ -255,6 +257,9 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
                 raise ValueError(f"embedded task: no {name} pair has two samples with different gold scores "
                                  f"({len(comps)} prompts); pi_ref is too weak: raise sft_steps or samples_per_prompt")
             write_jsonl(rows, os.path.join(tmp, f"{name}.jsonl"))
+            # every sample with its gold reward: triples (TPO), curricula, listwise losses are built from these
+            write_jsonl([{"prompt": p, "responses": c, "scores": g} for p, c, g in zip(splits[name], comps, golds)],
+                        os.path.join(tmp, f"{name}_ranked.jsonl"))
             stats[name] = gold_stats(golds, rows)
         for name in ("eval_prompts", "ood_prompts"):
             with open(os.path.join(tmp, f"{name}.json"), "w") as f:
@@ -274,6 +279,7 @@ def embedded_task(task=EmbeddedTask(), cache_dir=None, log=print):
     out = {"reference": ref_dir, "dir": task_dir}
     for name in ("train", "test"):
         out[name] = datasets.Dataset.from_list(read_jsonl(os.path.join(task_dir, f"{name}.jsonl")))
+        out[f"{name}_ranked"] = read_jsonl(os.path.join(task_dir, f"{name}_ranked.jsonl"))
     for name in ("eval_prompts", "ood_prompts"):
         with open(os.path.join(task_dir, f"{name}.json")) as f:
             out[name] = json.load(f)

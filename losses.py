@@ -10,6 +10,9 @@ What is here
     oracle_loss                                               DRDO phase 1, the Oracle (Eq. 6, reconstructed)
     focal_preference_loss, drdo_loss                          DRDO phase 2, the student (Eq. 7, reconstructed)
     sft_loss                                                  NLL of the preferred response
+    ld_dpo_loss, aot_loss, aot_unpaired_loss, madpo_loss, adpo_loss, asft_loss, modpo_loss, tpo_loss, tpo_l_loss
+                                                              the related-work list's offline losses, TRL's AOT
+    combine                                                   a weighted sum of registry entries (dpo+sft)
     nca_loss, apo_zero_loss, apo_down_loss, sppo_hard_loss, exo_loss, bco_pair_loss, discopop_loss, fdpo_loss,
     kto_loss                                                  the rest of the offline losses on pi / pi_ref
     cpo_loss                                                  reference-free preference term + NLL of y_w
@@ -79,6 +82,7 @@ Deviations from the papers and reconstructed details (each one is also marked `N
 
 Run `pytest -q test_losses*.py test_logps.py` (a few seconds) to check every formula written here.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -1344,6 +1348,8 @@ def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logp
 #     "policy_tail"     the policy's summed log-probs past the pair's shared length (LD-DPO; sequence_tail_logps)
 #     "reference_tail"  the same under pi_ref (cached with the reference log-probs)
 #     "brevity"         -|y_w|, -|y_l| in completion tokens (MODPO's second objective on any data)
+#     "gold"            the policy's token-averaged and summed log-probs of each triple's gold response (TPO;
+#                       the data must carry `gold_response`: train.py asks data.load_splits for triples)
 #     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
 #                                   (combinations of entries: combine below)
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
@@ -1386,8 +1392,49 @@ class LossInfo:
         return "reference" in self.inputs
 
     @property
+    def needs_gold(self):
+        return "gold" in self.inputs
+
+    @property
     def needs_oracle(self):
         return "oracle" in self.inputs or "oracle_members" in self.inputs
+
+
+# ============================================================================================================
+# TPO, triple preference optimization (Saeidi et al., arXiv 2405.16681; the loss of the authors' released
+# trainer and of TRL 1.16's experimental TPOTrainer)
+#
+# 1) Each prompt has three responses: a gold one y_g (the best), a preferred y_w and a dispreferred y_l (TPO builds
+#    them from UltraFeedback's ranked completions: best, second best, worst). No reference model.
+# 2) A reference-free preference term on y_w against y_l, plus the NLL of the gold response:
+#        tpo:    loss = -log sigmoid( beta * (S(y_w) - S(y_l)) )           + alpha * ( -Sbar(y_g) )
+#        tpo_l:  loss = -log sigmoid( beta * (Sbar(y_w) - Sbar(y_l)) - gamma ) + alpha * ( -Sbar(y_g) )
+#    (TPO-L: length-normalised, with SimPO's target margin gamma.) The gold NLL is token-averaged in both.
+# Gradient (checked): d loss / d S(y_w) = -beta sigmoid(-u) (u the sigmoid's argument); d loss / d Sbar(y_g) = -alpha.
+# Sanity value (checked): beta = 0.01, S_w = -120, S_l = -150 -> softplus(-0.3) = 0.554355, plus alpha * NLL.
+# Reductions (checked): alpha = 0 is cpo_loss with alpha 0 (reference-free DPO); tpo_l with alpha = 0 is simpo.
+# NOTE (deviates from paper): the gold NLL is each triple's token mean, averaged over triples; TRL's is a
+#   token-mean over the batch's gold tokens. The paper body was not available to us (the code was read).
+#   On the embedded task the triples are built from its K = 4 samples per prompt (data.ranked_triples).
+# ============================================================================================================
+def tpo_loss(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold_logps, *, beta=0.01, alpha=1.0):
+    """Shapes: (B,) SUMMED log-probs of y_w, y_l; (B,) token-averaged and summed log-probs of y_g.
+    Returns losses (B,), metrics (+ nll_loss of the gold response, pref_loss)."""
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold_logps)
+    chosen_rewards, rejected_rewards = beta * policy_chosen_logps, beta * policy_rejected_logps
+    pref = softplus(-(chosen_rewards - rejected_rewards))                       # (B,) step 2
+    nll = -gold_mean_logps                                                      # (B,)
+    return pref + alpha * nll, _reward_metrics(chosen_rewards, rejected_rewards, pref_loss=pref, nll_loss=nll)
+
+
+def tpo_l_loss(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold_logps, *, beta=2.0, gamma=0.5,
+               alpha=1.0):
+    """TPO-L. Shapes: (B,) token-AVERAGED log-probs of y_w, y_l; (B,) averaged and summed log-probs of y_g."""
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold_logps)
+    chosen_rewards, rejected_rewards = beta * policy_chosen_logps, beta * policy_rejected_logps
+    pref = softplus(-(chosen_rewards - rejected_rewards - gamma))               # (B,) step 2
+    nll = -gold_mean_logps                                                      # (B,)
+    return pref + alpha * nll, _reward_metrics(chosen_rewards, rejected_rewards, pref_loss=pref, nll_loss=nll)
 
 
 # ============================================================================================================
@@ -1403,7 +1450,7 @@ class LossInfo:
 # are refused. The terms of the combination are its members, each at its weight (grad_norm/<name> on evaluation
 # steps; the keyword `only` keeps one member).
 # The weights are a keyword of the function (Config.loss_weights, "1,0.2"), so --loss_weights reaches it the
-# way every hyper-parameter does. config.resolve registers the combination under its name.
+# way every hyper-parameter does. loss_entry(name) builds the entry of a combination's name (once).
 # NOTE (deviates from TRL): each member is reduced per pair and then averaged over pairs, as everywhere here;
 #   TRL's "sft" member (and rpo_alpha's NLL) is a token-mean over the whole batch, so long responses weigh more
 #   there (README deviation 38).
@@ -1514,4 +1561,24 @@ LOSSES = {
     "asft":      LossInfo(asft_loss, _POL, True, {"lam": "asft_lambda"}),
     # the second objective: brevity, r_1(y) = -|y| tokens (modpo_loss step 3)
     "modpo":     LossInfo(modpo_loss, _REF + ("brevity",), False, {"beta": "beta", "w0": "modpo_w0"}),
+    "tpo":       LossInfo(tpo_loss, ("policy", "gold"), False, {"beta": "tpo_beta", "alpha": "tpo_alpha"}),
+    # TPO-L's beta and gamma are SimPO's (--simpo_beta, --simpo_gamma), its alpha TPO's
+    "tpo_l":     LossInfo(tpo_l_loss, ("policy", "gold"), True,
+                          {"beta": "simpo_beta", "gamma": "simpo_gamma", "alpha": "tpo_alpha"}),
 }
+
+
+def loss_entry(method):
+    """The registry entry of a method name: a name in LOSSES, or a weighted combination "a+b" (combine, built
+    once per name; the registry itself is never changed). A ValueError names the choices."""
+    if method in LOSSES:
+        return LOSSES[method]
+    if "+" in method:
+        return _combined(method)
+    raise ValueError(f"unknown --method {method!r}; choose one of: {' '.join(sorted(LOSSES))}, or a combination "
+                     "such as dpo+sft with --loss_weights 1,0.2")
+
+
+@functools.lru_cache(maxsize=None)
+def _combined(method):
+    return combine(method.split("+"))

@@ -11,8 +11,8 @@ import torch
 
 import distributed
 import tokenization
-from losses import LOSSES, completion_lengths, wpo_weights
-from models import autocast, pair_logps, to_device
+from losses import completion_lengths, loss_entry, wpo_weights
+from models import autocast, batch_logps, pair_logps, to_device
 from runlog import metric_sums
 
 SINGLE = distributed.Dist()          # one process: every distributed step is the identity
@@ -29,7 +29,7 @@ def collate(examples, pad_token_id):
 
 def uses_reward_head(cfg):
     """The policy carries a reward head when the loss consumes student rewards and --student_reward is head."""
-    return "student" in LOSSES[cfg.method].inputs and cfg.student_reward == "head"
+    return "student" in loss_entry(cfg.method).inputs and cfg.student_reward == "head"
 
 
 def student_rewards(cfg, head_rewards, sums, means):
@@ -47,7 +47,7 @@ def loss_inputs(cfg, model, batch):
     the order its registry entry names them; the policy's (chosen, rejected) log-probs as the loss uses them;
     the forward's other outputs: models.pair_logps's dict, with WPO's inputs under --wpo).
     Only what the entry names is read from the batch."""
-    info = LOSSES[cfg.method]
+    info = loss_entry(cfg.method)
     head = uses_reward_head(cfg)
     out = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo, logits_mean=True,
                      tail="policy_tail" in info.inputs)
@@ -64,6 +64,7 @@ def loss_inputs(cfg, model, batch):
         "policy_tail": lambda: out["tail"],                                                  # (B,) T, LD-DPO
         "reference_tail": lambda: (batch["ref_chosen_tail"], batch["ref_rejected_tail"]),    # (B,) cached
         "brevity": lambda: (-n[:B].to(c_sum.dtype), -n[B:].to(c_sum.dtype)),                # (B,) -|y|
+        "gold": lambda: gold_logps(model, batch),                                            # (B,) TPO
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
         "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),
@@ -71,11 +72,19 @@ def loss_inputs(cfg, model, batch):
     return [t for name in info.inputs for t in inputs[name]()], policy, out
 
 
+def gold_logps(model, batch):
+    """TPO: the policy's (token-averaged, summed) log-probs of the batch's gold responses, one more forward."""
+    gold = {"input_ids": batch["gold_input_ids"], "attention_mask": batch["gold_attention_mask"],
+            "loss_mask": batch["gold_loss_mask"]}
+    S = batch_logps(model, gold)["logps"]                                                    # (B,)
+    return S / completion_lengths(gold["loss_mask"]).to(S.dtype), S
+
+
 def compute_loss(cfg, model, batch, keywords=None):
     """-> (losses (B,), metrics dict of detached (B,) tensors, (chosen, rejected) policy log-probs).
     The registry entry says which tensors the loss takes (loss_inputs) and which Config fields fill its
     keywords; `keywords` adds or replaces some (the running means of `running` entries, a term's overrides)."""
-    info = LOSSES[cfg.method]
+    info = loss_entry(cfg.method)
     args, policy, forward_out = loss_inputs(cfg, model, batch)
     kwargs = {keyword: getattr(cfg, field) for keyword, field in info.hparams.items()} | (keywords or {})
     losses, metrics = info.fn(*args, **kwargs)
@@ -92,7 +101,7 @@ def term_grad_norms(cfg, model, batch, keywords=None):
     the update. -> {"grad_norm/<term>": float}; {} for a loss without named terms."""
     params = [p for p in model.parameters() if p.requires_grad]
     out = {}
-    for name, overrides in LOSSES[cfg.method].terms.items():
+    for name, overrides in loss_entry(cfg.method).terms.items():
         losses, _, _ = compute_loss(cfg, model, batch, (keywords or {}) | overrides)
         grads = torch.autograd.grad(losses.float().mean(), params, allow_unused=True)
         out[f"grad_norm/{name}"] = torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)).item()
@@ -110,7 +119,7 @@ def window_keywords(cfg, model, micro_batches, examples, pad_id, device, keyword
     then no extra pass): one pass without gradient over the step's micro-batches (this rank's share; the sums
     are added over ranks) sums the loss's (B, K) metric over every pair of the step; the keyword is the argmin
     k of that (K,) sum, the same on every micro-batch and every rank."""
-    rules = {kw: r for kw, r in LOSSES[cfg.method].window.items() if not r.when or getattr(cfg, r.when[0]) == r.when[1]}
+    rules = {kw: r for kw, r in loss_entry(cfg.method).window.items() if not r.when or getattr(cfg, r.when[0]) == r.when[1]}
     if not rules:
         return {}
     totals = {}

@@ -95,6 +95,7 @@ GOOD = {"prompt": "q", "chosen": "a", "rejected": "b"}
     ({"prompt": "q", "chosen": "a"}, r"line 2: missing field\(s\) \['rejected'\].*expected columns"),
     ("this is {not json", r"bad\.jsonl, line 2: not valid JSON .* fix or delete that line"),
     ([1, 2], r"line 2: expected one JSON object per line, got list"),
+    ({**GOOD, "gold_response": 3}, r"line 2, field 'gold_response': expected a string .* got int 3"),
 ])
 def test_malformed_jsonl_rows_name_file_line_and_field(tmp_path, bad_line, message):
     path = tmp_path / "bad.jsonl"
@@ -302,3 +303,41 @@ def test_split_by_margin_separates_small_and_large_margins():
     # 1/3 and 2/3 quantiles of 0..29 are 9.667 and 19.333: det = margins 20..29, nondet = 0..9
     assert det["chosen_score"] == [float(i) for i in range(20, 30)]
     assert nondet["chosen_score"] == [float(i) for i in range(0, 10)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TPO's triples
+# ------------------------------------------------------------------------------------------------------------
+def test_ranked_triples_take_best_second_and_worst():
+    ranked = [{"prompt": "p1", "responses": ["a", "b", "c", "d"], "scores": [0.1, 0.9, -0.5, 0.4]},
+              {"prompt": "p2", "responses": ["a", "b", "c"], "scores": [0.0, 0.0, 0.0]},        # second = worst: out
+              {"prompt": "p3", "responses": ["x", " ", "z"], "scores": [0.3, 0.2, 0.1]}]        # empty response: out
+    rows = list(data.ranked_triples(ranked))
+    # p1: best b (0.9), second d (0.4), worst c (-0.5)
+    assert rows == [{"prompt": "p1", "gold_response": "b", "chosen": "d", "rejected": "c", "chosen_gold": 0.4,
+                     "rejected_gold": -0.5}]
+    with pytest.raises(ValueError, match="at least 3 responses"):
+        data.ranked_triples([{"prompt": "p", "responses": ["a", "b"], "scores": [1.0, 0.0]}])
+
+
+def test_triples_from_a_file_need_its_gold_response_column(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    write_jsonl(path, [GOOD] * 4)
+    with pytest.raises(ValueError, match="has no 'gold_response' column"):
+        data.load_splits(str(path), triples=True)
+    write_jsonl(path, [{**GOOD, "gold_response": "best"}] * 4)
+    train, _, _ = data.load_splits(str(path), triples=True)
+    assert train[0]["gold_response"] == "best"
+
+
+def test_curriculum_stages_pair_the_best_with_the_k_th_worst():
+    ranked = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [0.2, 0.9, -0.5, 0.4]},   # b > d > a > c
+              {"prompt": "q", "responses": ["w", "x", "y", "z"], "scores": [0.0, 0.0, 0.3, 0.0]}]
+    # stage 1 (easy): best vs worst; stage 3 (hard): best vs second best. q: y is best, the three others tie
+    # and keep the file's order (w, x, z), so z counts as the worst
+    assert [(r["chosen"], r["rejected"]) for r in data.ranked_pairs(ranked, 1)] == [("b", "c"), ("y", "z")]
+    assert [(r["chosen"], r["rejected"]) for r in data.ranked_pairs(ranked, 2)] == [("b", "a"), ("y", "x")]
+    assert [(r["chosen"], r["rejected"], r["chosen_gold"], r["rejected_gold"])
+            for r in data.ranked_pairs(ranked, 3)] == [("b", "d", 0.9, 0.4), ("y", "w", 0.3, 0.0)]
+    with pytest.raises(ValueError, match="the stages are 1..3"):
+        data.ranked_pairs(ranked, 4)

@@ -8,7 +8,8 @@ import torch
 from losses import (LOSSES, adpo_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
                     bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
                     exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
-                    nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss)
+                    nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss, tpo_l_loss,
+                    tpo_loss)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -110,6 +111,11 @@ def test_every_loss_against_a_fresh_rederivation():
                  -c["ac"] - 0.4 * (torch.log(sig(torch.log(odds(c["ac"])))) + torch.log(sig(-torch.log(odds(c["ar"])))))),
         "modpo": (modpo_loss(*four, -c["nc"], -c["nr"], beta=b, w0=w0)[0],
                   -torch.log(sig((b * h - (1 - w0) * (c["nr"] - c["nc"])) / w0))),
+        # gold response: averaged log-prob tc / 30 (any negative number), summed tc
+        "tpo": (tpo_loss(c["pc"], c["pr"], c["tc"] / 30, c["tc"], beta=0.01, alpha=0.6)[0],
+                -torch.log(sig(0.01 * (c["pc"] - c["pr"]))) - 0.6 * c["tc"] / 30),
+        "tpo_l": (tpo_l_loss(c["ac"], c["ar"], c["tc"] / 30, c["tc"], beta=2.0, gamma=0.4, alpha=0.6)[0],
+                  -torch.log(sig(2.0 * (c["ac"] - c["ar"]) - 0.4)) - 0.6 * c["tc"] / 30),
     })
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
@@ -126,7 +132,7 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
              "oracle": (Rw, Rl),
              "oracle_members": (Rw[None].expand(2, -1), Rl[None].expand(2, -1)),
              "student": (rw, rl),
-             "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr)}
+             "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr), "gold": (tc / 30, tc)}
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -190,17 +196,19 @@ def test_shape_mismatch_is_a_clear_error():
 
 def test_registry_metadata():
     reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
-    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo", "asft"}
+    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo", "asft", "tpo", "tpo_l"}
     assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo", "madpo", "adpo"}
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft",
-                                                                   "sigmoid_norm", "asft"}
+                                                                   "sigmoid_norm", "asft", "tpo_l"}
+    assert {n for n, i in LOSSES.items() if i.needs_gold} == {"tpo", "tpo_l"}
     assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
     from losses import WindowArgmin
     assert {n: i.window for n, i in LOSSES.items() if i.window} == {
         "edpo": {"member": WindowArgmin("member_losses", ("aggregate", "batch_min"))}}
     # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
     assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft",
-                                                            "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo"}
+                                                            "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo",
+                                                            "tpo", "tpo_l"}
 
 
 def _metrics_for_a_keyword_train_fills(name, keyword):

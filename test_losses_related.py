@@ -9,8 +9,9 @@ import torch
 
 import losses as L
 from loss_test_helpers import LN2, t
-from losses import (adpo_loss, aot_loss, aot_unpaired_loss, asft_loss, cdpo_loss, dpo_loss, ld_dpo_loss,
-                    madpo_loss, madpo_weights, modpo_loss, sequence_logps, sequence_tail_logps)
+from losses import (adpo_loss, aot_loss, aot_unpaired_loss, asft_loss, cdpo_loss, cpo_loss, dpo_loss, ld_dpo_loss,
+                    madpo_loss, madpo_weights, modpo_loss, sequence_logps, sequence_tail_logps, simpo_loss,
+                    tpo_l_loss, tpo_loss)
 
 
 def sp(x):
@@ -225,3 +226,25 @@ def test_modpo_sanity_value_reduction_and_gradient():
     h = (-3.0 + 4.0) - (-5.0 + 4.5)
     logit = (0.3 * h - 0.2 * 8.0) / 0.8
     torch.testing.assert_close(g, t(-(0.3 / 0.8) / (1 + math.exp(logit))))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TPO
+# ------------------------------------------------------------------------------------------------------------
+def test_tpo_sanity_value_reductions_and_gradient():
+    # beta = 0.01, S_w = -120, S_l = -150: softplus(-0.3) = 0.554355; gold Sbar = -2 with alpha 0.5 adds 1
+    losses, metrics = tpo_loss(t(-120.0), t(-150.0), t(-2.0), t(-20.0), beta=0.01, alpha=0.5)
+    torch.testing.assert_close(losses, t(sp(-0.3) + 1.0))
+    torch.testing.assert_close(losses, t(0.5543552444685271 + 1.0))
+    torch.testing.assert_close(metrics["nll_loss"], t(2.0))
+    # alpha = 0: CPO without its NLL (reference-free DPO); TPO-L with alpha = 0: SimPO
+    pc, pr = t(-12.0, -3.0), t(-15.0, -2.0)
+    torch.testing.assert_close(tpo_loss(pc, pr, t(-1.0, -1.0), t(-9.0, -9.0), beta=0.2, alpha=0.0)[0],
+                               cpo_loss(pc, pr, beta=0.2, alpha=0.0)[0])
+    ac, ar = t(-1.2, -0.3), t(-1.5, -0.2)
+    torch.testing.assert_close(tpo_l_loss(ac, ar, t(-1.0, -1.0), t(-9.0, -9.0), beta=2.0, gamma=0.5, alpha=0.0)[0],
+                               simpo_loss(ac, ar, beta=2.0, gamma=0.5)[0])
+    # d / d Sbar(y_g) = -alpha; d / d S(y_w) = -beta sigmoid(-beta (S_w - S_l))
+    sw, g = t(-120.0, grad=True), t(-2.0, grad=True)
+    grads = torch.autograd.grad(tpo_loss(sw, t(-150.0), g, t(-20.0), beta=0.01, alpha=0.5)[0].sum(), (sw, g))
+    torch.testing.assert_close(torch.cat(grads), t(-0.01 / (1 + math.exp(0.3)), -0.5))

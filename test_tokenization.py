@@ -107,6 +107,21 @@ def test_tokenize_pair_truncates_prompt_end_first_then_responses(tok):
     assert out["chosen_ids"] == [4, 5, 1] and len(out["prompt_ids"]) + len(out["chosen_ids"]) == 5
 
 
+def test_a_gold_response_is_tokenized_like_the_others_and_collated_as_its_own_rows(tok):
+    # TPO: gold "a b c" -> [4, 5, 6] + EOS; it is the longest response, so with max_length 6 it sets the cut:
+    # prompt "q x" (2) + gold 4 = 6 fits; at max_length 5 the room is 5 - 2 - 1 = 2 -> [4, 5, EOS]
+    record = {"prompt": "q x", "chosen": "a b", "rejected": "c", "gold_response": "a b c"}
+    out, _ = tokenization.tokenize_pair(tok, record, max_length=6, max_prompt_length=2)
+    assert out["gold_ids"] == [4, 5, 6, 1] and out["chosen_ids"] == [4, 5, 1]
+    out, _ = tokenization.tokenize_pair(tok, record, max_length=5, max_prompt_length=2)
+    assert out["gold_ids"] == [4, 5, 1]
+    # collated: B gold rows after the 2B pair rows' batch, prompt masked out
+    batch = tokenization.collate([out, out], pad_token_id=0)
+    assert batch["gold_input_ids"].tolist() == [[3, 8, 4, 5, 1]] * 2
+    assert batch["gold_loss_mask"].tolist() == [[0, 0, 1, 1, 1]] * 2
+    assert "gold_input_ids" not in tokenization.collate([{k: v for k, v in out.items() if k != "gold_ids"}], 0)
+
+
 def test_tokenize_pair_drops_empty_and_identical(tok):
     assert tokenization.tokenize_pair(tok, {"prompt": "q", "chosen": "", "rejected": "a"}) == (None, "empty response")
     assert tokenization.tokenize_pair(tok, {"prompt": "q", "chosen": "a b", "rejected": "a b"}) == \

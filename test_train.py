@@ -35,7 +35,7 @@ FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "-
          "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
          "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9", "--ld_alpha", "0.35",
          "--aot_label_smoothing", "0.04", "--madpo_c_min", "0.6", "--madpo_c_max", "1.8", "--adpo_temperature", "0.8",
-         "--asft_lambda", "0.25", "--modpo_w0", "0.85"]
+         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -50,7 +50,8 @@ EXPECTED_KWARGS = {
     "ld_dpo": {"beta": 0.123, "alpha": 0.35}, "sigmoid_norm": {"beta": 0.123},
     "aot": {"beta": 0.123, "label_smoothing": 0.04}, "aot_unpaired": {"beta": 0.123, "label_smoothing": 0.04},
     "madpo": {"beta": 0.123, "c_min": 0.6, "c_max": 1.8}, "adpo": {"beta": 0.123, "temperature": 0.8},
-    "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85},
+    "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85}, "tpo": {"beta": 0.05, "alpha": 0.4},
+    "tpo_l": {"beta": 1.7, "gamma": 0.3, "alpha": 0.4},
 }
 
 
@@ -77,9 +78,12 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     assert all(kw in allowed for kw in given), [kw for kw in given if kw not in allowed]
     assert sum(kw == expected for kw in given) >= s["steps"]
     # steps: each of the 3 epochs is ceil(n / 8) windows of at most 8 pairs, n = pairs that tokenize
+    # (TPO trains on the task's triples: best / second / worst of each prompt's samples)
+    import data
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
-    n = len(tokenization.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)[0])
+    pairs = data.ranked_triples(tiny_task["train_ranked"]) if LOSSES[method].needs_gold else tiny_task["train"]
+    n = len(tokenization.tokenize_dataset(tok, pairs, 128, 64, log=lambda *_: None)[0])
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
 
@@ -154,6 +158,31 @@ def test_sync_reference_mixes_every_parameter():
     sync_reference(ref, policy, 0.6)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-7)
+
+
+def test_tpo_trains_on_the_gold_response_of_each_triple(cache, tiny_task, tmp_path, monkeypatch):
+    # the gold log-probs TPO receives at step 0 (policy = pi_ref) are pi_ref's token-averaged log-probs of gold
+    # responses of the task's triples, recomputed here one triple at a time
+    import data
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    calls = record_calls(monkeypatch, "tpo")
+    run(tmp_path, "--method", "tpo", "--epochs", "1")
+    gold_mean, gold_sum = calls[0]["args"][2], calls[0]["args"][3]
+    ref = AutoModelForCausalLM.from_pretrained(tiny_task["reference"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
+    examples, _ = tokenization.tokenize_dataset(tok, data.ranked_triples(tiny_task["train_ranked"]), 128, 64,
+                                                log=lambda *_: None)
+    expected = []
+    with torch.no_grad():
+        for e in examples:
+            x = torch.tensor([e["prompt_ids"] + e["gold_ids"]])
+            logp = torch.log_softmax(ref(x).logits[0, :-1].double(), -1)
+            expected.append(sum(logp[p, x[0, p + 1]].item() for p in range(len(e["prompt_ids"]) - 1, x.shape[1] - 1)))
+    expected = torch.tensor(expected)
+    for mean, total in zip(gold_mean.tolist(), gold_sum.tolist()):
+        assert (expected - total).abs().min() < 1e-4                     # each one a gold response of the data
+        assert mean < 0 and total / mean >= 1 - 1e-6                     # S / Sbar = |y_g| >= 1
+    assert len(gold_mean) == min(8, len(examples))
 
 
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):

@@ -163,7 +163,8 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
     exactly one closing token (end-of-turn or EOS); 3) if prompt + longest response > max_length: the prompt
     keeps its BOS and its last tokens up to max_prompt_length, then each response is cut to the room left,
     keeping its start and its closing token; 4) the pair is dropped if a response has no token besides the
-    closing one, or if chosen == rejected.
+    closing one, or if chosen == rejected. A record with a `gold_response` (TPO's third response) gets its
+    `gold_ids` the same way, counted in step 3's longest response.
     NOTE: a response cut in step 3 still ends with its closing token, so "one per response" always holds; the
     model then learns an early stop on those rows. Raise max_length if many pairs are cut.
     `special`: (special_prefix, closing_tokens) of the tokenizer, when already computed (tokenize_dataset).
@@ -172,9 +173,11 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
         raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token before tokenizing")
     prefix, closers = special or (special_prefix(tokenizer), closing_tokens(tokenizer))
     prompt_ids = encode_prompt(tokenizer, record["prompt"], prefix)
-    (chosen, close_c), (rejected, close_r) = (encode_response(tokenizer, record["prompt"], record[k], closers)
-                                              for k in ("chosen", "rejected"))
-    if len(prompt_ids) + max(len(chosen), len(rejected)) + 1 > max_length:
+    keys = ("chosen", "rejected") + (("gold_response",) if record.get("gold_response") is not None else ())
+    encoded = [encode_response(tokenizer, record["prompt"], record[k], closers) for k in keys]
+    (chosen, close_c), (rejected, close_r) = encoded[:2]
+    gold, close_g = encoded[2] if len(encoded) > 2 else (None, None)
+    if len(prompt_ids) + max(len(ids) for ids, _ in encoded) + 1 > max_length:
         if len(prompt_ids) > max_prompt_length:                            # keep BOS and the prompt's end
             keep = max_prompt_length - len(prefix)
             prompt_ids = (prefix + prompt_ids[len(prefix):][-keep:]) if keep > 0 else prompt_ids[-max_prompt_length:]
@@ -182,12 +185,15 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
         if room < 1:
             raise ValueError(f"max_length={max_length} leaves no room for a response after a prompt of "
                              f"{len(prompt_ids)} tokens; use max_prompt_length < max_length - 1")
-        chosen, rejected = chosen[:room], rejected[:room]
-    if not chosen or not rejected:
+        chosen, rejected, gold = chosen[:room], rejected[:room], gold and gold[:room]
+    if not chosen or not rejected or gold is not None and not gold:
         return None, "empty response"
     if chosen + [close_c] == rejected + [close_r]:
         return None, "chosen equals rejected"
-    return {"prompt_ids": prompt_ids, "chosen_ids": chosen + [close_c], "rejected_ids": rejected + [close_r]}, None
+    out = {"prompt_ids": prompt_ids, "chosen_ids": chosen + [close_c], "rejected_ids": rejected + [close_r]}
+    if gold is not None:                                                   # TPO's third response
+        out["gold_ids"] = gold + [close_g]
+    return out, None
 
 
 def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=print):
@@ -235,7 +241,8 @@ def collate(examples, pad_token_id):
 
     Returns input_ids (2B, T), attention_mask (2B, T), loss_mask (2B, T) = 1 on response tokens (closing
     token included) and 0 on prompt and padding; plus chosen_scores / rejected_scores of shape (K, B) when the
-    examples carry scores (K = 1 for plain floats), and confidence (B,) when present.
+    examples carry scores (K = 1 for plain floats), and confidence (B,) when present; gold_input_ids,
+    gold_attention_mask, gold_loss_mask (B, T') when every example has a gold response (TPO).
     """
     rows, masks = [], []
     for side in ("chosen_ids", "rejected_ids"):
@@ -251,6 +258,9 @@ def collate(examples, pad_token_id):
         attention_mask[i, :len(r)] = 1
         loss_mask[i, :len(m)] = torch.tensor(m)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    if all("gold_ids" in ex for ex in examples):                   # TPO: the gold responses, B more rows
+        gold = collate_completions([(ex["prompt_ids"], ex["gold_ids"]) for ex in examples], pad_token_id)
+        batch.update({f"gold_{k}": v for k, v in gold.items()})
     if all("chosen_score" in ex for ex in examples):
         for key, out in (("chosen_score", "chosen_scores"), ("rejected_score", "rejected_scores")):
             scores = [ex[key] if isinstance(ex[key], (list, tuple)) else [ex[key]] for ex in examples]

@@ -60,7 +60,7 @@ import tokenization
 from cache import cache_root
 from common import cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
-from losses import LOSSES
+from losses import loss_entry
 from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
                     load_head, load_lora, load_model, save_model, to_device)
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
@@ -77,12 +77,13 @@ def prepare_data(cfg, log=print):
     method consumes them, Oracle scores (members: the Oracle directories, else []); task is the embedded
     task's dict (None for other data)."""
     train_ds, test_ds, task = data.load_splits(cfg.data, seed=cfg.seed, log=log, config=cfg.data_config,
-                                               split=cfg.data_split)
+                                               split=cfg.data_split, triples=loss_entry(cfg.method).needs_gold,
+                                               stage=cfg.curriculum_stage)
     train_ds = conditions.apply_condition(train_ds, cfg.split, cfg.flip, cfg.max_pairs, seed=cfg.seed)
     log(f"data: {len(train_ds)} training pairs ({cfg.data}, split {cfg.split}, {cfg.flip:.0%} labels flipped), "
         f"{len(test_ds)} held-out pairs")
     members = []
-    if LOSSES[cfg.method].needs_oracle:
+    if loss_entry(cfg.method).needs_oracle:
         ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, data_config=cfg.data_config,
                                    data_split=cfg.data_split, alpha=cfg.oracle_alpha,
                                    ensemble=cfg.ensemble, epochs=cfg.oracle_epochs, lr=cfg.oracle_lr,
@@ -144,7 +145,7 @@ def accumulate(cfg, d, model, mine, n_pairs, examples, pad_id, device, keywords,
     """1) forward and 2) backward of this rank's micro-batches of one optimizer step: the gradients of the step
     accumulate in the parameters; -> the per-pair sums of the logged values (this rank's counted pairs).
     `mine`: [(example indices, counted)] from d.share; `n_pairs`: pairs in the whole step, over all ranks."""
-    info = LOSSES[cfg.method]
+    info = loss_entry(cfg.method)
     sums = {}
     for j, (micro, counted) in enumerate(mine):
         batch = to_device(collate([examples[i] for i in micro], pad_id), device)
@@ -221,7 +222,7 @@ def run(cfg, d, log):
 
     # 3) pi_ref log-probs, once, cached (torchrun: shared out over the ranks and gathered); the reference model
     # is never in memory with the policy's optimizer
-    info = LOSSES[cfg.method]
+    info = loss_entry(cfg.method)
     live_ref = None                           # TR-DPO (--ref_sync_every): a reference that follows the policy
     if info.needs_reference and cfg.ref_sync_every:
         live_ref = live_reference(cfg, task_ref, device)
