@@ -10,7 +10,8 @@ What is here
     oracle_loss                                               DRDO phase 1, the Oracle (Eq. 6, reconstructed)
     focal_preference_loss, drdo_loss                          DRDO phase 2, the student (Eq. 7, reconstructed)
     sft_loss                                                  NLL of the preferred response
-    ld_dpo_loss, aot_loss, aot_unpaired_loss, madpo_loss, adpo_loss, asft_loss, modpo_loss, tpo_loss, tpo_l_loss
+    ld_dpo_loss, aot_loss, aot_unpaired_loss, madpo_loss, adpo_loss, asft_loss, modpo_loss, tpo_loss, tpo_l_loss,
+    tgdpo_loss
                                                               the related-work list's offline losses, TRL's AOT
     combine                                                   a weighted sum of registry entries (dpo+sft)
     nca_loss, apo_zero_loss, apo_down_loss, sppo_hard_loss, exo_loss, bco_pair_loss, discopop_loss, fdpo_loss,
@@ -1348,6 +1349,8 @@ def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logp
 #     "policy_tail"     the policy's summed log-probs past the pair's shared length (LD-DPO; sequence_tail_logps)
 #     "reference_tail"  the same under pi_ref (cached with the reference log-probs)
 #     "brevity"         -|y_w|, -|y_l| in completion tokens (MODPO's second objective on any data)
+#     "policy_guided"   the policy's sum_t g_t log pi(y_t), g the guidance model's token rewards (TGDPO)
+#     "reference_guided"  the same under pi_ref (computed once with g: reference.guidance_logps)
 #     "gold"            the policy's token-averaged and summed log-probs of each triple's gold response (TPO;
 #                       the data must carry `gold_response`: train.py asks data.load_splits for triples)
 #     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
@@ -1390,6 +1393,10 @@ class LossInfo:
     @property
     def needs_reference(self):
         return "reference" in self.inputs
+
+    @property
+    def needs_guidance(self):
+        return "reference_guided" in self.inputs
 
     @property
     def needs_gold(self):
@@ -1435,6 +1442,59 @@ def tpo_l_loss(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold
     pref = softplus(-(chosen_rewards - rejected_rewards - gamma))               # (B,) step 2
     nll = -gold_mean_logps                                                      # (B,)
     return pref + alpha * nll, _reward_metrics(chosen_rewards, rejected_rewards, pref_loss=pref, nll_loss=nll)
+
+
+# ============================================================================================================
+# TGDPO, token-level reward guidance for DPO (Zhu et al., arXiv 2506.14574; the loss of the authors' released
+# trainer)
+#
+# 1) DPO's sequence log-ratio is a sum of token log-ratios, rho(y) = sum_t rho_t, rho_t = log pi(y_t) - log pi_ref(y_t).
+#    TGDPO re-weights each token by a token-level reward from a guidance model pi_r (e.g. a DPO-trained policy,
+#    run without gradient): g_t = log pi_r(y_t) - log pi_ref(y_t), its implicit token reward / beta.
+# 2) Tokens the guidance rewards get more weight in the chosen response and less in the rejected one:
+#        z    = beta * sum_t (1 + alpha beta g_t(y_w)) rho_t(y_w)  -  beta * sum_t (1 - alpha beta g_t(y_l)) rho_t(y_l)
+#        loss = softplus(-z)
+# 3) The weights are constants, so each sum splits into (B,) inputs the registry can carry:
+#        sum_t (1 + c g_t) rho_t = rho(y) + c * [ G(y) - G_ref(y) ],   G(y) = sum_t g_t log pi(y_t)
+#    with G_ref(y) = sum_t g_t log pi_ref(y_t) computed once with g (reference.guidance_logps; cached), and G(y)
+#    from the training forward (models.pair_logps(..., token_weights=...)); c = +alpha beta for y_w, -alpha beta
+#    for y_l.
+# Gradient (checked): d loss / d log pi(y_t) = -beta sigmoid(-z) (1 + alpha beta g_t) for a token of y_w, and
+#   +beta sigmoid(-z) (1 - alpha beta g_t) for a token of y_l.
+# Reduction (checked): g = 0 (pi_r = pi_ref) is dpo_loss exactly.
+# Sanity values (checked): alpha 0.5, beta 0.1, g = 2 -> token weights 1.1 (chosen) and 0.9 (rejected).
+# NOTE (deviates from paper): read in the authors' code, not the paper's derivation. The guidance model is any
+#   causal LM with pi_ref's tokenizer (--guidance_model; the paper uses DPO- or SimPO-trained models); g uses
+#   summed token log-probs of pi_r and pi_ref computed once before training, as pi_ref's are.
+# ============================================================================================================
+def tgdpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+               policy_chosen_guided, policy_rejected_guided, reference_chosen_guided, reference_rejected_guided,
+               *, beta=0.1, alpha=0.5):
+    """Shapes: all (B,): summed log-probs S, and guided sums G = sum_t g_t log pi(y_t) of policy and reference.
+    Returns losses (B,), metrics (rewards on the weighted log-ratios; pref_logit z)."""
+    _pair_shapes(policy_chosen_guided, policy_rejected_guided, reference_chosen_guided, reference_rejected_guided,
+                 policy_chosen_logps)
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    c = alpha * beta
+    chosen = chosen_logratios + c * (policy_chosen_guided - reference_chosen_guided.detach())          # step 3
+    rejected = rejected_logratios - c * (policy_rejected_guided - reference_rejected_guided.detach())  # (B,)
+    z = beta * (chosen - rejected)                                              # (B,) step 2
+    return softplus(-z), _reward_metrics(beta * chosen, beta * rejected, pref_logit=z)
+
+
+def sequence_weighted_logps(logits, labels, loss_mask, token_weights):
+    """sum_t w_t log pi(y_t) over the completion tokens: token_weights (N, T) aligned with the input ids (the
+    weight of the token AT position t), 0 elsewhere. Same layouts as sequence_logps -> (N,) fp32."""
+    mask = loss_mask[:, 1:]                                                     # (N, T-1) scored tokens
+    weights = token_weights[:, 1:].to(torch.float32) * mask                    # (N, T-1)
+    if logits.dim() == 3:
+        safe = torch.where(mask > 0, labels[:, 1:], torch.zeros_like(labels[:, 1:]))
+        return (token_logps(logits[:, :-1, :], safe) * weights).sum(-1)         # (N,)
+    keep = mask.bool()
+    values = token_logps(logits, labels[:, 1:][keep]) * weights[keep]          # (M,)
+    rows = keep.nonzero()[:, 0]
+    return torch.zeros(mask.shape[0], dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
 
 # ============================================================================================================
@@ -1562,6 +1622,8 @@ LOSSES = {
     # the second objective: brevity, r_1(y) = -|y| tokens (modpo_loss step 3)
     "modpo":     LossInfo(modpo_loss, _REF + ("brevity",), False, {"beta": "beta", "w0": "modpo_w0"}),
     "tpo":       LossInfo(tpo_loss, ("policy", "gold"), False, {"beta": "tpo_beta", "alpha": "tpo_alpha"}),
+    "tgdpo":     LossInfo(tgdpo_loss, _REF + ("policy_guided", "reference_guided"), False,
+                          {"beta": "beta", "alpha": "tgdpo_alpha"}, wpo=True),
     # TPO-L's beta and gamma are SimPO's (--simpo_beta, --simpo_gamma), its alpha TPO's
     "tpo_l":     LossInfo(tpo_l_loss, ("policy", "gold"), True,
                           {"beta": "simpo_beta", "gamma": "simpo_gamma", "alpha": "tpo_alpha"}),

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 import cache
 from common import go_offline, hub_reachable
-from losses import sequence_logps, sequence_mean_logits, sequence_tail_logps, sequence_wpo_logps
+from losses import (sequence_logps, sequence_mean_logits, sequence_tail_logps, sequence_weighted_logps,
+                    sequence_wpo_logps)
 from tokenization import stop_token_ids
 
 HEAD_FILE = "reward_head.pt"
@@ -300,7 +301,8 @@ def forward(model, input_ids, attention_mask, loss_mask=None, **kwargs):
     return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False, tail=False):
+def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False, tail=False,
+                token_weights=None):
     """One forward of a collated batch -> dict of (N,) tensors, one value per row:
         "logps"        log-probs of the loss_mask tokens: the sum S, or the token mean Sbar with `average`
         "head"         the reward head's rewards (with_head)
@@ -308,6 +310,7 @@ def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_
         "logits_mean"  the detached mean logit over the completion tokens and the vocabulary (TRL's
                        logits/chosen, logits/rejected: a drift watch)
         "tail"         summed log-probs past each pair's shared length (LD-DPO; a stacked pair batch only)
+        "guided"       sum_t w_t log pi(y_t) with the (N, T) token_weights (TGDPO's guidance)
     The LM head runs on completion positions only (forward)."""
     ids, mask = batch["input_ids"], batch["loss_mask"]
     if with_head:
@@ -323,13 +326,16 @@ def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_
         out["logits_mean"] = sequence_mean_logits(logits, ids, mask)                         # (N,)
     if tail:
         out["tail"] = sequence_tail_logps(logits, ids, mask)                                 # (N,)
+    if token_weights is not None:
+        out["guided"] = sequence_weighted_logps(logits, ids, mask, token_weights)            # (N,)
     return out
 
 
-def pair_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False, tail=False):
+def pair_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False, tail=False,
+               token_weights=None):
     """A stacked [chosen; rejected] batch (tokenization.collate), one forward -> batch_logps's dict with each value
     split into its (chosen (B,), rejected (B,)) halves."""
-    out = batch_logps(model, batch, average, with_head, wpo, logits_mean, tail)
+    out = batch_logps(model, batch, average, with_head, wpo, logits_mean, tail, token_weights)
     B = out["logps"].shape[0] // 2
     return {k: (v[:B], v[B:]) for k, v in out.items()}
 

@@ -21,9 +21,17 @@ SINGLE = distributed.Dist()          # one process: every distributed step is th
 def collate(examples, pad_token_id):
     """tokenization.collate plus the cached reference log-probs, as (B,) tensors."""
     batch = tokenization.collate(examples, pad_token_id)
-    for key in ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail"):
+    for key in ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail", "ref_guided_chosen",
+                "ref_guided_rejected"):
         if key in examples[0]:
             batch[key] = torch.tensor([e[key] for e in examples])
+    if "guidance_chosen" in examples[0]:      # TGDPO: each response token's g_t, at that token's position (2B, T)
+        weights = torch.zeros(batch["input_ids"].shape)
+        for side, offset in (("chosen", 0), ("rejected", len(examples))):
+            for i, e in enumerate(examples):
+                start = len(e["prompt_ids"])
+                weights[offset + i, start:start + len(e[f"guidance_{side}"])] = torch.tensor(e[f"guidance_{side}"])
+        batch["guidance"] = weights
     return batch
 
 
@@ -50,7 +58,8 @@ def loss_inputs(cfg, model, batch):
     info = loss_entry(cfg.method)
     head = uses_reward_head(cfg)
     out = pair_logps(model, batch, average=False, with_head=head, wpo=cfg.wpo, logits_mean=True,
-                     tail="policy_tail" in info.inputs)
+                     tail="policy_tail" in info.inputs,
+                     token_weights=batch["guidance"] if "policy_guided" in info.inputs else None)
     (c_sum, r_sum), head_rewards = out["logps"], out.get("head")                             # (B,) S
     n = completion_lengths(batch["loss_mask"])                                               # (2B,) |y|
     B = len(c_sum)
@@ -65,6 +74,8 @@ def loss_inputs(cfg, model, batch):
         "reference_tail": lambda: (batch["ref_chosen_tail"], batch["ref_rejected_tail"]),    # (B,) cached
         "brevity": lambda: (-n[:B].to(c_sum.dtype), -n[B:].to(c_sum.dtype)),                # (B,) -|y|
         "gold": lambda: gold_logps(model, batch),                                            # (B,) TPO
+        "policy_guided": lambda: out["guided"],                                              # (B,) TGDPO
+        "reference_guided": lambda: (batch["ref_guided_chosen"], batch["ref_guided_rejected"]),  # (B,) cached
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
         "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),

@@ -20,6 +20,7 @@ import torch
 import cache
 import tokenization
 from common import stable_hash, weights_hash
+from losses import token_logps
 from models import autocast, is_lora, load_model, pair_logps, to_device
 
 
@@ -129,3 +130,58 @@ def sync_reference(ref, policy, alpha):
     for name, b in ref.named_buffers():
         if name in buffers:
             b.copy_(buffers[name])
+
+
+# ============================================================================================================
+# TGDPO: the guidance model's token rewards, computed once (like pi_ref's log-probs) and cached
+# ============================================================================================================
+def guidance_path(name):
+    """--guidance_model: a train.py run directory (its latest checkpoint), a checkpoint, a path or a hub id."""
+    import checkpoint
+    return (checkpoint.latest(name) or name) if os.path.isdir(name) else name
+
+
+@torch.no_grad()
+def _response_token_logps(model, batch):
+    """log pi(y_t) of every response token of each row of a collated batch -> list of (|y|,) fp32 tensors."""
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits           # (N, T, V)
+    values = token_logps(logits[:, :-1].float(), ids[:, 1:])                                 # (N, T-1)
+    return [row[m.bool()].cpu() for row, m in zip(values, mask[:, 1:])]
+
+
+@torch.no_grad()
+def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=print):
+    """g_t = log pi_r(y_t) - log pi_ref(y_t) for every response token of every pair (pi_r = --guidance_model), and
+    G_ref(y) = sum_t g_t log pi_ref(y_t); cached under a key of both models' weights and the token ids. Adds
+    guidance_chosen / guidance_rejected (lists, one value per response token) and ref_guided_chosen /
+    ref_guided_rejected to each example (losses.tgdpo_loss, step 3)."""
+    guide = guidance_path(cfg.guidance_model)
+    ref_name = cfg.ref_model or cfg.model
+    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
+    identity = lambda p: weights_hash(p) if p and os.path.isdir(p) else p              # noqa: E731
+    key = stable_hash([identity(ref_path), identity(guide), len(tokenizer),
+                       [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples], cfg.bf16])
+    entry = os.path.join(cache.cache_root(), f"guidance-{key}")
+    path = os.path.join(entry, "guidance.pt")
+    if cache.ready(entry, log):
+        log(f"guidance ({name}): cached in {path}")
+    else:
+        log(f"guidance ({name}): token log-ratios of {guide} to {ref_name} for {len(examples)} pairs, once")
+        models = [load_model(n, task_ref)[0].to(device).eval() for n in (ref_name, guide)]
+        rows = []                                            # per pair: (g chosen, g rejected, G_ref chosen, rejected)
+        for i in range(0, len(examples), 32):
+            part = examples[i:i + 32]
+            batch = to_device(tokenization.collate(part, tokenizer.pad_token_id), device)
+            with autocast(cfg, device):
+                ref_lp, guide_lp = (_response_token_logps(m, batch) for m in models)
+            B = len(part)
+            for j in range(B):
+                g = [guide_lp[r] - ref_lp[r] for r in (j, B + j)]
+                rows.append((g[0].tolist(), g[1].tolist(), float((g[0] * ref_lp[j]).sum()),
+                             float((g[1] * ref_lp[B + j]).sum())))
+        del models
+        cache.build(entry, lambda tmp: torch.save(rows, os.path.join(tmp, "guidance.pt")), log, inputs=key)
+    rows = torch.load(path)
+    for e, (gc, gr, rc, rr) in zip(examples, rows):
+        e.update(guidance_chosen=gc, guidance_rejected=gr, ref_guided_chosen=rc, ref_guided_rejected=rr)

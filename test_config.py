@@ -42,6 +42,7 @@ from train_test_helpers import run
     (["--method", "dpo+sft", "--loss_weights", "1"], "has 1 weight\\(s\\) for 2 losses"),
     (["--method", "dpo", "--loss_weights", "1,2"], "--loss_weights weighs the losses of a combination"),
     (["--method", "bco_pair+sft"], "bco_pair keeps state across steps"),
+    (["--method", "tgdpo"], "--method tgdpo needs --guidance_model"),
 ])
 def test_bad_arguments_give_one_clear_error(cache, tmp_path, args, message):
     with pytest.raises(SystemExit) as e:

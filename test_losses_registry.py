@@ -9,7 +9,7 @@ from losses import (LOSSES, adpo_loss, aot_loss, aot_unpaired_loss, apo_down_los
                     bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
                     exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
                     nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss, tpo_l_loss,
-                    tpo_loss)
+                    tgdpo_loss, tpo_loss)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -114,6 +114,8 @@ def test_every_loss_against_a_fresh_rederivation():
         # gold response: averaged log-prob tc / 30 (any negative number), summed tc
         "tpo": (tpo_loss(c["pc"], c["pr"], c["tc"] / 30, c["tc"], beta=0.01, alpha=0.6)[0],
                 -torch.log(sig(0.01 * (c["pc"] - c["pr"]))) - 0.6 * c["tc"] / 30),
+        "tgdpo": (tgdpo_loss(*four, c["tc"], c["tr"], c["uc"], c["ur"], beta=b, alpha=0.4)[0],
+                  -torch.log(sig(b * ((rw + 0.4 * b * (c["tc"] - c["uc"])) - (rl - 0.4 * b * (c["tr"] - c["ur"])))))),
         "tpo_l": (tpo_l_loss(c["ac"], c["ar"], c["tc"] / 30, c["tc"], beta=2.0, gamma=0.4, alpha=0.6)[0],
                   -torch.log(sig(2.0 * (c["ac"] - c["ar"]) - 0.4)) - 0.6 * c["tc"] / 30),
     })
@@ -132,7 +134,8 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
              "oracle": (Rw, Rl),
              "oracle_members": (Rw[None].expand(2, -1), Rl[None].expand(2, -1)),
              "student": (rw, rl),
-             "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr), "gold": (tc / 30, tc)}
+             "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr), "gold": (tc / 30, tc),
+             "policy_guided": (tc, tr), "reference_guided": (uc, ur)}
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -201,6 +204,7 @@ def test_registry_metadata():
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft",
                                                                    "sigmoid_norm", "asft", "tpo_l"}
     assert {n for n, i in LOSSES.items() if i.needs_gold} == {"tpo", "tpo_l"}
+    assert {n for n, i in LOSSES.items() if i.needs_guidance} == {"tgdpo"}
     assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
     from losses import WindowArgmin
     assert {n: i.window for n, i in LOSSES.items() if i.window} == {

@@ -11,7 +11,7 @@ import losses as L
 from loss_test_helpers import LN2, t
 from losses import (adpo_loss, aot_loss, aot_unpaired_loss, asft_loss, cdpo_loss, cpo_loss, dpo_loss, ld_dpo_loss,
                     madpo_loss, madpo_weights, modpo_loss, sequence_logps, sequence_tail_logps, simpo_loss,
-                    tpo_l_loss, tpo_loss)
+                    sequence_weighted_logps, tgdpo_loss, tpo_l_loss, tpo_loss)
 
 
 def sp(x):
@@ -248,3 +248,41 @@ def test_tpo_sanity_value_reductions_and_gradient():
     sw, g = t(-120.0, grad=True), t(-2.0, grad=True)
     grads = torch.autograd.grad(tpo_loss(sw, t(-150.0), g, t(-20.0), beta=0.01, alpha=0.5)[0].sum(), (sw, g))
     torch.testing.assert_close(torch.cat(grads), t(-0.01 / (1 + math.exp(0.3)), -0.5))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# TGDPO
+# ------------------------------------------------------------------------------------------------------------
+def test_tgdpo_token_weights_by_hand_and_g_zero_is_dpo():
+    # one token per response: log pi(y_w) = -1, log pi_ref(y_w) = -2 (rho_w = 1); log pi(y_l) = -3, ref -2.5
+    # (rho_l = -0.5); g_w = g_l = 2, alpha 0.5, beta 0.1: weights 1 + 0.1 = 1.1 (chosen), 1 - 0.1 = 0.9 (rejected)
+    # z = 0.1 * (1.1 * 1 - 0.9 * (-0.5)) = 0.155;  G = g * log pi, G_ref = g * log pi_ref
+    S = (t(-1.0), t(-3.0), t(-2.0), t(-2.5))
+    G = (t(2 * -1.0), t(2 * -3.0), t(2 * -2.0), t(2 * -2.5))
+    losses, metrics = tgdpo_loss(*S, *G, beta=0.1, alpha=0.5)
+    torch.testing.assert_close(metrics["pref_logit"], t(0.155))
+    torch.testing.assert_close(losses, t(sp(-0.155)))
+    zero = t(0.0)
+    torch.testing.assert_close(tgdpo_loss(*S, zero, zero, zero, zero, beta=0.1, alpha=0.5)[0],
+                               dpo_loss(*S, beta=0.1)[0], rtol=0, atol=0)
+    # gradient: d loss / d log pi(y_w token) = -beta sigmoid(-z) * 1.1 through S and G together
+    lp_w = t(-1.0, grad=True)
+    losses, _ = tgdpo_loss(lp_w, S[1], S[2], S[3], 2 * lp_w, G[1], G[2], G[3], beta=0.1, alpha=0.5)
+    (g,) = torch.autograd.grad(losses.sum(), lp_w)
+    torch.testing.assert_close(g, t(-0.1 * 1.1 / (1 + math.exp(0.155))))
+
+
+def test_sequence_weighted_logps_by_hand_in_both_layouts():
+    A, Bq, C = [0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.1, 0.1, 0.8]
+    logits = torch.log(torch.tensor([[A, Bq, C, A], [A, A, C, Bq]], dtype=torch.float64))
+    labels = torch.tensor([[0, 1, 2, 0], [2, 1, 2, 0]])
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 0]])
+    # the weight of the token AT each position: row 0 tokens 1, 2, 0 at positions 1-3 weigh 2, 0, -1
+    w = torch.tensor([[9.0, 2.0, 0.0, -1.0], [9.0, 9.0, 3.0, 9.0]])     # 9: prompt / padding, never read
+    expected = t(2 * math.log(0.25) + 0 * math.log(0.25) - 1 * math.log(0.1), 3 * math.log(0.25))
+    torch.testing.assert_close(sequence_weighted_logps(logits, labels, mask, w), expected)
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, :-1] = mask[:, 1:].bool()
+    torch.testing.assert_close(sequence_weighted_logps(logits[keep], labels, mask, w), expected)
+    torch.testing.assert_close(sequence_weighted_logps(logits, labels, mask, torch.ones(2, 4)),
+                               sequence_logps(logits, labels, mask))

@@ -35,7 +35,7 @@ FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "-
          "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
          "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9", "--ld_alpha", "0.35",
          "--aot_label_smoothing", "0.04", "--madpo_c_min", "0.6", "--madpo_c_max", "1.8", "--adpo_temperature", "0.8",
-         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4"]
+         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4", "--tgdpo_alpha", "0.7"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -51,7 +51,7 @@ EXPECTED_KWARGS = {
     "aot": {"beta": 0.123, "label_smoothing": 0.04}, "aot_unpaired": {"beta": 0.123, "label_smoothing": 0.04},
     "madpo": {"beta": 0.123, "c_min": 0.6, "c_max": 1.8}, "adpo": {"beta": 0.123, "temperature": 0.8},
     "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85}, "tpo": {"beta": 0.05, "alpha": 0.4},
-    "tpo_l": {"beta": 1.7, "gamma": 0.3, "alpha": 0.4},
+    "tpo_l": {"beta": 1.7, "gamma": 0.3, "alpha": 0.4}, "tgdpo": {"beta": 0.123, "alpha": 0.7},
 }
 
 
@@ -67,6 +67,7 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     # would leave it flat or push it up); every call of the loss gets exactly the flags' values
     calls = record_calls(monkeypatch, method)
     oracle = ["--oracle_epochs", "15", "--oracle_lr", "3e-3"] if LOSSES[method].needs_oracle else []
+    oracle += ["--guidance_model", tiny_task["reference"]] if LOSSES[method].needs_guidance else []   # g = 0
     s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *FLAGS, *oracle)
     assert s["objective_end"] < s["objective_start"] - 1e-3, s
     # every call has exactly the expected keywords; on evaluation steps, a loss with named terms (drdo) is also
@@ -183,6 +184,40 @@ def test_tpo_trains_on_the_gold_response_of_each_triple(cache, tiny_task, tmp_pa
         assert (expected - total).abs().min() < 1e-4                     # each one a gold response of the data
         assert mean < 0 and total / mean >= 1 - 1e-6                     # S / Sbar = |y_g| >= 1
     assert len(gold_mean) == min(8, len(examples))
+
+
+def test_tgdpo_guidance_by_hand_and_pi_ref_as_guide_is_dpo(cache, tiny_task, tmp_path, monkeypatch):
+    # a DPO run is the guide; at step 0 (policy = pi_ref) the policy's guided sums equal pi_ref's, pair by pair;
+    # g of a few pairs recomputed token by token from the two models; pi_ref as its own guide (g = 0) is dpo
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import checkpoint as ckpt
+    import reference
+    run(tmp_path, "--method", "dpo", "--epochs", "1", "--lr", "1e-3", name="guide")
+    calls = record_calls(monkeypatch, "tgdpo")
+    run(tmp_path, "--method", "tgdpo", "--guidance_model", str(tmp_path / "guide"), "--epochs", "1", name="tg")
+    args = calls[0]["args"]
+    torch.testing.assert_close(torch.stack(args[4:6]), torch.stack(args[6:8]), atol=1e-4, rtol=0)
+    assert (args[6] != 0).all()
+    tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
+    examples, _ = tokenization.tokenize_dataset(tok, tiny_task["train"], 128, 64, log=lambda *_: None)
+    cfg = train.resolve(train.Config(method="tgdpo", data="embedded-tiny", guidance_model=str(tmp_path / "guide")))
+    reference.guidance_logps(cfg, examples, "train", tok, torch.device("cpu"), tiny_task["reference"],
+                             log=lambda *_: None)
+    models = [AutoModelForCausalLM.from_pretrained(p).eval()
+              for p in (tiny_task["reference"], ckpt.latest(str(tmp_path / "guide")))]
+    with torch.no_grad():
+        for e in examples[:4]:
+            x = torch.tensor([e["prompt_ids"] + e["chosen_ids"]])
+            pos = range(len(e["prompt_ids"]) - 1, x.shape[1] - 1)
+            lp = [[torch.log_softmax(m(x).logits[0, p].double(), -1)[x[0, p + 1]].item() for p in pos] for m in models]
+            g = [b - a for a, b in zip(*lp)]
+            assert e["guidance_chosen"] == pytest.approx(g, abs=1e-4)
+            assert e["ref_guided_chosen"] == pytest.approx(sum(gi * a for gi, a in zip(g, lp[0])), abs=1e-3)
+    run(tmp_path, "--method", "tgdpo", "--guidance_model", tiny_task["reference"], "--epochs", "1", name="g0")
+    run(tmp_path, "--method", "dpo", "--epochs", "1", name="dpo")
+    assert [{k: v for k, v in r.items() if not k.endswith("pref/logit")} for r in metrics(tmp_path, "g0")] == \
+        metrics(tmp_path, "dpo")
 
 
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):

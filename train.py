@@ -65,7 +65,7 @@ from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_availa
                     load_head, load_lora, load_model, save_model, to_device)
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
                        window_keywords)
-from reference import fill_reference, live_reference, reference_logps, sync_reference
+from reference import fill_reference, guidance_logps, live_reference, reference_logps, sync_reference
 from runlog import metric_sums, open_sinks
 
 
@@ -231,6 +231,10 @@ def run(cfg, d, log):
     elif info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
             reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d)
+    if info.needs_guidance:                   # TGDPO: the guidance model's token rewards, once, cached
+        with d.main_first():
+            for name, ex in (("train", train_ex), ("held-out", test_ex)):
+                guidance_logps(cfg, ex, name, tokenizer, device, task_ref, log)
 
     def current_reference(examples):          # TR-DPO: the live reference's log-probs of these pairs, now
         if live_ref is not None:
