@@ -57,8 +57,8 @@ def run_curriculum(cfg, log=print):
                 summary = json.load(f)
             log(f"curriculum: stage {k} of {len(plan)} already done ({stage.out})")
         else:
-            log(f"curriculum: stage {k} of {len(plan)}: the best response against the {k}-th worst, from "
-                f"{previous or cfg.model}, which is also this stage's reference")
+            log(f"curriculum: stage {k} of {len(plan)}: each prompt's best sample against its rank-{len(plan) + 2 - k} "
+                f"sample (of {len(plan) + 1}), from {previous or cfg.model}, which is also this stage's reference")
             summary = train.train(stage, log)
             if "stopped_at" in summary:                  # --stop_after: as if killed, later stages not run
                 return summaries + [summary]
