@@ -214,7 +214,7 @@ def remove_stale(entry, log=print):
 
 def _discard(entry):
     """Move a damaged entry out of the way in one rename (so no reader sees half of it), then delete it."""
-    aside = f"{entry}.damaged-{os.getpid()}"
+    aside = f"{entry}.damaged-{os.getpid()}-{time.time_ns()}"
     os.replace(entry, aside)
     if os.path.islink(aside):
         os.unlink(aside)

@@ -202,7 +202,7 @@ def run(cfg, d, log):
 
     # 1-2) data (and Oracle scores); first, every model the run needs must be loadable (seconds, not minutes).
     # torchrun: rank 0 builds and caches (embedded task, Oracle, scores) while the others wait, then they read
-    for name in (cfg.model, cfg.ref_model, cfg.oracle_model):
+    for name in (cfg.model, cfg.ref_model, cfg.oracle_model, cfg.guidance_model):
         check_available(name)
     with d.main_first():
         train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
