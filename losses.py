@@ -11,8 +11,8 @@ What is here
     focal_preference_loss, drdo_loss                          DRDO phase 2, the student (Eq. 7, reconstructed)
     sft_loss                                                  NLL of the preferred response
     ld_dpo_loss, aot_loss, aot_unpaired_loss, madpo_loss, adpo_loss, asft_loss, modpo_loss, tpo_loss, tpo_l_loss,
-    tgdpo_loss
-                                                              the related-work list's offline losses, TRL's AOT
+    tgdpo_loss                                                the related-work list's offline losses, TRL's AOT
+    brain_loss                                                BRAIn's listwise loss over n candidates (function only)
     combine                                                   a weighted sum of registry entries (dpo+sft)
     nca_loss, apo_zero_loss, apo_down_loss, sppo_hard_loss, exo_loss, bco_pair_loss, discopop_loss, fdpo_loss,
     kto_loss                                                  the rest of the offline losses on pi / pi_ref
@@ -26,7 +26,10 @@ distillation / e-DPO / p-DPO = Fisch et al. arXiv 2405.19316 (v2); DRDO = Nath e
 NCA = Chen et al. arXiv 2402.05369; APO = D'Oosterlinck et al. arXiv 2408.06266; SPPO = Wu et al. arXiv
 2405.00675; EXO = Ji et al. arXiv 2402.00856; BCO = Jung et al. arXiv 2404.04656; DiscoPOP = Lu et al. arXiv
 2406.08414; f-DPO = Wang et al. arXiv 2309.16240; CPO = Xu et al. arXiv 2401.08417; KTO = Ethayarajh et al.
-arXiv 2402.01306; WPO = Zhou et al. arXiv 2406.11827.
+arXiv 2402.01306; WPO = Zhou et al. arXiv 2406.11827; LD-DPO arXiv 2409.06411; AOT = Melnyk et al. arXiv
+2406.05882; MADPO arXiv 2510.05342; ADPO arXiv 2510.18913; ASFT arXiv 2409.10571; MODPO = Zhou et al. arXiv
+2310.03708; TPO = Saeidi et al. arXiv 2405.16681; TGDPO arXiv 2506.14574; BRAIn = Pandey et al.
+arXiv 2402.02479; TR-DPO = Gorbatovski et al. arXiv 2404.09656 (reference.py).
 
 Contract (every loss):
     * inputs are per-sequence tensors of shape (B,), B = number of preference pairs;
@@ -1094,7 +1097,7 @@ def kto_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 # ============================================================================================================
 
 # ============================================================================================================
-# LD-DPO, length-desensitised DPO (Liu et al., arXiv 2409.06411; the split at the "public length" l_p)
+# LD-DPO, length-desensitised DPO (arXiv 2409.06411; the split at the "public length" l_p)
 #
 # 1) DPO's log-likelihood of the longer response has more terms, which biases the implicit reward towards
 #    length. Split each response's summed log-prob at the pair's shared length l_p = min(|y_w|, |y_l|):
@@ -1445,7 +1448,7 @@ def tpo_l_loss(policy_chosen_logps, policy_rejected_logps, gold_mean_logps, gold
 
 
 # ============================================================================================================
-# TGDPO, token-level reward guidance for DPO (Zhu et al., arXiv 2506.14574; the loss of the authors' released
+# TGDPO, token-level reward guidance for DPO (arXiv 2506.14574; the loss of the authors' released
 # trainer)
 #
 # 1) DPO's sequence log-ratio is a sum of token log-ratios, rho(y) = sum_t rho_t, rho_t = log pi(y_t) - log pi_ref(y_t).
@@ -1495,6 +1498,46 @@ def sequence_weighted_logps(logits, labels, loss_mask, token_weights):
     values = token_logps(logits, labels[:, 1:][keep]) * weights[keep]          # (M,)
     rows = keep.nonzero()[:, 0]
     return torch.zeros(mask.shape[0], dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
+# ============================================================================================================
+# BRAIn, Bayesian reward-conditioned amortized inference (Pandey et al., arXiv 2402.02479, ICML 2024): the
+# listwise loss over n candidates per prompt (a function only: train.py's batches are pairs, README)
+#
+# 1) Target: the reward-conditioned posterior p(y | x, G = 1) ~ pi_ref(y | x) exp(r(x, y) / beta); for a
+#    Bradley-Terry reward this is the KL-regularised RLHF optimum (the one DPO's derivation starts from).
+# 2) Candidates y_1..y_n ~ q (pi_ref's samples, or data set responses, with their proposal log-probs log q).
+#    Self-normalised importance weights of the target and of the policy over the candidates:
+#        alpha_i = softmax_i( r_i / beta + S_ref(y_i) - log q(y_i) )      (constants)
+#        b_i     = softmax_i( S(y_i) - log q(y_i) )
+# 3) Distil the target's weights into the policy's, a cross-entropy over the candidates:
+#        loss = - sum_i alpha_i log b_i
+#    With q = pi_ref (candidates sampled from pi_ref, as on the embedded task): alpha = softmax(r / beta) and
+#    b = softmax(rho), rho_i = S(y_i) - S_ref(y_i).
+# Gradient (checked): d loss / d S(y_i) = b_i - alpha_i; the optimum b = alpha, i.e. rho_i - rho_j =
+#   (r_i - r_j) / beta when q = pi_ref: the reward-distillation optimum of distill_loss, listwise.
+# Reductions (checked): n = 2, q = pi_ref, hard alpha = (1, 0) -> -log sigmoid(rho_1 - rho_2), DPO with beta = 1;
+#   n = 2 with soft alpha: adpo_loss(beta=1, temperature=beta) (the Oracle's sigmoid(dR / beta) as target).
+# Sanity values (checked): rho = 0 -> log n for any rewards; n = 2, r = (1, 0), beta = 1: alpha_1 = sigmoid(1) =
+#   0.731059 and the optimum rho_1 - rho_2 = 1.
+# NOTE (deviates from paper): reconstructed from the abstract and a companion summary (the paper body, and its
+#   self-normalised baseline, were not available to us); the estimator above is the plain self-normalised
+#   importance-sampling cross-entropy. Not registered in LOSSES: its unit is a group of n responses per prompt.
+# ============================================================================================================
+def brain_loss(policy_logps, reference_logps, rewards, proposal_logps=None, *, beta=1.0):
+    """Shapes: (B, n) summed log-probs of n candidates per prompt under the policy, pi_ref and the proposal q
+    (None: q = pi_ref), and (B, n) rewards. Returns losses (B,), metrics (target weights alpha and policy
+    weights b, (B, n); reward-weighted log-ratio as chosen_rewards, the mean log-ratio as rejected_rewards)."""
+    if policy_logps.dim() != 2 or not policy_logps.shape == reference_logps.shape == rewards.shape:
+        raise ValueError(f"brain_loss: policy_logps, reference_logps and rewards must all be (B, n); got "
+                         f"{tuple(policy_logps.shape)}, {tuple(reference_logps.shape)}, {tuple(rewards.shape)}")
+    q = reference_logps if proposal_logps is None else proposal_logps
+    target = torch.softmax((rewards / beta + reference_logps - q).detach(), dim=-1)             # (B, n) step 2
+    log_b = torch.log_softmax(policy_logps - q.detach(), dim=-1)                                # (B, n)
+    losses = -(target * log_b).sum(-1)                                                          # (B,) step 3
+    rho = (policy_logps - reference_logps.detach()).detach()
+    return losses, _reward_metrics((target * rho).sum(-1), rho.mean(-1), brain_target=target,
+                                   brain_policy=log_b.exp().detach())
 
 
 # ============================================================================================================

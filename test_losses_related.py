@@ -286,3 +286,46 @@ def test_sequence_weighted_logps_by_hand_in_both_layouts():
     torch.testing.assert_close(sequence_weighted_logps(logits[keep], labels, mask, w), expected)
     torch.testing.assert_close(sequence_weighted_logps(logits, labels, mask, torch.ones(2, 4)),
                                sequence_logps(logits, labels, mask))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# BRAIn (function only)
+# ------------------------------------------------------------------------------------------------------------
+def test_brain_log_n_at_the_start_reductions_optimum_and_gradient():
+    from losses import brain_loss
+    # rho = 0 (policy = pi_ref = q): b uniform, loss = log n whatever the rewards
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    losses, _ = brain_loss(zeros, zeros, torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(losses, t(math.log(3), math.log(3)))
+    # n = 2, hard target (reward gap huge), q = pi_ref: -log sigmoid(rho_1 - rho_2), DPO with beta = 1
+    S, Sref = torch.tensor([[-3.0, -5.0]], dtype=torch.float64), torch.tensor([[-4.0, -4.5]], dtype=torch.float64)
+    hard, _ = brain_loss(S, Sref, torch.tensor([[1e4, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(hard, dpo_loss(S[:, 0], S[:, 1], Sref[:, 0], Sref[:, 1], beta=1.0)[0])
+    # n = 2, soft target: adpo with beta 1 and temperature = BRAIn's beta
+    soft, metrics = brain_loss(S, Sref, torch.tensor([[1.0, 0.0]], dtype=torch.float64), beta=0.5)
+    torch.testing.assert_close(soft, adpo_loss(S[:, 0], S[:, 1], Sref[:, 0], Sref[:, 1], t(1.0), t(0.0), beta=1.0,
+                                               temperature=0.5)[0])
+    torch.testing.assert_close(metrics["brain_target"][0, 0], t(1 / (1 + math.exp(-2.0)))[0])
+    # optimum rho_1 - rho_2 = (r_1 - r_2) / beta = 1 (r = (1, 0), beta = 1): zero gradient; elsewhere b - alpha
+    pc = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(brain_loss(pc, torch.zeros(1, 2, dtype=torch.float64),
+                                          torch.tensor([[1.0, 0.0]], dtype=torch.float64))[0].sum(), pc)
+    torch.testing.assert_close(g, torch.zeros(1, 2, dtype=torch.float64), atol=1e-15, rtol=0)
+    pc = torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64)
+    (g,) = torch.autograd.grad(brain_loss(pc, torch.zeros(1, 3, dtype=torch.float64), r)[0].sum(), pc)
+    torch.testing.assert_close(g, torch.full((1, 3), 1 / 3, dtype=torch.float64) - torch.softmax(r, -1))
+
+
+def test_brain_proposal_other_than_pi_ref_reweights_the_target():
+    from losses import brain_loss
+    # candidates from a proposal q that over-samples candidate 0 by e^1: the target weights divide it out
+    S = torch.zeros(1, 2, dtype=torch.float64)
+    Sref = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+    q = torch.tensor([[0.0, -1.0]], dtype=torch.float64)
+    _, metrics = brain_loss(S, Sref, torch.zeros(1, 2, dtype=torch.float64), q)
+    # alpha = softmax(0 + S_ref - log q) = softmax(-1, 0); b = softmax(S - log q) = softmax(0, 1)
+    torch.testing.assert_close(metrics["brain_target"], torch.softmax(torch.tensor([[-1.0, 0.0]],
+                                                                                   dtype=torch.float64), -1))
+    torch.testing.assert_close(metrics["brain_policy"], torch.softmax(torch.tensor([[0.0, 1.0]],
+                                                                                   dtype=torch.float64), -1))
