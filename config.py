@@ -109,7 +109,7 @@ class Config:
     lora_dropout: float = 0.0      # LoRA: dropout on the adapters' input (0 keeps the policy = pi_ref at step 1)
     lora_target_modules: str = "all-linear"  # LoRA: comma-separated module names, or all-linear (all but the LM head)
     save_merged: bool = False      # LoRA: at the end, also save the adapters merged into the base model (<out>/merged)
-    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~25% slower
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, 1.2-1.5x the step time
     base_dtype: str = "auto"       # dtype of frozen LoRA base weights: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     # --- several processes (torchrun; README "Several GPUs and several machines") -----------------------------
     fsdp: bool = False             # under torchrun: shard weights, gradients and AdamW state over the processes
