@@ -27,7 +27,7 @@ LIMITS = {
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
     "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
     "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
-    "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "tgdpo_alpha": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "tgdpo_alpha": "[0, inf)", "brain_beta": "(0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -86,6 +86,7 @@ class Config:
     ref_sync_every: int = 0        # TR-DPO: every N steps pi_ref <- a * pi + (1 - a) * pi_ref (a live reference; 0 = fixed, cached)
     ref_sync_alpha: float = 0.6    # TR-DPO: the mixing weight a of --ref_sync_every (1 = hard update; TRL's default 0.6)
     guidance_model: str = ""       # tgdpo: the token-level guidance model pi_r (a run directory, checkpoint, path or hub id)
+    brain_beta: float = 1.0        # brain: temperature of the target weights softmax(Oracle reward / beta)
     tgdpo_alpha: float = 0.5       # tgdpo: strength of the token weights 1 +- alpha beta g_t (paper 0.5)
     curriculum_stage: int = 0      # Curry-DPO stage k: the best vs the k-th worst of each prompt's K samples (curriculum.py; 0 = off)
     loss_weights: str = ""         # --method a+b: one weight per loss, comma-separated (e.g. 1,0.2; empty = all 1)

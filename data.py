@@ -10,6 +10,7 @@ The record schema (TRL's preference format; every loader returns it, every consu
     rejected_score  optional, same shape as chosen_score
     confidence      optional float: annotator confidence in the label (TL;DR), NaN when unknown
     gold_response   optional, same type as `chosen`: a third, best response (TPO's "gold"; its NLL is trained)
+    responses       optional list of K strings: every sampled response of the prompt (BRAIn's candidates)
 Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
 move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
@@ -175,11 +176,12 @@ def hub_splits(source, data_split=""):
     return parts[0], parts[1] if len(parts) == 2 else None
 
 
-def load_splits(source, held_out=0.1, seed=0, log=print, config="", split="", triples=False, stage=0):
+def load_splits(source, held_out=0.1, seed=0, log=print, config="", split="", triples=False, stage=0, groups=False):
     """The one way data enters train.py, oracle.py and evaluate.py -> (train, test, task).
     triples=True (TPO): every record needs a gold_response; the embedded task builds them from its K ranked
     samples (ranked_triples), other data must have the column. stage=k (Curry-DPO, curriculum.py): the
     embedded task's stage-k pairs of its ranked samples (ranked_pairs) instead of its best-vs-worst pairs.
+    groups=True (BRAIn): records carry all K `responses` of their prompt (ranked_groups on the embedded task).
 
     `task` is the embedded task's dict (embedded.embedded_task: pi_ref, prompts, gold) for `embedded*`
     sources, else None. Hub sources use their held-out split (`split` = "train,test" names both; default:
@@ -196,11 +198,16 @@ def load_splits(source, held_out=0.1, seed=0, log=print, config="", split="", tr
             return ranked_triples(task["train_ranked"]), ranked_triples(task["test_ranked"]), task
         if stage:
             return ranked_pairs(task["train_ranked"], stage), ranked_pairs(task["test_ranked"], stage), task
+        if groups:
+            return ranked_groups(task["train_ranked"]), ranked_groups(task["test_ranked"]), task
         return task["train"], task["test"], task
     if stage:
         raise ValueError(f"--curriculum_stage needs K ranked responses per prompt, which only the embedded task "
                          f"keeps here; {source} has pairs")
     train, test, task = load_pair_splits(source, held_out, seed, log, config, split, local)
+    if groups and "responses" not in train.column_names:
+        raise ValueError(f"this method trains on every sampled response of a prompt: {source} has no 'responses' "
+                         "column (a list of K strings per record); add one, or use --data embedded")
     if triples and "gold_response" not in train.column_names:
         raise ValueError(f"this method trains on a third, gold response per pair: {source} has no 'gold_response' "
                          "column (TPO's triples: gold_response > chosen > rejected); add one, or use --data embedded")
@@ -246,6 +253,24 @@ def ranked_pairs(ranked, stage):
                          "chosen_gold": r["scores"][best], "rejected_gold": r["scores"][other]})
     if not rows:
         raise ValueError(f"curriculum stage {stage}: no prompt has a best response above its stage-{stage} one")
+    return datasets.Dataset.from_list(rows)
+
+
+def ranked_groups(ranked):
+    """BRAIn's groups: each prompt's K responses (`responses`), with the pair machinery's chosen / rejected the
+    best and the worst by score (what the Oracle trains on; chosen_gold / rejected_gold their scores). Prompts
+    whose best and worst tie, or with an empty response, are dropped."""
+    import datasets
+    rows = []
+    for r in ranked:
+        order = sorted(range(len(r["scores"])), key=lambda i: -r["scores"][i])
+        best, worst = order[0], order[-1]
+        if r["scores"][best] > r["scores"][worst] and all(t.strip() for t in r["responses"]):
+            rows.append({"prompt": r["prompt"], "chosen": r["responses"][best], "rejected": r["responses"][worst],
+                         "responses": list(r["responses"]), "chosen_gold": r["scores"][best],
+                         "rejected_gold": r["scores"][worst]})
+    if not rows:
+        raise ValueError("no prompt has K non-empty responses whose best is above its worst")
     return datasets.Dataset.from_list(rows)
 
 

@@ -12,7 +12,7 @@ What is here
     sft_loss                                                  NLL of the preferred response
     ld_dpo_loss, aot_loss, aot_unpaired_loss, madpo_loss, adpo_loss, asft_loss, modpo_loss, tpo_loss, tpo_l_loss,
     tgdpo_loss                                                the related-work list's offline losses, TRL's AOT
-    brain_loss                                                BRAIn's listwise loss over n candidates (function only)
+    brain_loss                                                BRAIn's listwise loss over n candidates per prompt
     combine                                                   a weighted sum of registry entries (dpo+sft)
     nca_loss, apo_zero_loss, apo_down_loss, sppo_hard_loss, exo_loss, bco_pair_loss, discopop_loss, fdpo_loss,
     kto_loss                                                  the rest of the offline losses on pi / pi_ref
@@ -1354,6 +1354,8 @@ def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logp
 #     "brevity"         -|y_w|, -|y_l| in completion tokens (MODPO's second objective on any data)
 #     "policy_guided"   the policy's sum_t g_t log pi(y_t), g the guidance model's token rewards (TGDPO)
 #     "reference_guided"  the same under pi_ref (computed once with g: reference.guidance_logps)
+#     "group"           (B, K) summed log-probs of each prompt's K responses under the policy and pi_ref (BRAIn)
+#     "group_rewards"   (B, K) the Oracle's rewards of those responses, and pi_ref's log-probs again as the proposal
 #     "gold"            the policy's token-averaged and summed log-probs of each triple's gold response (TPO;
 #                       the data must carry `gold_response`: train.py asks data.load_splits for triples)
 #     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
@@ -1398,6 +1400,10 @@ class LossInfo:
         return "reference" in self.inputs
 
     @property
+    def needs_group(self):
+        return "group" in self.inputs
+
+    @property
     def needs_guidance(self):
         return "reference_guided" in self.inputs
 
@@ -1407,7 +1413,7 @@ class LossInfo:
 
     @property
     def needs_oracle(self):
-        return "oracle" in self.inputs or "oracle_members" in self.inputs
+        return "oracle" in self.inputs or "oracle_members" in self.inputs or "group_rewards" in self.inputs
 
 
 # ============================================================================================================
@@ -1522,12 +1528,14 @@ def sequence_weighted_logps(logits, labels, loss_mask, token_weights):
 #   0.731059 and the optimum rho_1 - rho_2 = 1.
 # NOTE (deviates from paper): reconstructed from the abstract and a companion summary (the paper body, and its
 #   self-normalised baseline, were not available to us); the estimator above is the plain self-normalised
-#   importance-sampling cross-entropy. Not registered in LOSSES: its unit is a group of n responses per prompt.
+#   importance-sampling cross-entropy. train.py ("brain") feeds each prompt's K samples of pi_ref (q = pi_ref,
+#   registry inputs "group" and "group_rewards"), the Oracle's rewards as r; the samples were cut at the task's
+#   max_new_tokens and closed with EOS, so q is pi_ref's sampler only approximately.
 # ============================================================================================================
 def brain_loss(policy_logps, reference_logps, rewards, proposal_logps=None, *, beta=1.0):
     """Shapes: (B, n) summed log-probs of n candidates per prompt under the policy, pi_ref and the proposal q
-    (None: q = pi_ref), and (B, n) rewards. Returns losses (B,), metrics (target weights alpha and policy
-    weights b, (B, n); reward-weighted log-ratio as chosen_rewards, the mean log-ratio as rejected_rewards)."""
+    (None: q = pi_ref), and (B, n) rewards. Returns losses (B,), metrics: chosen_rewards = the log-ratio of the
+    target's favourite candidate, rejected_rewards = that of its least favourite; brain_match = sum_i alpha_i b_i."""
     if policy_logps.dim() != 2 or not policy_logps.shape == reference_logps.shape == rewards.shape:
         raise ValueError(f"brain_loss: policy_logps, reference_logps and rewards must all be (B, n); got "
                          f"{tuple(policy_logps.shape)}, {tuple(reference_logps.shape)}, {tuple(rewards.shape)}")
@@ -1535,9 +1543,10 @@ def brain_loss(policy_logps, reference_logps, rewards, proposal_logps=None, *, b
     target = torch.softmax((rewards / beta + reference_logps - q).detach(), dim=-1)             # (B, n) step 2
     log_b = torch.log_softmax(policy_logps - q.detach(), dim=-1)                                # (B, n)
     losses = -(target * log_b).sum(-1)                                                          # (B,) step 3
-    rho = (policy_logps - reference_logps.detach()).detach()
-    return losses, _reward_metrics((target * rho).sum(-1), rho.mean(-1), brain_target=target,
-                                   brain_policy=log_b.exp().detach())
+    rho = (policy_logps - reference_logps).detach()                                             # (B, n)
+    best, worst = target.argmax(-1, keepdim=True), target.argmin(-1, keepdim=True)
+    return losses, _reward_metrics(rho.gather(-1, best).squeeze(-1), rho.gather(-1, worst).squeeze(-1),
+                                   brain_match=(target * log_b.exp()).sum(-1))
 
 
 # ============================================================================================================
@@ -1665,6 +1674,8 @@ LOSSES = {
     # the second objective: brevity, r_1(y) = -|y| tokens (modpo_loss step 3)
     "modpo":     LossInfo(modpo_loss, _REF + ("brevity",), False, {"beta": "beta", "w0": "modpo_w0"}),
     "tpo":       LossInfo(tpo_loss, ("policy", "gold"), False, {"beta": "tpo_beta", "alpha": "tpo_alpha"}),
+    # K samples of pi_ref per prompt (q = pi_ref), the Oracle's rewards of each
+    "brain":     LossInfo(brain_loss, ("group", "group_rewards"), False, {"beta": "brain_beta"}),
     "tgdpo":     LossInfo(tgdpo_loss, _REF + ("policy_guided", "reference_guided"), False,
                           {"beta": "beta", "alpha": "tgdpo_alpha"}, wpo=True),
     # TPO-L's beta and gamma are SimPO's (--simpo_beta, --simpo_gamma), its alpha TPO's

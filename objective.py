@@ -25,6 +25,9 @@ def collate(examples, pad_token_id):
                 "ref_guided_rejected"):
         if key in examples[0]:
             batch[key] = torch.tensor([e[key] for e in examples])
+    for key in ("group_ref", "group_rewards"):   # BRAIn: (B, K) per prompt's candidates
+        if key in examples[0]:
+            batch[key] = torch.tensor([e[key] for e in examples])
     if "guidance_chosen" in examples[0]:      # TGDPO: each response token's g_t, at that token's position (2B, T)
         weights = torch.zeros(batch["input_ids"].shape)
         for side, offset in (("chosen", 0), ("rejected", len(examples))):
@@ -74,6 +77,8 @@ def loss_inputs(cfg, model, batch):
         "reference_tail": lambda: (batch["ref_chosen_tail"], batch["ref_rejected_tail"]),    # (B,) cached
         "brevity": lambda: (-n[:B].to(c_sum.dtype), -n[B:].to(c_sum.dtype)),                # (B,) -|y|
         "gold": lambda: gold_logps(model, batch),                                            # (B,) TPO
+        "group": lambda: (group_logps(model, batch), batch["group_ref"]),                    # (B, K) BRAIn
+        "group_rewards": lambda: (batch["group_rewards"], batch["group_ref"]),               # (B, K), q = pi_ref
         "policy_guided": lambda: out["guided"],                                              # (B,) TGDPO
         "reference_guided": lambda: (batch["ref_guided_chosen"], batch["ref_guided_rejected"]),  # (B,) cached
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
@@ -89,6 +94,14 @@ def gold_logps(model, batch):
             "loss_mask": batch["gold_loss_mask"]}
     S = batch_logps(model, gold)["logps"]                                                    # (B,)
     return S / completion_lengths(gold["loss_mask"]).to(S.dtype), S
+
+
+def group_logps(model, batch):
+    """BRAIn: the policy's summed log-probs of every prompt's K candidates -> (B, K), one more forward."""
+    group = {"input_ids": batch["group_input_ids"], "attention_mask": batch["group_attention_mask"],
+             "loss_mask": batch["group_loss_mask"]}
+    S = batch_logps(model, group)["logps"]                                                   # (K * B,) k-major
+    return S.view(-1, batch["group_ref"].shape[0]).T                                         # (B, K)
 
 
 def compute_loss(cfg, model, batch, keywords=None):

@@ -293,6 +293,40 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
     return datasets.Dataset.from_list(read_jsonl(path))
 
 
+@torch.no_grad()
+def score_groups(member_dirs, ds, max_length=128, max_prompt_length=64, log=print):
+    """BRAIn: the Oracle's reward (mean over its members) of each of the K `responses` of every record of ds ->
+    {row index: [K rewards]} (rows the Oracle's tokenizer drops are absent). Cached under a key of the members'
+    weights and the data."""
+    from transformers import AutoTokenizer
+
+    key = stable_hash([[weights_hash(d) for d in member_dirs], data.fingerprint(ds, ("prompt", "responses")),
+                       max_length, max_prompt_length])
+    entry = os.path.join(cache.cache_root(), f"groupscores-{key}")
+    path = os.path.join(entry, "scores.pt")
+    if cache.ready(entry, log):
+        log(f"Oracle scores of the groups: cached in {path}")
+        return torch.load(path)
+
+    def build(tmp):
+        log(f"Oracle scores of the groups: {len(ds)} prompts x their responses, {len(member_dirs)} member(s)")
+        totals = {}
+        for d in member_dirs:
+            model = load_reward_model(d).eval()
+            examples, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), ds, max_length,
+                                                        max_prompt_length, log)
+            for i in range(0, len(examples), 16):
+                part = examples[i:i + 16]
+                batch = tokenization.collate(part, model.config.pad_token_id)
+                ids, att = batch["group_input_ids"], batch["group_attention_mask"]
+                rewards = forward_with_reward(model, ids, att, torch.zeros_like(ids))[1].view(-1, len(part)).T
+                for e, row in zip(part, rewards.tolist()):                 # (K,) per example
+                    totals[e["row"]] = [a + b / len(member_dirs) for a, b in zip(totals.get(e["row"], [0.0] * len(row)), row)]
+        torch.save(totals, os.path.join(tmp, "scores.pt"))
+    cache.build(entry, build, log, inputs=key)
+    return torch.load(path)
+
+
 def main(argv=None):
     cfg = parse_config(OracleConfig, argv, description="Train the DRDO Oracle (or an e-DPO ensemble) and "
                                                        "score the preference pairs with it.")

@@ -21,7 +21,7 @@ import cache
 import tokenization
 from common import stable_hash, weights_hash
 from losses import token_logps
-from models import autocast, is_lora, load_model, pair_logps, to_device
+from models import autocast, batch_logps, is_lora, load_model, pair_logps, to_device
 
 
 @torch.no_grad()
@@ -185,3 +185,36 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
     rows = torch.load(path)
     for e, (gc, gr, rc, rr) in zip(examples, rows):
         e.update(guidance_chosen=gc, guidance_rejected=gr, ref_guided_chosen=rc, ref_guided_rejected=rr)
+
+
+# ============================================================================================================
+# BRAIn: pi_ref's log-probs of every prompt's K candidates, computed once and cached
+# ============================================================================================================
+@torch.no_grad()
+def group_reference_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=print):
+    """pi_ref's summed log-probs of each example's K responses (`responses_ids`) -> e["group_ref"], a list of K
+    floats; cached under a key of pi_ref's weights and the token ids."""
+    ref_name = cfg.ref_model or cfg.model
+    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
+    identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name
+    key = stable_hash([identity, len(tokenizer), [(e["prompt_ids"], e["responses_ids"]) for e in examples],
+                       cfg.bf16])
+    entry = os.path.join(cache.cache_root(), f"groupref-{key}")
+    path = os.path.join(entry, "logps.pt")
+    if cache.ready(entry, log):
+        log(f"pi_ref log-probs of the groups ({name}): cached in {path}")
+    else:
+        log(f"pi_ref log-probs of the groups ({name}): computing once for {len(examples)} prompts with {ref_name}")
+        ref = load_model(ref_name, task_ref)[0].to(device).eval()
+        rows = []
+        for i in range(0, len(examples), 16):
+            part = examples[i:i + 16]
+            batch = to_device(tokenization.collate(part, tokenizer.pad_token_id), device)
+            group = {k[len("group_"):]: v for k, v in batch.items() if k.startswith("group_")}
+            with autocast(cfg, device):
+                S = batch_logps(ref, group)["logps"].float().cpu().view(-1, len(part)).T   # (B, K)
+            rows.extend(S.tolist())
+        del ref
+        cache.build(entry, lambda tmp: torch.save(rows, os.path.join(tmp, "logps.pt")), log, inputs=key)
+    for e, row in zip(examples, torch.load(path)):
+        e["group_ref"] = row

@@ -341,3 +341,12 @@ def test_curriculum_stages_pair_the_best_with_the_k_th_worst():
             for r in data.ranked_pairs(ranked, 3)] == [("b", "d", 0.9, 0.4), ("y", "w", 0.3, 0.0)]
     with pytest.raises(ValueError, match="the stages are 1..3"):
         data.ranked_pairs(ranked, 4)
+
+
+def test_ranked_groups_keep_every_response_and_pair_the_best_with_the_worst():
+    ranked = [{"prompt": "p", "responses": ["a", "b", "c", "d"], "scores": [0.2, 0.9, -0.5, 0.4]},
+              {"prompt": "q", "responses": ["w", "x", "y", "z"], "scores": [0.0, 0.0, 0.0, 0.0]},      # all tie: out
+              {"prompt": "r", "responses": ["w", "", "y", "z"], "scores": [0.0, 1.0, 0.0, 0.0]}]       # empty: out
+    rows = list(data.ranked_groups(ranked))
+    assert rows == [{"prompt": "p", "chosen": "b", "rejected": "c", "responses": ["a", "b", "c", "d"],
+                     "chosen_gold": 0.9, "rejected_gold": -0.5}]

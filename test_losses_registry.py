@@ -5,7 +5,7 @@ entry consumes, its keywords, and the fields of Config that fill them).
 import pytest
 import torch
 
-from losses import (LOSSES, adpo_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
+from losses import (LOSSES, adpo_loss, brain_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
                     bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
                     exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
                     nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss, tpo_l_loss,
@@ -114,6 +114,10 @@ def test_every_loss_against_a_fresh_rederivation():
         # gold response: averaged log-prob tc / 30 (any negative number), summed tc
         "tpo": (tpo_loss(c["pc"], c["pr"], c["tc"] / 30, c["tc"], beta=0.01, alpha=0.6)[0],
                 -torch.log(sig(0.01 * (c["pc"] - c["pr"]))) - 0.6 * c["tc"] / 30),
+        "brain": (brain_loss(torch.stack([c["pc"], c["pr"]], -1), torch.stack([c["rc"], c["rr"]], -1),
+                             torch.stack([c["Rw"], c["Rl"]], -1), beta=0.7)[0],
+                  -(torch.softmax(torch.stack([c["Rw"], c["Rl"]], -1) / 0.7, -1)
+                    * torch.log_softmax(torch.stack([rw, rl], -1), -1)).sum(-1)),
         "tgdpo": (tgdpo_loss(*four, c["tc"], c["tr"], c["uc"], c["ur"], beta=b, alpha=0.4)[0],
                   -torch.log(sig(b * ((rw + 0.4 * b * (c["tc"] - c["uc"])) - (rl - 0.4 * b * (c["tr"] - c["ur"])))))),
         "tpo_l": (tpo_l_loss(c["ac"], c["ar"], c["tc"] / 30, c["tc"], beta=2.0, gamma=0.4, alpha=0.6)[0],
@@ -135,7 +139,9 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
              "oracle_members": (Rw[None].expand(2, -1), Rl[None].expand(2, -1)),
              "student": (rw, rl),
              "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr), "gold": (tc / 30, tc),
-             "policy_guided": (tc, tr), "reference_guided": (uc, ur)}
+             "policy_guided": (tc, tr), "reference_guided": (uc, ur),
+             "group": (torch.stack([pc, pr, 0.5 * pc], -1), torch.stack([rc, rr, 0.5 * rc], -1)),   # (B, 3)
+             "group_rewards": (torch.stack([Rw, Rl, 0.3 * Rw], -1), torch.stack([rc, rr, 0.5 * rc], -1))}
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -199,8 +205,10 @@ def test_shape_mismatch_is_a_clear_error():
 
 def test_registry_metadata():
     reference_free = {n for n, i in LOSSES.items() if not i.needs_reference}
-    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo", "asft", "tpo", "tpo_l"}
-    assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo", "madpo", "adpo"}
+    # brain reads pi_ref too, but its own per-candidate cache (reference.group_reference_logps), not the pairs'
+    assert reference_free == {"simpo", "orpo", "drdo", "sft", "cpo", "asft", "tpo", "tpo_l", "brain"}
+    assert {n for n, i in LOSSES.items() if i.needs_oracle} == {"distill", "edpo", "drdo", "madpo", "adpo", "brain"}
+    assert {n for n, i in LOSSES.items() if i.needs_group} == {"brain"}
     assert {n for n, i in LOSSES.items() if i.average_logps} == {"ipo", "simpo", "orpo", "drdo", "sft",
                                                                    "sigmoid_norm", "asft", "tpo_l"}
     assert {n for n, i in LOSSES.items() if i.needs_gold} == {"tpo", "tpo_l"}
@@ -212,7 +220,7 @@ def test_registry_metadata():
     # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
     assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft",
                                                             "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo",
-                                                            "tpo", "tpo_l"}
+                                                            "tpo", "tpo_l", "brain"}
 
 
 def _metrics_for_a_keyword_train_fills(name, keyword):

@@ -305,7 +305,10 @@ def test_brain_log_n_at_the_start_reductions_optimum_and_gradient():
     soft, metrics = brain_loss(S, Sref, torch.tensor([[1.0, 0.0]], dtype=torch.float64), beta=0.5)
     torch.testing.assert_close(soft, adpo_loss(S[:, 0], S[:, 1], Sref[:, 0], Sref[:, 1], t(1.0), t(0.0), beta=1.0,
                                                temperature=0.5)[0])
-    torch.testing.assert_close(metrics["brain_target"][0, 0], t(1 / (1 + math.exp(-2.0)))[0])
+    # target alpha_1 = sigmoid(1 / 0.5); b_1 = sigmoid(rho_1 - rho_2) = sigmoid(1 - (-0.5)) = sigmoid(1.5)
+    sig = lambda x: 1 / (1 + math.exp(-x))                                         # noqa: E731
+    torch.testing.assert_close(metrics["brain_match"], t(sig(2.0) * sig(1.5) + sig(-2.0) * sig(-1.5)))
+    torch.testing.assert_close(metrics["chosen_rewards"], t(1.0))                    # rho of the target's favourite
     # optimum rho_1 - rho_2 = (r_1 - r_2) / beta = 1 (r = (1, 0), beta = 1): zero gradient; elsewhere b - alpha
     pc = torch.tensor([[1.0, 0.0]], dtype=torch.float64, requires_grad=True)
     (g,) = torch.autograd.grad(brain_loss(pc, torch.zeros(1, 2, dtype=torch.float64),
@@ -320,12 +323,13 @@ def test_brain_log_n_at_the_start_reductions_optimum_and_gradient():
 def test_brain_proposal_other_than_pi_ref_reweights_the_target():
     from losses import brain_loss
     # candidates from a proposal q that over-samples candidate 0 by e^1: the target weights divide it out
-    S = torch.zeros(1, 2, dtype=torch.float64)
+    S = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
     Sref = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
     q = torch.tensor([[0.0, -1.0]], dtype=torch.float64)
-    _, metrics = brain_loss(S, Sref, torch.zeros(1, 2, dtype=torch.float64), q)
-    # alpha = softmax(0 + S_ref - log q) = softmax(-1, 0); b = softmax(S - log q) = softmax(0, 1)
-    torch.testing.assert_close(metrics["brain_target"], torch.softmax(torch.tensor([[-1.0, 0.0]],
-                                                                                   dtype=torch.float64), -1))
-    torch.testing.assert_close(metrics["brain_policy"], torch.softmax(torch.tensor([[0.0, 1.0]],
-                                                                                   dtype=torch.float64), -1))
+    losses, _ = brain_loss(S, Sref, torch.zeros(1, 2, dtype=torch.float64), q)
+    # alpha = softmax(0 + S_ref - log q) = softmax(-1, 0); b = softmax(S - log q) = softmax(0, 1); grad = b - alpha
+    alpha = torch.softmax(torch.tensor([[-1.0, 0.0]], dtype=torch.float64), -1)
+    b = torch.softmax(torch.tensor([[0.0, 1.0]], dtype=torch.float64), -1)
+    torch.testing.assert_close(losses, -(alpha * b.log()).sum(-1))
+    (g,) = torch.autograd.grad(losses.sum(), S)
+    torch.testing.assert_close(g, b - alpha)

@@ -122,6 +122,20 @@ def test_a_gold_response_is_tokenized_like_the_others_and_collated_as_its_own_ro
     assert "gold_input_ids" not in tokenization.collate([{k: v for k, v in out.items() if k != "gold_ids"}], 0)
 
 
+def test_a_groups_responses_are_tokenized_and_collated_k_major(tok):
+    # BRAIn: each of the K responses closed by one EOS; collated as K * B rows, response k of every record first
+    record = {"prompt": "q", "chosen": "a", "rejected": "c", "responses": ["a b", "c", "a"]}
+    out, _ = tokenization.tokenize_pair(tok, record)
+    assert out["responses_ids"] == [[4, 5, 1], [6, 1], [4, 1]]
+    other = dict(out, prompt_ids=[8])
+    batch = tokenization.collate([out, other], pad_token_id=0)
+    assert batch["group_input_ids"].tolist() == [[3, 4, 5, 1], [8, 4, 5, 1], [3, 6, 1, 0], [8, 6, 1, 0],
+                                                 [3, 4, 1, 0], [8, 4, 1, 0]]
+    assert batch["group_loss_mask"][2].tolist() == [0, 1, 1, 0]
+    with pytest.raises(ValueError, match="same number of responses"):
+        tokenization.collate([out, dict(out, responses_ids=out["responses_ids"][:2])], 0)
+
+
 def test_tokenize_pair_drops_empty_and_identical(tok):
     assert tokenization.tokenize_pair(tok, {"prompt": "q", "chosen": "", "rejected": "a"}) == (None, "empty response")
     assert tokenization.tokenize_pair(tok, {"prompt": "q", "chosen": "a b", "rejected": "a b"}) == \

@@ -35,7 +35,7 @@ FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "-
          "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
          "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9", "--ld_alpha", "0.35",
          "--aot_label_smoothing", "0.04", "--madpo_c_min", "0.6", "--madpo_c_max", "1.8", "--adpo_temperature", "0.8",
-         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4", "--tgdpo_alpha", "0.7"]
+         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4", "--tgdpo_alpha", "0.7", "--brain_beta", "0.6"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -52,6 +52,7 @@ EXPECTED_KWARGS = {
     "madpo": {"beta": 0.123, "c_min": 0.6, "c_max": 1.8}, "adpo": {"beta": 0.123, "temperature": 0.8},
     "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85}, "tpo": {"beta": 0.05, "alpha": 0.4},
     "tpo_l": {"beta": 1.7, "gamma": 0.3, "alpha": 0.4}, "tgdpo": {"beta": 0.123, "alpha": 0.7},
+    "brain": {"beta": 0.6},
 }
 
 
@@ -83,7 +84,8 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     import data
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
-    pairs = data.ranked_triples(tiny_task["train_ranked"]) if LOSSES[method].needs_gold else tiny_task["train"]
+    pairs = (data.ranked_triples(tiny_task["train_ranked"]) if LOSSES[method].needs_gold else
+             data.ranked_groups(tiny_task["train_ranked"]) if LOSSES[method].needs_group else tiny_task["train"])
     n = len(tokenization.tokenize_dataset(tok, pairs, 128, 64, log=lambda *_: None)[0])
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 
@@ -218,6 +220,41 @@ def test_tgdpo_guidance_by_hand_and_pi_ref_as_guide_is_dpo(cache, tiny_task, tmp
     run(tmp_path, "--method", "dpo", "--epochs", "1", name="dpo")
     assert [{k: v for k, v in r.items() if not k.endswith("pref/logit")} for r in metrics(tmp_path, "g0")] == \
         metrics(tmp_path, "dpo")
+
+
+def test_brain_starts_at_log_k_on_each_prompts_samples_with_their_cached_numbers(cache, tiny_task, tmp_path,
+                                                                                monkeypatch):
+    # at step 0 the policy is pi_ref, so every prompt's policy weights are uniform over its K = 4 samples and the
+    # loss is log 4 whatever the Oracle says; pi_ref's log-probs of the candidates (the policy's, at step 0) and
+    # the Oracle's rewards are recomputed here one sequence at a time
+    import data
+    from transformers import AutoTokenizer
+
+    from models import forward_with_reward, load_reward_model
+    calls = record_calls(monkeypatch, "brain")
+    s = run(tmp_path, "--method", "brain", "--epochs", "1", "--oracle_epochs", "2")
+    assert metrics(tmp_path)[0]["loss"] == pytest.approx(math.log(4), abs=1e-6)
+    policy, reference, rewards, proposal = calls[0]["args"]
+    assert policy.shape == reference.shape == rewards.shape == (min(8, s["train_examples"]), 4)
+    torch.testing.assert_close(policy, reference, atol=1e-4, rtol=0)              # step 0: policy = pi_ref
+    torch.testing.assert_close(proposal, reference)                               # q = pi_ref
+    # the first call is the objective before step 1 on the first training examples, in order: their pi_ref
+    # log-probs and Oracle rewards, recomputed one candidate at a time
+    from transformers import AutoModelForCausalLM
+    tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
+    examples, _ = tokenization.tokenize_dataset(tok, data.ranked_groups(tiny_task["train_ranked"]), 128, 64,
+                                                log=lambda *_: None)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_task["reference"]).eval()
+    rm = load_reward_model(s["oracle"][0]).eval()
+    with torch.no_grad():
+        for i, e in enumerate(examples[:3]):
+            for k, ids in enumerate(e["responses_ids"]):
+                x = torch.tensor([e["prompt_ids"] + ids])
+                lp = torch.log_softmax(ref(x).logits[0, :-1].double(), -1)
+                S = sum(lp[p, x[0, p + 1]].item() for p in range(len(e["prompt_ids"]) - 1, x.shape[1] - 1))
+                assert reference[i, k].item() == pytest.approx(S, abs=1e-4)
+                assert rewards[i, k].item() == pytest.approx(forward_with_reward(rm, x, torch.ones_like(x))[1].item(),
+                                                             abs=1e-4)
 
 
 def test_a_new_loss_trains_through_its_registry_entry_alone(cache, tmp_path, monkeypatch):

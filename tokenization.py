@@ -164,7 +164,8 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
     keeps its BOS and its last tokens up to max_prompt_length, then each response is cut to the room left,
     keeping its start and its closing token; 4) the pair is dropped if a response has no token besides the
     closing one, or if chosen == rejected. A record with a `gold_response` (TPO's third response) gets its
-    `gold_ids` the same way, counted in step 3's longest response.
+    `gold_ids` the same way, and one with `responses` (BRAIn's K candidates) its `responses_ids`, each counted
+    in step 3's longest response.
     NOTE: a response cut in step 3 still ends with its closing token, so "one per response" always holds; the
     model then learns an early stop on those rows. Raise max_length if many pairs are cut.
     `special`: (special_prefix, closing_tokens) of the tokenizer, when already computed (tokenize_dataset).
@@ -177,7 +178,8 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
     encoded = [encode_response(tokenizer, record["prompt"], record[k], closers) for k in keys]
     (chosen, close_c), (rejected, close_r) = encoded[:2]
     gold, close_g = encoded[2] if len(encoded) > 2 else (None, None)
-    if len(prompt_ids) + max(len(ids) for ids, _ in encoded) + 1 > max_length:
+    group = [encode_response(tokenizer, record["prompt"], r, closers) for r in record.get("responses") or ()]
+    if len(prompt_ids) + max(len(ids) for ids, _ in encoded + group) + 1 > max_length:
         if len(prompt_ids) > max_prompt_length:                            # keep BOS and the prompt's end
             keep = max_prompt_length - len(prefix)
             prompt_ids = (prefix + prompt_ids[len(prefix):][-keep:]) if keep > 0 else prompt_ids[-max_prompt_length:]
@@ -186,13 +188,16 @@ def tokenize_pair(tokenizer, record, max_length=512, max_prompt_length=256, spec
             raise ValueError(f"max_length={max_length} leaves no room for a response after a prompt of "
                              f"{len(prompt_ids)} tokens; use max_prompt_length < max_length - 1")
         chosen, rejected, gold = chosen[:room], rejected[:room], gold and gold[:room]
-    if not chosen or not rejected or gold is not None and not gold:
+        group = [(ids[:room], close) for ids, close in group]
+    if not chosen or not rejected or gold is not None and not gold or any(not ids for ids, _ in group):
         return None, "empty response"
     if chosen + [close_c] == rejected + [close_r]:
         return None, "chosen equals rejected"
     out = {"prompt_ids": prompt_ids, "chosen_ids": chosen + [close_c], "rejected_ids": rejected + [close_r]}
     if gold is not None:                                                   # TPO's third response
         out["gold_ids"] = gold + [close_g]
+    if group:                                                              # BRAIn's K candidates
+        out["responses_ids"] = [ids + [close] for ids, close in group]
     return out, None
 
 
@@ -258,6 +263,13 @@ def collate(examples, pad_token_id):
         attention_mask[i, :len(r)] = 1
         loss_mask[i, :len(m)] = torch.tensor(m)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    if all("responses_ids" in ex for ex in examples):              # BRAIn: K candidates, K*B rows, k-major
+        K = len(examples[0]["responses_ids"])
+        if any(len(ex["responses_ids"]) != K for ex in examples):
+            raise ValueError("every record of a batch needs the same number of responses")
+        group = collate_completions([(ex["prompt_ids"], ex["responses_ids"][k]) for k in range(K) for ex in examples],
+                                    pad_token_id)
+        batch.update({f"group_{k}": v for k, v in group.items()})
     if all("gold_ids" in ex for ex in examples):                   # TPO: the gold responses, B more rows
         gold = collate_completions([(ex["prompt_ids"], ex["gold_ids"]) for ex in examples], pad_token_id)
         batch.update({f"gold_{k}": v for k, v in gold.items()})

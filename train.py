@@ -65,7 +65,8 @@ from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_availa
                     load_head, load_lora, load_model, save_model, to_device)
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
                        window_keywords)
-from reference import fill_reference, guidance_logps, live_reference, reference_logps, sync_reference
+from reference import (fill_reference, group_reference_logps, guidance_logps, live_reference, reference_logps,
+                       sync_reference)
 from runlog import metric_sums, open_sinks
 
 
@@ -78,7 +79,7 @@ def prepare_data(cfg, log=print):
     task's dict (None for other data)."""
     train_ds, test_ds, task = data.load_splits(cfg.data, seed=cfg.seed, log=log, config=cfg.data_config,
                                                split=cfg.data_split, triples=loss_entry(cfg.method).needs_gold,
-                                               stage=cfg.curriculum_stage)
+                                               stage=cfg.curriculum_stage, groups=loss_entry(cfg.method).needs_group)
     train_ds = conditions.apply_condition(train_ds, cfg.split, cfg.flip, cfg.max_pairs, seed=cfg.seed)
     log(f"data: {len(train_ds)} training pairs ({cfg.data}, split {cfg.split}, {cfg.flip:.0%} labels flipped), "
         f"{len(test_ds)} held-out pairs")
@@ -231,6 +232,16 @@ def run(cfg, d, log):
     elif info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
             reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d)
+    if info.needs_group:                      # BRAIn: pi_ref's and the Oracle's numbers for every candidate, once
+        with d.main_first():
+            for name, ex, ds in (("train", train_ex, train_ds), ("held-out", test_ex, test_ds)):
+                group_reference_logps(cfg, ex, name, tokenizer, device, task_ref, log)
+                scores = oracle.score_groups(oracle_members, ds, cfg.max_length, cfg.max_prompt_length, log)
+                for e in ex:
+                    if e["row"] not in scores:
+                        raise ValueError(f"{name} record {e['row']}: the Oracle's tokenizer dropped it; use the same "
+                                         "model family for --oracle_model and --model")
+                    e["group_rewards"] = scores[e["row"]]
     if info.needs_guidance:                   # TGDPO: the guidance model's token rewards, once, cached
         with d.main_first():
             for name, ex in (("train", train_ex), ("held-out", test_ex)):
