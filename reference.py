@@ -24,6 +24,18 @@ from losses import token_logps
 from models import autocast, batch_logps, is_lora, load_model, pair_logps, to_device
 
 
+def model_identity(name):
+    """What a cache key records for a model: the hash of its weights when it is a local directory (retrained ->
+    new key), else its name."""
+    return weights_hash(name) if name and os.path.isdir(name) else name
+
+
+def reference_identity(cfg, task_ref):
+    """(the reference's name, its model_identity): --ref_model, else --model; the embedded task's pi_ref by path."""
+    ref_name = cfg.ref_model or cfg.model
+    return ref_name, model_identity(task_ref if ref_name in ("embedded", "tiny") else ref_name)
+
+
 @torch.no_grad()
 def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None, d=None):
     """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
@@ -37,9 +49,7 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     computed once in the whole run (by one rank) and rank 0 writes the cache. A batch's numbers do not depend
     on which rank computes it, so they equal the single-process ones. `policy` is then distributed's
     d.local(model): DDP's replica, or the FSDP-sharded model (every rank takes part in each forward)."""
-    ref_name = cfg.ref_model or cfg.model
-    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
-    identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name   # retrained -> new key
+    ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
                        cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails"])
@@ -157,10 +167,8 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
     guidance_chosen / guidance_rejected (lists, one value per response token) and ref_guided_chosen /
     ref_guided_rejected to each example (losses.tgdpo_loss, step 3)."""
     guide = guidance_path(cfg.guidance_model)
-    ref_name = cfg.ref_model or cfg.model
-    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
-    identity = lambda p: weights_hash(p) if p and os.path.isdir(p) else p              # noqa: E731
-    key = stable_hash([identity(ref_path), identity(guide), len(tokenizer),
+    ref_name, identity = reference_identity(cfg, task_ref)
+    key = stable_hash([identity, model_identity(guide), len(tokenizer),
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples], cfg.bf16])
     entry = os.path.join(cache.cache_root(), f"guidance-{key}")
     path = os.path.join(entry, "guidance.pt")
@@ -194,9 +202,7 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
 def group_reference_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=print):
     """pi_ref's summed log-probs of each example's K responses (`responses_ids`) -> e["group_ref"], a list of K
     floats; cached under a key of pi_ref's weights and the token ids."""
-    ref_name = cfg.ref_model or cfg.model
-    ref_path = task_ref if ref_name in ("embedded", "tiny") else ref_name
-    identity = weights_hash(ref_path) if ref_path and os.path.isdir(ref_path) else ref_name
+    ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([identity, len(tokenizer), [(e["prompt_ids"], e["responses_ids"]) for e in examples],
                        cfg.bf16])
     entry = os.path.join(cache.cache_root(), f"groupref-{key}")
