@@ -266,3 +266,16 @@ def build(entry, make, log=print, inputs=None, rebuild=True, fix=None):
                 raise CacheError(f"{why}. Delete {entry} and run again to rebuild it.") from None
             log(f"cache: {entry} was built by another process at the same time; using that one")
     return entry
+
+
+def load_or_build(entry, filename, compute, log=print, inputs=None, what="cache"):
+    """A cache entry holding one torch-saved object: read it when the entry is complete and undamaged, else run
+    compute() (under the entry's lock, so a process that races this one waits and reuses it), store its result as
+    <entry>/<filename> and read that back -> the object."""
+    import torch
+    path = os.path.join(entry, filename)
+    if ready(entry, log):
+        log(f"{what}: cached in {path}")
+    else:
+        build(entry, lambda tmp: torch.save(compute(), os.path.join(tmp, filename)), log, inputs=inputs)
+    return torch.load(path)

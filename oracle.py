@@ -302,13 +302,8 @@ def score_groups(member_dirs, ds, max_length=128, max_prompt_length=64, log=prin
 
     key = stable_hash([[weights_hash(d) for d in member_dirs], data.fingerprint(ds, ("prompt", "responses")),
                        max_length, max_prompt_length])
-    entry = os.path.join(cache.cache_root(), f"groupscores-{key}")
-    path = os.path.join(entry, "scores.pt")
-    if cache.ready(entry, log):
-        log(f"Oracle scores of the groups: cached in {path}")
-        return torch.load(path)
 
-    def build(tmp):
+    def compute():
         log(f"Oracle scores of the groups: {len(ds)} prompts x their responses, {len(member_dirs)} member(s)")
         totals = {}
         for d in member_dirs:
@@ -322,9 +317,9 @@ def score_groups(member_dirs, ds, max_length=128, max_prompt_length=64, log=prin
                 rewards = forward_with_reward(model, ids, att, torch.zeros_like(ids))[1].view(-1, len(part)).T
                 for e, row in zip(part, rewards.tolist()):                 # (K,) per example
                     totals[e["row"]] = [a + b / len(member_dirs) for a, b in zip(totals.get(e["row"], [0.0] * len(row)), row)]
-        torch.save(totals, os.path.join(tmp, "scores.pt"))
-    cache.build(entry, build, log, inputs=key)
-    return torch.load(path)
+        return totals
+    return cache.load_or_build(os.path.join(cache.cache_root(), f"groupscores-{key}"), "scores.pt", compute, log,
+                               inputs=key, what="Oracle scores of the groups")
 
 
 def main(argv=None):

@@ -170,11 +170,8 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
     ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([identity, model_identity(guide), len(tokenizer),
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples], cfg.bf16])
-    entry = os.path.join(cache.cache_root(), f"guidance-{key}")
-    path = os.path.join(entry, "guidance.pt")
-    if cache.ready(entry, log):
-        log(f"guidance ({name}): cached in {path}")
-    else:
+
+    def compute():
         log(f"guidance ({name}): token log-ratios of {guide} to {ref_name} for {len(examples)} pairs, once")
         models = [load_model(n, task_ref)[0].to(device).eval() for n in (ref_name, guide)]
         rows = []                                            # per pair: (g chosen, g rejected, G_ref chosen, rejected)
@@ -188,9 +185,9 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
                 g = [guide_lp[r] - ref_lp[r] for r in (j, B + j)]
                 rows.append((g[0].tolist(), g[1].tolist(), float((g[0] * ref_lp[j]).sum()),
                              float((g[1] * ref_lp[B + j]).sum())))
-        del models
-        cache.build(entry, lambda tmp: torch.save(rows, os.path.join(tmp, "guidance.pt")), log, inputs=key)
-    rows = torch.load(path)
+        return rows
+    rows = cache.load_or_build(os.path.join(cache.cache_root(), f"guidance-{key}"), "guidance.pt", compute, log,
+                               inputs=key, what=f"guidance ({name})")
     for e, (gc, gr, rc, rr) in zip(examples, rows):
         e.update(guidance_chosen=gc, guidance_rejected=gr, ref_guided_chosen=rc, ref_guided_rejected=rr)
 
@@ -205,11 +202,8 @@ def group_reference_logps(cfg, examples, name, tokenizer, device, task_ref=None,
     ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([identity, len(tokenizer), [(e["prompt_ids"], e["responses_ids"]) for e in examples],
                        cfg.bf16])
-    entry = os.path.join(cache.cache_root(), f"groupref-{key}")
-    path = os.path.join(entry, "logps.pt")
-    if cache.ready(entry, log):
-        log(f"pi_ref log-probs of the groups ({name}): cached in {path}")
-    else:
+
+    def compute():
         log(f"pi_ref log-probs of the groups ({name}): computing once for {len(examples)} prompts with {ref_name}")
         ref = load_model(ref_name, task_ref)[0].to(device).eval()
         rows = []
@@ -220,7 +214,8 @@ def group_reference_logps(cfg, examples, name, tokenizer, device, task_ref=None,
             with autocast(cfg, device):
                 S = batch_logps(ref, group)["logps"].float().cpu().view(-1, len(part)).T   # (B, K)
             rows.extend(S.tolist())
-        del ref
-        cache.build(entry, lambda tmp: torch.save(rows, os.path.join(tmp, "logps.pt")), log, inputs=key)
-    for e, row in zip(examples, torch.load(path)):
+        return rows
+    rows = cache.load_or_build(os.path.join(cache.cache_root(), f"groupref-{key}"), "logps.pt", compute, log,
+                               inputs=key, what=f"pi_ref log-probs of the groups ({name})")
+    for e, row in zip(examples, rows):
         e["group_ref"] = row
