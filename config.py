@@ -33,7 +33,7 @@ LIMITS = {
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
            "aggregate": ("batch_min", "example_min", "mean"),
            "student_reward": ("implicit-sum", "implicit-mean", "head"), "fdpo_divergence": FDPO_DIVERGENCES,
-           "base_dtype": ("auto", "fp32", "bf16")}
+           "base_dtype": ("auto", "fp32", "bf16"), "packing": ("off", "prefix", "rows", "both")}
 
 
 @dataclass
@@ -110,6 +110,8 @@ class Config:
     lora_dropout: float = 0.0      # LoRA: dropout on the adapters' input (0 keeps the policy = pi_ref at step 1)
     lora_target_modules: str = "all-linear"  # LoRA: comma-separated module names, or all-linear (all but the LM head)
     save_merged: bool = False      # LoRA: at the end, also save the adapters merged into the base model (<out>/merged)
+    packing: str = "off"           # off | prefix (a pair's prompt computed once) | rows (no padding: several pairs per row) | both
+                                   # (packing.py): the same log-probs, fewer tokens; sdpa/eager attention only
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, 1.2-1.5x the step time
     base_dtype: str = "auto"       # dtype of frozen LoRA base weights: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     # --- several processes (torchrun; README "Several GPUs and several machines") -----------------------------

@@ -214,13 +214,10 @@ def forward_with_reward(model, input_ids, attention_mask, loss_mask=None):
     """One forward pass -> (logits, rewards (N,) fp32 from the reward head at the last real token). logits are
     (N, T, V), or only the completion positions (M, V) of `loss_mask` when given (see forward); pass an
     all-zero loss_mask when only the rewards are wanted."""
-    out = forward(model, input_ids, attention_mask, loss_mask, output_hidden_states=True)
-    hidden = out.hidden_states[-1]                                              # (N, T, d)
-    idx = last_token_index(attention_mask)                                      # (N,)
-    h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]   # (N, d)
+    logits, h_last = forward(model, input_ids, attention_mask, loss_mask, last_hidden=True)   # h_last (N, d)
     with torch.autocast(device_type=h_last.device.type, enabled=False):       # fp32 even under bf16 autocast
         rewards = unwrap(model).reward_head(h_last.float()).squeeze(-1)         # (N,)
-    return out.logits, rewards
+    return logits, rewards
 
 
 def save_model(model, tokenizer, path, state_dict=None):
@@ -287,18 +284,49 @@ def packs_logits(model_class):
 
 
 PACK_LOGITS = True        # bench.py --full_logits switches it off to measure what the packing saves
+PACKING = "off"           # packing.MODES: off | prefix | rows | both; train.py, oracle.py and bench.py set it (--packing)
+_warned = set()
 
 
-def forward(model, input_ids, attention_mask, loss_mask=None, **kwargs):
-    """model(...) with, when `loss_mask` is given and the model supports it (packs_logits), logits only at the
-    positions that predict a completion token: (M, V) instead of (N, T, V). On a long prompt most of the LM
-    head's work (and the largest activation of a small model) is prompt positions nobody scores. Anything
-    losses.sequence_logps reads is computed the same way either way (tested)."""
+def forward(model, input_ids, attention_mask, loss_mask=None, last_hidden=False):
+    """model(...) -> (logits, the final hidden state at each row's last real token (N, d) if last_hidden else None).
+
+    logits: (N, T, V); or, when `loss_mask` is given and the model supports it (packs_logits), only the positions
+    that predict a completion token, (M, V). On a long prompt most of the LM head's work (and the largest
+    activation of a small model) is prompt positions nobody scores. With PACKING on (packing.py) the batch runs
+    packed, a pair's prompt once and without padding, and the logits come back as the same (M, V). Anything
+    losses.sequence_logps reads is computed the same way in every layout (tested)."""
     base = unwrap(model)                                                             # through a DDP wrapper
     base = base.get_base_model() if hasattr(base, "get_base_model") else base        # through a peft wrapper
-    if loss_mask is not None and PACK_LOGITS and packs_logits(type(base)):
-        kwargs["logits_to_keep"] = completion_mask(loss_mask)
-    return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    pack_logits = loss_mask is not None and PACK_LOGITS and packs_logits(type(base))
+    if loss_mask is not None and PACKING != "off" and packable(base, attention_mask):
+        import packing
+        dtype = next(base.parameters()).dtype
+        return packing.packed_forward(model, input_ids, attention_mask, completion_mask(loss_mask), PACKING,
+                                      base.config._attn_implementation, dtype, pack_logits, last_hidden,
+                                      base.config.pad_token_id or 0)
+    kwargs = {"logits_to_keep": completion_mask(loss_mask)} if pack_logits else {}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=last_hidden, **kwargs)
+    if not last_hidden:
+        return out.logits, None
+    hidden = out.hidden_states[-1]                                                   # (N, T, d)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return out.logits, hidden[rows, last_token_index(attention_mask)]               # (N, d)
+
+
+def packable(base, attention_mask):
+    """Can this forward run packed? A decoder whose attention takes a 4D mask (packing.MASKED_ATTENTION) and a
+    right-padded batch; otherwise the plain forward runs, and the first time the reason is printed."""
+    import packing
+    attention = getattr(base.config, "_attn_implementation", None)
+    why = (f"its attention implementation {attention!r} takes no 4D mask (use attn_implementation='sdpa')"
+           if attention not in packing.MASKED_ATTENTION else
+           "it is an encoder-decoder" if getattr(base.config, "is_encoder_decoder", False) else
+           "its rows are left-padded" if not packing.right_padded(attention_mask.cpu()) else None)
+    if why and (type(base).__name__, why) not in _warned:
+        _warned.add((type(base).__name__, why))
+        print(f"--packing {PACKING}: {type(base).__name__} runs unpacked: {why}")
+    return why is None
 
 
 def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_mean=False, tail=False,
@@ -316,7 +344,7 @@ def batch_logps(model, batch, average=False, with_head=False, wpo=False, logits_
     if with_head:
         logits, rewards = forward_with_reward(model, ids, batch["attention_mask"], mask)
     else:
-        logits, rewards = forward(model, ids, batch["attention_mask"], mask).logits, None
+        logits, rewards = forward(model, ids, batch["attention_mask"], mask)[0], None
     out = {"logps": sequence_logps(logits, ids, mask, average=average)}                      # (N,)
     if rewards is not None:
         out["head"] = rewards                                                                # (N,)

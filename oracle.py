@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 import cache
 import data
+import models
+import packing
 import tokenization
 from common import (check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
                     weights_hash, write_json, write_jsonl)
@@ -131,6 +133,7 @@ class OracleConfig:
     out: str = ""                  # output directory; default: a cache directory keyed by config and data
     score: bool = True             # after training, score the training pairs (cached) and print the file
     seqcls: bool = True            # also save each member as <member>/seqcls (AutoModelForSequenceClassification)
+    packing: str = "off"           # off | prefix | rows | both: a pair's prompt computed once, no padding (packing.py)
 
 
 LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
@@ -194,7 +197,7 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     """Train the K members once; later calls with the same config and data return the cached directories.
     -> (list of member directories, report dict). The report holds each member's held-out statistics."""
     # the key: what changes the members (data_config / data_split / seqcls do not: the data's content is hashed)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls", "packing")}
     key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
                        data.fingerprint(test_ds), task_reference and os.path.basename(task_reference)])
     out = cfg.out or os.path.join(cache.cache_root(), f"oracle-{key}")
@@ -329,8 +332,11 @@ def main(argv=None):
         check_ranges(cfg, LIMITS)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if cfg.packing not in packing.MODES:
+        sys.exit(f"error: --packing must be one of {', '.join(packing.MODES)}; got {cfg.packing!r}")
     quiet_transformers()
     print(json.dumps(asdict(cfg), indent=1))
+    models.PACKING = cfg.packing                        # every forward: training and scoring (packing.py)
     try:
         check_available(cfg.model)
         train_ds, test_ds, task = data.load_splits(cfg.data, cfg.held_out, cfg.seed, config=cfg.data_config,

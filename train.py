@@ -55,6 +55,7 @@ import conditions
 import data
 import distributed
 import evaluate
+import models
 import oracle
 import tokenization
 from cache import cache_root
@@ -180,6 +181,7 @@ def train(cfg, log=print):
     """The whole run; returns a summary dict (also written to <out>/summary.json). Under torchrun: this process's
     part of it (distributed.setup joins the process group; only rank 0 logs and writes)."""
     d = distributed.setup(cfg.fsdp)
+    models.PACKING = cfg.packing                      # every forward of the run: policy, pi_ref, Oracle (packing.py)
     try:
         return run(cfg, d, log if d.rank == 0 else lambda *_: None)
     except BaseException as e:       # a signal's SystemExit too: run's frame, kept by the traceback, holds the
@@ -187,6 +189,7 @@ def train(cfg, log=print):
             traceback.clear_frames(e.__traceback__)
         raise
     finally:
+        models.PACKING = "off"
         distributed.teardown(d)
 
 
@@ -283,7 +286,8 @@ def run(cfg, d, log):
         f"({cfg.batch_size // cfg.micro_batch_size} micro-batches of {cfg.micro_batch_size}, {d.world} process(es)), "
         f"lr {cfg.lr:g}, {'bf16 autocast' if cfg.bf16 or device.type == 'cuda' else 'fp32'} on {device.type}; "
         f"{sum(p.numel() for p in trainable) / 1e6:.3g}M of {sum(p.numel() for p in model.parameters()) / 1e6:.3g}M "
-        f"parameters train{' (LoRA)' if cfg.lora_r else ''}{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
+        f"parameters train{' (LoRA)' if cfg.lora_r else ''}{', gradient checkpointing' if cfg.gradient_checkpointing else ''}"
+        f"{f', packing {cfg.packing}' if cfg.packing != 'off' else ''}")
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     if d.rank == 0:
         if not ckpt and os.path.exists(metrics_path):
