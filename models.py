@@ -288,6 +288,13 @@ PACKING = "off"           # packing.MODES: off | prefix | rows | both; train.py,
 _warned = set()
 
 
+def packing_key():
+    """What a cache of model outputs adds to its key: nothing unpacked (older keys stay valid), the mode when
+    packed. Packed numbers equal unpacked ones only to float rounding, so with the mode in the key a run's
+    numbers never depend on which runs filled the cache before it (and a resumed run reads what it wrote)."""
+    return [] if PACKING == "off" else [f"packing-{PACKING}"]
+
+
 def forward(model, input_ids, attention_mask, loss_mask=None, last_hidden=False):
     """model(...) -> (logits, the final hidden state at each row's last real token (N, d) if last_hidden else None).
 

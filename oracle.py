@@ -199,7 +199,8 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     # the key: what changes the members (data_config / data_split / seqcls do not: the data's content is hashed)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls", "packing")}
     key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
-                       data.fingerprint(test_ds), task_reference and os.path.basename(task_reference)])
+                       data.fingerprint(test_ds), task_reference and os.path.basename(task_reference),
+                       *models.packing_key()])
     out = cfg.out or os.path.join(cache.cache_root(), f"oracle-{key}")
     if cache.problem(out) is None:
         log(f"Oracle: cached in {out}")
@@ -272,7 +273,7 @@ def score_dataset(member_dirs, ds, max_length=128, max_prompt_length=64, log=pri
     from transformers import AutoTokenizer
 
     key = stable_hash([[weights_hash(d) for d in member_dirs], data.fingerprint(ds), max_length,
-                       max_prompt_length])
+                       max_prompt_length, *models.packing_key()])
     entry = os.path.join(cache.cache_root(), f"scored-{key}")
     path = os.path.join(entry, "scores.jsonl")
     if cache.problem(entry) is None:
@@ -304,7 +305,7 @@ def score_groups(member_dirs, ds, max_length=128, max_prompt_length=64, log=prin
     from transformers import AutoTokenizer
 
     key = stable_hash([[weights_hash(d) for d in member_dirs], data.fingerprint(ds, ("prompt", "responses")),
-                       max_length, max_prompt_length])
+                       max_length, max_prompt_length, *models.packing_key()])
 
     def compute():
         log(f"Oracle scores of the groups: {len(ds)} prompts x their responses, {len(member_dirs)} member(s)")

@@ -21,7 +21,7 @@ import cache
 import tokenization
 from common import stable_hash, weights_hash
 from losses import token_logps
-from models import autocast, batch_logps, is_lora, load_model, pair_logps, to_device
+from models import autocast, batch_logps, is_lora, load_model, packing_key, pair_logps, to_device
 
 
 def model_identity(name):
@@ -52,7 +52,7 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
-                       cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails"])
+                       cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails", *packing_key()])
     entry = os.path.join(cache.cache_root(), f"reflogps-{key}")
     path = os.path.join(entry, "logps.pt")
     cached = cache.ready(entry, log) if d is None else d.from_rank0(d.rank == 0 and cache.ready(entry, log))
@@ -169,7 +169,8 @@ def guidance_logps(cfg, examples, name, tokenizer, device, task_ref=None, log=pr
     guide = guidance_path(cfg.guidance_model)
     ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([identity, model_identity(guide), len(tokenizer),
-                       [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples], cfg.bf16])
+                       [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples], cfg.bf16,
+                       *packing_key()])
 
     def compute():
         log(f"guidance ({name}): token log-ratios of {guide} to {ref_name} for {len(examples)} pairs, once")
@@ -201,7 +202,7 @@ def group_reference_logps(cfg, examples, name, tokenizer, device, task_ref=None,
     floats; cached under a key of pi_ref's weights and the token ids."""
     ref_name, identity = reference_identity(cfg, task_ref)
     key = stable_hash([identity, len(tokenizer), [(e["prompt_ids"], e["responses_ids"]) for e in examples],
-                       cfg.bf16])
+                       cfg.bf16, *packing_key()])
 
     def compute():
         log(f"pi_ref log-probs of the groups ({name}): computing once for {len(examples)} prompts with {ref_name}")

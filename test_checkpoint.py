@@ -20,11 +20,12 @@ import train
 from train_test_helpers import HERE, metrics, run, trainer_subprocess, weights
 
 
-@pytest.mark.parametrize("method", [["--method", "drdo", "--student_reward", "head"], ["--method", "dpo"]])
+@pytest.mark.parametrize("method", [["--method", "drdo", "--student_reward", "head"], ["--method", "dpo"],
+                                    ["--method", "dpo", "--packing", "both"]])
 def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
     # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
     # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32.
-    # drdo: with its reward head; dpo: with its reference log-probs read from the cache on resume.
+    # drdo: with its reward head; dpo: with its reference log-probs read from the cache on resume; packed rows.
     args = [*method, "--epochs", "2", "--lr", "1e-3", "--save_every", "2", "--eval_every", "3"]
     run(tmp_path, *args, name="whole")
     run(tmp_path, *args, "--stop_after", "5", name="split")
