@@ -92,3 +92,29 @@ def test_sft_then_oracle_then_dpo_and_drdo_one_step_each(smollm2, tmp_path):
         got = rm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
     assert (batch["attention_mask"] == 0).any()
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_packed_forward_of_the_real_model_equals_the_plain_one(smollm2):
+    # packing.py on the real Llama-architecture checkpoint and its ChatML pairs: each pair's prompt computed once,
+    # the pairs in rows without padding; the same log-probs and reward-head values in fp32
+    import data
+    import models
+    import tokenization
+    from transformers import AutoModelForCausalLM
+    path, tok = smollm2
+    model = models.add_reward_head(AutoModelForCausalLM.from_pretrained(path))
+    torch.nn.init.normal_(model.reward_head.weight, std=0.01)
+    rows = data.load_preferences(DATA)
+    pairs = [tokenization.tokenize_pair(tok, rows[i], 64, 48)[0] for i in range(4)]
+    batch = tokenization.collate(pairs, tok.pad_token_id)
+    got = {}
+    for mode in ("off", "both"):
+        models.PACKING = mode
+        try:
+            with torch.no_grad():
+                got[mode] = models.batch_logps(model, batch, with_head=True)
+        finally:
+            models.PACKING = "off"
+    for k in ("logps", "head"):
+        torch.testing.assert_close(got["both"][k], got["off"][k], atol=1e-4, rtol=1e-5)
+    assert got["off"]["logps"].abs().min() > 1                     # real log-probs, not an empty comparison
