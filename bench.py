@@ -21,6 +21,8 @@ These machines drift in speed: compare two settings only within one --table run 
 """
 import contextlib
 import json
+import math
+import os
 import resource
 import subprocess
 import sys
@@ -31,6 +33,8 @@ import torch
 
 import models
 import objective
+import packing
+import tokenization
 import train
 from common import parse_config, quiet_transformers
 from config import LIMITS, resolve
@@ -47,6 +51,41 @@ class BenchConfig(train.Config):
     table: bool = False            # run the memory/speed table for --model (each row its own process) and print it
     budget: bool = False           # print the computed memory budget of opt-1.3b and a 7B model on a 24 GB GPU
     rounds: int = 2                # --table: every row runs this many times, interleaved; min time, max memory
+    shape: str = "fixed"           # pair lengths: fixed (every row max_length, max_prompt_length of it prompt), tldr
+                                   # (prompt ~4x response) or ultrafeedback (long-tailed); see synthetic_pairs
+    speed_table: bool = False      # the packing table: --packing off/prefix/rows/both vs TRL's DPOTrainer (bench_trl.py)
+
+
+PAD_ID, EOS_ID = 1, 2      # OPT's; synthetic tokens are drawn from 3 .. V - 1
+SHAPES = ("fixed", "tldr", "ultrafeedback")
+
+
+def synthetic_pairs(shape, n, max_length, max_prompt_length, vocab, seed=0):
+    """n pairs {"prompt_ids", "chosen_ids", "rejected_ids"} of random tokens, each response closed by EOS_ID,
+    with lengths (P, R_chosen, R_rejected), seeded, and P + max(R) <= max_length:
+        fixed          P = max_prompt_length, R = max_length - P for both responses (every row full length)
+        tldr           R ~ U[0.6, 1] x max_length / 5 each; P = 4 x their mean x U[0.8, 1.2], capped at the room left
+                       (TL;DR: a Reddit post, about 4x its summary)
+        ultrafeedback  P ~ lognormal(median max_length / 8, sigma 0.8), R ~ lognormal(median max_length / 5, sigma
+                       0.8) each, clipped to [4, room left]: a long tail, lengths varying ~10x within a batch"""
+    g = torch.Generator().manual_seed(seed)
+    u = lambda: torch.rand((), generator=g).item()                                     # noqa: E731
+    lognormal = lambda median: median * math.exp(0.8 * torch.randn((), generator=g).item())   # noqa: E731
+    T, out = max_length, []
+    for _ in range(n):
+        if shape == "fixed":
+            P, rc, rr = max_prompt_length, T - max_prompt_length, T - max_prompt_length
+        elif shape == "tldr":
+            rc, rr = (max(2, round((0.6 + 0.4 * u()) * T / 5)) for _ in range(2))
+            P = max(1, min(max_prompt_length, T - max(rc, rr), round(4 * (rc + rr) / 2 * (0.8 + 0.4 * u()))))
+        elif shape == "ultrafeedback":
+            P = max(4, min(max_prompt_length, round(lognormal(T / 8))))
+            rc, rr = (max(4, min(T - P, round(lognormal(T / 5)))) for _ in range(2))
+        else:
+            raise ValueError(f"--shape must be one of {', '.join(SHAPES)}; got {shape!r}")
+        ids = lambda k: torch.randint(3, vocab, (k,), generator=g).tolist()          # noqa: E731
+        out.append({"prompt_ids": ids(P), "chosen_ids": ids(rc - 1) + [EOS_ID], "rejected_ids": ids(rr - 1) + [EOS_ID]})
+    return out
 
 
 def bench_model(cfg, log=print):
@@ -89,24 +128,27 @@ def bench(cfg, log=print):
         import copy
         reference = copy.deepcopy(base).to(device).eval().requires_grad_(False)
     model = train.prepare_policy(base, cfg, device=device).train()
-    V, B, T, P = model.config.vocab_size, cfg.micro_batch_size, cfg.max_length, cfg.max_prompt_length
+    models.PACKING = cfg.packing
+    V, B = model.config.vocab_size, cfg.micro_batch_size
+    accum = cfg.batch_size // cfg.micro_batch_size
+    pairs = synthetic_pairs(cfg.shape, (cfg.steps + 1) * cfg.batch_size, cfg.max_length, cfg.max_prompt_length, V)
     gen = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(3, V, (2 * B, T), generator=gen),                 # (2B, T)
-             "attention_mask": torch.ones(2 * B, T, dtype=torch.long),                    # (2B, T)
-             "loss_mask": torch.cat([torch.zeros(2 * B, P), torch.ones(2 * B, T - P)], 1).long(),
-             "ref_chosen": -torch.rand(B, generator=gen) * 50, "ref_rejected": -torch.rand(B, generator=gen) * 50,
-             "chosen_scores": torch.randn(cfg.ensemble, B, generator=gen),               # (K, B)
-             "rejected_scores": torch.randn(cfg.ensemble, B, generator=gen)}
-    batch = models.to_device(batch, device)
+    consts = {"ref_chosen": -torch.rand(B, generator=gen) * 50, "ref_rejected": -torch.rand(B, generator=gen) * 50,
+              "chosen_scores": torch.randn(cfg.ensemble, B, generator=gen),               # (K, B)
+              "rejected_scores": torch.randn(cfg.ensemble, B, generator=gen)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-6)
-    accum = cfg.batch_size // cfg.micro_batch_size
-    times, saved = [], {}
+    times, saved, tokens, padded = [], {}, 0, 0
     for i in range(cfg.steps + 1):                             # step 0 is a warm-up and is not timed
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(accum):
+        for a in range(accum):
+            part = pairs[(i * accum + a) * B:(i * accum + a + 1) * B]
+            batch = models.to_device({**tokenization.collate(part, PAD_ID), **consts}, device)   # in the timing
+            if i:
+                tokens += int(batch["attention_mask"].sum())  # real tokens: the data's, however it is packed
+                padded += batch["attention_mask"].numel()
             if cfg.live_reference:                             # what caching the reference log-probs avoids
                 with torch.no_grad(), models.autocast(cfg, device), \
                         (model.disable_adapter() if cfg.lora_r else torch.autocast(device.type, enabled=False)):
@@ -129,13 +171,13 @@ def bench(cfg, log=print):
                "optimizer": sum(nbytes(v for v in st.values() if torch.is_tensor(v)) for st in opt.state.values()),
                "activations": sum(saved.values())}
     t = torch.tensor(times)
-    tokens = 2 * cfg.batch_size * T
-    return {"method": cfg.method, "model": cfg.model, "lora_r": cfg.lora_r,
+    return {"method": cfg.method, "model": cfg.model, "shape": cfg.shape, "packing": cfg.packing, "lora_r": cfg.lora_r,
             "gradient_checkpointing": cfg.gradient_checkpointing, "live_reference": cfg.live_reference,
             "full_logits": cfg.full_logits, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "trainable_M": round(sum(p.numel() for p in trainable) / 1e6, 3), "pairs_per_step": cfg.batch_size,
-            "tokens_per_step": tokens, "step_s": t.mean().item(), "step_s_std": t.std().item() if len(t) > 1 else 0.0,
-            "tokens_per_s": tokens / t.mean().item(), "peak_memory_GB": round(peak, 3),
+            "tokens_per_step": tokens / cfg.steps,
+            "padded_tokens_per_step": padded / cfg.steps, "step_s": t.mean().item(),
+            "step_s_std": t.std().item() if len(t) > 1 else 0.0, "tokens_per_s": tokens / t.sum().item(), "peak_memory_GB": round(peak, 3),
             "tensor_memory_MB": sum(tensors.values()) / 2**20, **{f"{k}_MB": v / 2**20 for k, v in tensors.items()},
             "memory": "cuda max allocated" if device.type == "cuda" else "process peak RSS",
             "dtype": "bf16 autocast" if cfg.bf16 or device.type == "cuda" else "fp32", "device": device.type,
@@ -184,6 +226,51 @@ def table(cfg, argv, log=print):
         lines.append(f"| {name} | {res['trainable_M']:.2f} | {res['step_s']:.2f} | {res['tokens_per_s']:.0f} | "
                      f"{res['tensor_memory_MB']:.0f} = {parts} | {res['tensor_memory_MB'] / base['tensor_memory_MB']:.2f} | "
                      f"{res['peak_memory_GB']:.2f} | {res['step_s'] / base['step_s']:.2f} |")
+    print("\n".join(lines))
+    return results
+
+
+# ============================================================================================================
+# The packing table: this project with each --packing against TRL's DPOTrainer, on one shape of data
+# ============================================================================================================
+def speed_rows(cfg):
+    """name -> command line of each row (one process each): DPO, full fine-tuning, cached reference log-probs."""
+    shared = ["--model", cfg.model, "--shape", cfg.shape, "--steps", str(cfg.steps), "--batch_size",
+              str(cfg.batch_size), "--max_length", str(cfg.max_length), "--max_prompt_length", str(cfg.max_prompt_length)]
+    ours = [sys.executable, __file__, "--method", "dpo", "--micro_batch_size", str(cfg.batch_size), *shared]
+    theirs = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_trl.py"), *shared]
+    return {"TRL 1.16 DPOTrainer (default: reference forward every step)": theirs,
+            "TRL 1.16 DPOTrainer, precompute_ref_log_probs": [*theirs, "--precompute"],
+            **{f"this project, --packing {mode}": [*ours, "--packing", mode] for mode in packing.MODES}}
+
+
+def speed_table(cfg, log=print):
+    """Every row in its own process, all rows once per round (A, B, C, ..., A, B, C, ...); each row keeps its
+    fastest round (tokens/s) and its largest peak memory. Ratios are against the two TRL rows."""
+    rows, results = speed_rows(cfg), {}
+    for round_ in range(cfg.rounds):
+        for name, command in rows.items():
+            r = subprocess.run(command, capture_output=True, text=True)
+            if r.returncode:
+                raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            if name in results:
+                res["tokens_per_s"] = max(res["tokens_per_s"], results[name]["tokens_per_s"])
+                res["peak_memory_GB"] = max(res["peak_memory_GB"], results[name]["peak_memory_GB"])
+            results[name] = res
+            log(f"round {round_ + 1}, {name}: {res['tokens_per_s']:.0f} real tokens/s, {res['peak_memory_GB']:.2f} GB")
+    names = list(rows)
+    trl, trl_pre = results[names[0]], results[names[1]]
+    any_row = results[names[2]]
+    lines = [f"| {cfg.model}, {cfg.shape}-shaped, {cfg.batch_size} pairs/step, max {cfg.max_length} tokens, "
+             f"{any_row['dtype']}, {any_row['threads']} thread(s) | real tokens / s | vs TRL default | "
+             "vs TRL precomputed | process peak RSS (GB) | memory vs TRL default |", "|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        lines.append(f"| {name} | {res['tokens_per_s']:.0f} | {res['tokens_per_s'] / trl['tokens_per_s']:.2f}x | "
+                     f"{res['tokens_per_s'] / trl_pre['tokens_per_s']:.2f}x | {res['peak_memory_GB']:.2f} | "
+                     f"{res['peak_memory_GB'] / trl['peak_memory_GB']:.2f} |")
+    lines.append(f"(real tokens per step: {any_row['tokens_per_step']:.0f}; padded rows would hold "
+                 f"{any_row['padded_tokens_per_step']:.0f})")
     print("\n".join(lines))
     return results
 
@@ -244,9 +331,13 @@ def main(argv=None):
         cfg = resolve(cfg, {**LIMITS, "steps": "[1, inf)", "rounds": "[1, inf)"})
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if cfg.shape not in SHAPES:
+        sys.exit(f"error: --shape must be one of {', '.join(SHAPES)}; got {cfg.shape!r}")
     quiet_transformers()
     if cfg.table:
         return table(cfg, argv, log=lambda *a: print(*a, file=sys.stderr))
+    if cfg.speed_table:
+        return speed_table(cfg, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(asdict(cfg)), file=sys.stderr)
     res = bench(cfg, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res))

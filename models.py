@@ -313,7 +313,8 @@ def forward(model, input_ids, attention_mask, loss_mask=None, last_hidden=False)
                                       base.config._attn_implementation, dtype, pack_logits, last_hidden,
                                       base.config.pad_token_id or 0)
     kwargs = {"logits_to_keep": completion_mask(loss_mask)} if pack_logits else {}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=last_hidden, **kwargs)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=last_hidden,
+                use_cache=False, **kwargs)                      # a training forward fills no KV cache
     if not last_hidden:
         return out.logits, None
     hidden = out.hidden_states[-1]                                                   # (N, T, d)
@@ -322,17 +323,23 @@ def forward(model, input_ids, attention_mask, loss_mask=None, last_hidden=False)
 
 
 def packable(base, attention_mask):
-    """Can this forward run packed? A decoder whose attention takes a 4D mask (packing.MASKED_ATTENTION) and a
-    right-padded batch; otherwise the plain forward runs, and the first time the reason is printed."""
+    """Can this forward run packed? A decoder whose attention takes a 4D mask (packing.MASKED_ATTENTION), or flash
+    attention's varlen path for padding-free rows, and a right-padded batch; otherwise the plain forward runs,
+    and the first time the reason is printed."""
     import packing
-    attention = getattr(base.config, "_attn_implementation", None)
-    why = (f"its attention implementation {attention!r} takes no 4D mask (use attn_implementation='sdpa')"
-           if attention not in packing.MASKED_ATTENTION else
-           "it is an encoder-decoder" if getattr(base.config, "is_encoder_decoder", False) else
+    attention = str(getattr(base.config, "_attn_implementation", None))
+    flash = attention.startswith("flash")
+    why = ("it is an encoder-decoder" if getattr(base.config, "is_encoder_decoder", False) else
+           f"{attention} has no shared prefix (its varlen path packs whole rows: use --packing rows)"
+           if flash and PACKING == "prefix" else
+           f"its attention implementation {attention!r} takes no 4D mask (use attn_implementation='sdpa')"
+           if attention not in packing.MASKED_ATTENTION and not flash else
            "its rows are left-padded" if not packing.right_padded(attention_mask.cpu()) else None)
-    if why and (type(base).__name__, why) not in _warned:
-        _warned.add((type(base).__name__, why))
-        print(f"--packing {PACKING}: {type(base).__name__} runs unpacked: {why}")
+    note = f"{attention}: padding-free rows only (varlen cannot express a shared prefix)" if flash and PACKING == "both" else None
+    for said in (why, note):
+        if said and (type(base).__name__, said) not in _warned:
+            _warned.add((type(base).__name__, said))
+            print(f"--packing {PACKING}: {type(base).__name__}" + (f" runs unpacked: {said}" if said == why else f", {said}"))
     return why is None
 
 

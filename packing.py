@@ -23,9 +23,15 @@ where[n, last]. So every output equals the unpacked forward's up to float roundi
 and Llama with sdpa and eager attention, logits, rewards and gradients), and every function that reads the
 logits (losses.sequence_logps and its relatives) runs unchanged on them.
 
+Flash attention takes no mask: there the batch becomes one row of all its sequences, told apart by position ids
+that restart at 0 (transformers' varlen path, as its DataCollatorWithFlattening uses); --packing rows and both
+then mean padding-free rows only, since varlen cannot express a shared prefix. NOTE: this path is checked on the
+CPU through sdpa, where transformers reads the same position ids as separate sequences (Llama; tested), not on
+a GPU with flash-attn installed (none in this project's sessions).
+
 When it does not apply (models.forward then runs the plain, padded batch):
-  * attention that cannot take an arbitrary (rows, 1, L, L) mask: flash-attention kernels (their varlen path
-    packs sequences but cannot express a shared prefix) and anything but sdpa and eager;
+  * --packing prefix under flash attention (varlen has no shared prefix), and attention implementations other
+    than sdpa, eager and flash attention (e.g. flex attention);
   * left-padded rows (the sampler's; collated training batches are right-padded);
   * bidirectional encoders (judges.py's sequence classifiers): a prompt token there sees the response after it,
     so neither its states nor a pair's can be shared. They are never packed.
@@ -45,7 +51,7 @@ class Plan:
     """Where every token of an (N, T) right-padded batch sits in the packed (R, L) batch."""
     input_ids: torch.Tensor      # (R, L) packed tokens
     position_ids: torch.Tensor   # (R, L) each token's position in its original row
-    allowed: torch.Tensor        # (R, L, L) bool: query position i may attend to key position j
+    allowed: torch.Tensor        # (R, L, L) bool: query position i may attend to key position j (None: one_row)
     where: torch.Tensor          # (N, T) flat index (into R * L) of every real token; padding points at the row's last
     lengths: torch.Tensor        # (N,) real tokens per original row
 
@@ -76,10 +82,12 @@ def shared_prefixes(input_ids, lengths):
     return torch.where(shared > 0, parent, -1), shared
 
 
-def plan(input_ids, attention_mask, prefix=True, rows=True, pad_id=0):
+def plan(input_ids, attention_mask, prefix=True, rows=True, pad_id=0, one_row=False):
     """Pack a right-padded (N, T) batch. `prefix`: share common prefixes between rows; `rows`: put several
     families (a row and the rows that share its prefix) in one packed row, first-fit by decreasing size into
-    rows as long as the largest family. Neither: every row alone, as collated (a plan that changes nothing)."""
+    rows as long as the largest family. Neither: every row alone, as collated (a plan that changes nothing).
+    `one_row`: every family in a single row and no mask built (flash attention's varlen path, which tells the
+    sequences apart by their position ids restarting at 0)."""
     input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()
     N, T = input_ids.shape
     lengths = attention_mask.sum(1)                                                   # (N,)
@@ -97,7 +105,7 @@ def plan(input_ids, attention_mask, prefix=True, rows=True, pad_id=0):
     for n in range(N):
         families.setdefault(root[n], []).append(n)
     size = {r: sum(own[n] for n in members) for r, members in families.items()}
-    L = max(size.values())
+    L = sum(size.values()) if one_row else max(size.values())
     bins, room = [], []                                                               # bins of families
     for r in (sorted(families, key=lambda r: (-size[r], r)) if rows else families):
         b = next((i for i, free in enumerate(room) if free >= size[r]), None) if rows else None
@@ -110,7 +118,7 @@ def plan(input_ids, attention_mask, prefix=True, rows=True, pad_id=0):
     where = torch.zeros(N, T, dtype=torch.long)                                       # (N, T)
     packed = torch.full((R * L,), pad_id, dtype=torch.long)                           # (R L,)
     position_ids = torch.zeros(R * L, dtype=torch.long)                               # (R L,)
-    allowed = torch.eye(L, dtype=torch.bool).repeat(R, 1, 1)                          # (R, L, L) padding: itself
+    allowed = None if one_row else torch.eye(L, dtype=torch.bool).repeat(R, 1, 1)     # (R, L, L) padding: itself
     for b, family_roots in enumerate(bins):
         offset = 0
         for r in family_roots:
@@ -123,8 +131,9 @@ def plan(input_ids, attention_mask, prefix=True, rows=True, pad_id=0):
                 offset += ln - s
                 packed[where[n, s:ln]] = input_ids[n, s:ln]
                 position_ids[where[n, :ln]] = torch.arange(ln)
-                local = where[n, :ln] - b * L                                         # (ln,) places in row b
-                allowed[b][local[:, None], local[None, :]] |= torch.ones(ln, ln, dtype=torch.bool).tril()
+                if allowed is not None:
+                    local = where[n, :ln] - b * L                                     # (ln,) places in row b
+                    allowed[b][local[:, None], local[None, :]] |= torch.ones(ln, ln, dtype=torch.bool).tril()
     return Plan(packed.view(R, L), position_ids.view(R, L), allowed, where, lengths)
 
 
@@ -132,10 +141,13 @@ def packed_forward(model, input_ids, attention_mask, keep, mode, attention, dtyp
                    output_hidden_states=False, pad_id=0):
     """model(...) on the packed batch -> (logits (M, V) at the positions `keep` (N, T) marks, in row-major order,
     as an unpacked forward with logits_to_keep=keep returns them; the last real token's final hidden state (N, d)
-    when output_hidden_states, else None). `attention`: the model's attention implementation (sdpa or eager)."""
+    when output_hidden_states, else None). `attention`: the model's attention implementation: sdpa or eager get
+    the 4D mask; flash attention gets one row without a mask, its sequences told apart by position ids that
+    restart at 0 (its varlen path; no shared prefix, which varlen cannot express)."""
     device = input_ids.device
-    p = plan(input_ids, attention_mask, prefix=mode in ("prefix", "both"), rows=mode in ("rows", "both"),
-             pad_id=pad_id)
+    varlen = attention.startswith("flash")
+    p = plan(input_ids, attention_mask, prefix=mode in ("prefix", "both") and not varlen,
+             rows=mode in ("rows", "both") or varlen, pad_id=pad_id, one_row=varlen)
     R, L = p.input_ids.shape
     targets = p.where[keep.cpu()]                                                     # (M,) flat packed places
     kwargs = {}
@@ -145,8 +157,9 @@ def packed_forward(model, input_ids, attention_mask, keep, mode, attention, dtyp
         kwargs["logits_to_keep"] = packed_keep.view(R, L).to(device)
         rank = packed_keep.long().cumsum(0) - 1                                       # place -> row of the logits
         targets = rank[targets]
-    out = model(input_ids=p.input_ids.to(device), attention_mask=p.mask(attention, dtype).to(device),
-                position_ids=p.position_ids.to(device), output_hidden_states=output_hidden_states, **kwargs)
+    mask = None if varlen else p.mask(attention, dtype).to(device)
+    out = model(input_ids=p.input_ids.to(device), attention_mask=mask, position_ids=p.position_ids.to(device),
+                output_hidden_states=output_hidden_states, use_cache=False, **kwargs)   # no cache: else no varlen
     logits = out.logits if packs_logits else out.logits.reshape(R * L, -1)
     logits = logits[targets.to(device)]                                               # (M, V)
     last = None

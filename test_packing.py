@@ -7,6 +7,7 @@ import torch
 
 import models
 import packing
+from losses import sequence_logps
 from tokenization import collate, collate_completions
 from train_test_helpers import metrics, run, weights
 
@@ -177,20 +178,41 @@ def test_a_broken_mask_or_position_is_caught(monkeypatch, broken):
 # ------------------------------------------------------------------------------------------------------------
 # Where it does not pack: the plain forward runs, and says why once
 # ------------------------------------------------------------------------------------------------------------
-def test_left_padded_rows_and_flash_attention_run_unpacked(capsys):
+def test_left_padded_rows_and_prefix_under_flash_attention_run_unpacked(capsys):
     model = opt()
     left = {k: v.flip(-1) for k, v in pairs_batch().items()}                   # left-padded rows
-    models.PACKING = "both"
+    right = pairs_batch()["attention_mask"]
     try:
-        assert not models.packable(model, left["attention_mask"])
-        assert models.packable(model, pairs_batch()["attention_mask"])
+        models.PACKING = "both"
+        assert not models.packable(model, left["attention_mask"]) and models.packable(model, right)
         model.config._attn_implementation = "flash_attention_2"
-        assert not models.packable(model, pairs_batch()["attention_mask"])
+        assert models.packable(model, right)                                    # rows only, through varlen
+        models.PACKING = "prefix"
+        assert not models.packable(model, right)
+        model.config._attn_implementation = "flex_attention"
+        assert not models.packable(model, right)
     finally:
         models.PACKING = "off"
         model.config._attn_implementation = "sdpa"
     said = capsys.readouterr().out
-    assert "left-padded" in said and "flash_attention_2" in said and "runs unpacked" in said
+    assert "left-padded" in said and "padding-free rows only" in said and "has no shared prefix" in said
+    assert "'flex_attention' takes no 4D mask" in said
+
+
+def test_the_varlen_rows_of_flash_attention_equal_the_plain_forward():
+    # flash attention gets one row, no mask, position ids restarting at 0 per sequence. On the CPU, Llama's sdpa
+    # reads the same inputs as separate sequences (transformers' packed-sequence detection), which checks the
+    # layout and the position ids that the flash kernel's varlen path receives (the kernel itself needs a GPU)
+    model, batch = models.add_reward_head(llama()), pairs_batch()
+    want = models.batch_logps(model, batch, with_head=True)
+    ids, att, keep = batch["input_ids"], batch["attention_mask"], models.completion_mask(batch["loss_mask"])
+    logits, last = packing.packed_forward(model, ids, att, keep, "both", "flash_attention_2", torch.float32,
+                                          packs_logits=True, output_hidden_states=True, pad_id=PAD)
+    got = sequence_logps(logits, ids, batch["loss_mask"])
+    torch.testing.assert_close(got, want["logps"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.reward_head(last).squeeze(-1), want["head"], atol=1e-5, rtol=1e-5)
+    p = packing.plan(ids, att, prefix=False, rows=True, one_row=True, pad_id=PAD)
+    assert p.input_ids.shape == (1, int(att.sum())) and p.allowed is None        # every real token, once, no pad
 
 
 # ------------------------------------------------------------------------------------------------------------
