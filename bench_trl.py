@@ -13,6 +13,7 @@ word w<id> is token id <id>: TRL's tokenization gives back exactly bench.py's to
 Each configuration in its own process (peak RSS is per process); bench.py --speed_table interleaves them.
 """
 import copy
+import importlib.util
 import json
 import os
 import resource
@@ -108,9 +109,7 @@ def main(argv=None):
     cfg = parse_config(TRLBenchConfig, sys.argv[1:] if argv is None else argv, description=__doc__.split("\n\n")[0])
     quiet_transformers()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import trl  # noqa: F401
-    except ModuleNotFoundError:
+    if importlib.util.find_spec("trl") is None:
         sys.exit("error: bench_trl.py needs TRL (not a dependency of this project): pip install --no-deps trl==1.16.0")
     res = run(cfg)
     print(json.dumps(res))

@@ -1341,6 +1341,162 @@ def modpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logp
 
 
 # ============================================================================================================
+# The iterative / online Nash family: losses of round t, on the policy's own samples labelled by an annotator
+#
+# These train pi_{t+1} from pi_t, round after round: sample K responses per prompt from pi_t, label them with an
+# annotator (here the Oracle, a Bradley-Terry reward model, so P(y > y') = sigmoid(r(y) - r(y'))), train.
+# What the functions below take, besides the policy's summed log-probs S:
+#     anchor    S_t, the log-probs under pi_t, the round's frozen starting policy (the "previous iterate")
+#     reference S_ref, under the original pi_ref (INPO and MNPO keep a pull towards it)
+#     win rates P_hat(y > pi_t) = (1/K) sum_k P(y > y_k) over the round's K samples, y_k ~ pi_t (SPPO, DNO)
+# With a Bradley-Terry annotator P is transitive: a Condorcet winner exists and the intransitive preferences
+# these methods were designed for cannot occur; each then reduces to a KL-anchored self-play method on
+# win rates, well defined but with no advantage over iterative DPO by construction (README, "Online").
+# ============================================================================================================
+
+
+# ------------------------------------------------------------------------------------------------------------
+# SPPO (Wu et al., arXiv 2405.00675; Eq. 4.6-4.7 and Algorithm 1; the authors' code, sppo/trainer.py)
+#
+# 1) Multiplicative weights on the preference game: pi_{t+1}(y) = pi_t(y) exp(eta P(y > pi_t | x)) / Z_t(x).
+# 2) Regress each response's log-ratio against pi_t on that exponent, with log Z_t(x) ~ eta / 2 (Eq. 4.7):
+#        l(y) = ( S(y) - S_t(y) - eta (P_hat(y > pi_t) - 1/2) )^2
+# 3) P_hat(y_i > pi_t) = (1/K) sum_{k=1..K} P(y_i > y_k), the sum INCLUDING k = i (P(y_i > y_i) = 1/2; the
+#    code's prb[i][i] = sigmoid(0)); the round keeps, per prompt, the samples with the highest and lowest
+#    P_hat as (y_w, y_l), and the loss of the pair is the MEAN of the two per-sample losses (the code's form):
+#        loss = [ (rho_t(y_w) - eta (P_w - 1/2))^2 + (rho_t(y_l) - eta (P_l - 1/2))^2 ] / 2
+# Gradient (checked): d loss / d rho_t(y) = rho_t(y) - eta (P(y) - 1/2), for y = y_w and y = y_l.
+# Optimum: rho_t(y) = eta (P(y) - 1/2): finite, each response's log-ratio set by its own win rate.
+# Sanity values (checked): K = 5, y_w beats the 4 others surely: P_w = (1/2 + 4)/5 = 0.9; P_l = 0.1;
+#   eta = 1000 (the paper's), pi = pi_t: loss = [(-400)^2 + (400)^2] / 2 = 160,000; the gradient on rho_t(y_w)
+#   is -400 < 0, so a step raises pi(y_w).
+# sppo_hard above is the offline special case P_w = 1, P_l = 0, pi_t = pi_ref, eta = 1/beta (summed, not averaged).
+# ------------------------------------------------------------------------------------------------------------
+def sppo_loss(policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps,
+              chosen_win_rates, rejected_win_rates, *, eta=1000.0):
+    """Shapes: all (B,); log-probs summed; win rates P_hat(y > pi_t) in [0, 1]. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, _ = _logratios(
+        policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps)
+    target_w = eta * (chosen_win_rates.detach() - 0.5)                          # (B,)
+    target_l = eta * (rejected_win_rates.detach() - 0.5)                        # (B,)
+    losses = ((chosen_logratios - target_w) ** 2 + (rejected_logratios - target_l) ** 2) / 2   # (B,) step 3
+    return losses, _reward_metrics(chosen_logratios / eta, rejected_logratios / eta)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DNO (Rosset et al., arXiv 2404.03715; Algorithm 1 and Eq. 8/12 for the general form, Algorithm 2 and Eq. 13
+# for the practical one)
+#
+# 1) Soft policy iteration on the win rate against the current policy, r_t(x, y) = E_{y' ~ pi_t} P(y > y' | x):
+#        pi*_{t+1}(y) proportional to pi_t(y) exp(r_t(x, y) / eta)
+# 2) Regress the policy's internal reward eta * rho_t(y) = eta log(pi(y) / pi_t(y)) onto r_t with a pairwise
+#    cross-entropy whose target is soft, z* = sigmoid(r_t(y_1) - r_t(y_2)) (Eq. 8):
+#        loss = - z* log sigmoid(eta h_t) - (1 - z*) log sigmoid(-eta h_t),   h_t = rho_t(y_1) - rho_t(y_2)
+#    We write the stable form: softplus(-eta h_t) + (1 - z*) eta h_t  (softplus(-u) = -log sigmoid(u)).
+# 3) The practical DNO (Eq. 13) is the hard-label limit on margin-filtered pairs: -log sigmoid(eta h_t), i.e.
+#    DPO with beta = eta and pi_t as the reference (online.py builds its pairs; the loss is dpo's).
+# Gradient (checked): d loss / d h_t = eta (sigmoid(eta h_t) - z*).
+# Optimum: eta h_t = logit(z*) = r_t(y_1) - r_t(y_2): finite whenever z* is in (0, 1).
+# Sanity values (checked): pi = pi_t -> ln 2 for every target; win rates (0.9, 0.2), eta = 0.1: the optimum gap
+#   is h_t = 0.7 / 0.1 = 7.0.
+# ------------------------------------------------------------------------------------------------------------
+def dno_loss(policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps,
+             chosen_win_rates, rejected_win_rates, *, eta=0.1):
+    """Shapes: all (B,); log-probs summed; win rates r_t(y) in [0, 1]. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps)
+    z = torch.sigmoid((chosen_win_rates - rejected_win_rates).detach())        # (B,) soft target z*
+    u = eta * h                                                                 # (B,)
+    losses = softplus(-u) + (1 - z) * u                                         # (B,) step 2
+    return losses, _reward_metrics(eta * chosen_logratios, eta * rejected_logratios, targets=z)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# INPO (Zhang et al., arXiv 2407.00617; Eq. 5, Algorithm 1 and Eq. 8 there)
+#
+# 1) Online mirror descent on the KL-regularised preference game (regulariser tau, step 1/eta):
+#        pi_{t+1}(y) proportional to pi_ref(y)^(tau/eta) pi_t(y)^(1 - tau/eta) exp(P(y > pi_t) / eta)
+# 2) On a pair sampled from pi_t with a binary label, this update is the minimiser of a squared loss with no
+#    win-rate estimate (Prop. 6 there): with
+#        h_t = [S(y_w) - S(y_l)] - (tau/eta) [S_ref(y_w) - S_ref(y_l)] - (1 - tau/eta) [S_t(y_w) - S_t(y_l)]
+#        loss = ( h_t - 1/(2 eta) )^2
+# Gradient (checked): d loss / d S(y_w) = 2 (h_t - 1/(2 eta)) = - d loss / d S(y_l).
+# Optimum: h_t = 1/(2 eta).
+# Sanity values (checked): round 1, pi_t = pi_ref: h_t = rho(y_w) - rho(y_l), i.e. IPO with tau_IPO = eta on
+#   summed log-probs; eta = 0.005 (the paper's) at pi = pi_ref: loss = 100^2 = 10,000; tau = 0: online IPO
+#   against pi_t.
+# ------------------------------------------------------------------------------------------------------------
+def inpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+              anchor_chosen_logps, anchor_rejected_logps, *, eta=0.005, tau=None):
+    """Shapes: all (B,) summed log-probs; reference = pi_ref, anchor = pi_t. tau defaults to eta / 3 (the
+    paper's). Returns losses (B,), metrics."""
+    tau = eta / 3 if tau is None else tau
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps)
+    mix_w = (tau / eta) * reference_chosen_logps.detach() + (1 - tau / eta) * anchor_chosen_logps.detach()     # (B,)
+    mix_l = (tau / eta) * reference_rejected_logps.detach() + (1 - tau / eta) * anchor_rejected_logps.detach()  # (B,)
+    chosen, rejected = policy_chosen_logps - mix_w, policy_rejected_logps - mix_l                          # (B,)
+    losses = (chosen - rejected - 1 / (2 * eta)) ** 2                           # (B,) step 2
+    return losses, _reward_metrics(eta * chosen, eta * rejected)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MNPO, its time-dependent form TD-MNPO (Wu et al., arXiv 2509.23102; Eq. 10, 15 and 17; the authors' code,
+# mnpo_trainer.py)
+#
+# 1) n players; each best-responds to the geometric mean of the others with a multiplicative-weights step
+#    (Eq. 10): pi_{t+1}(y) proportional to prod_{j} pi_j(y)^(1/(n-1)) exp(eta/(n-1) sum_j P(y > pi_j)).
+# 2) TD-MNPO takes the opponents to be the last iterates pi_{t}, pi_{t-1}, ... with weights lambda_j (sum 1), and
+#    keeps a share `ratio` of pi_ref (the code's form):
+#        h = [S(y_w) - S(y_l)] - ratio [S_ref(y_w) - S_ref(y_l)] - (1 - ratio) sum_j lambda_j [S_j(y_w) - S_j(y_l)]
+#        loss = ( h - 1/(2 eta) )^2
+# Gradient (checked): d loss / d S(y_w) = 2 (h - 1/(2 eta)) = - d loss / d S(y_l).
+# Sanity values (checked): one opponent pi_t with ratio = tau/eta is INPO exactly; eta = 0.0075 (the paper's)
+#   at pi = every opponent = pi_ref: loss = (1/0.015)^2 = 4444.4.
+# ------------------------------------------------------------------------------------------------------------
+def mnpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+              history_chosen_logps, history_rejected_logps, *, eta=0.0075, ratio=1 / 3, weights=None):
+    """Shapes: policy/reference (B,) summed log-probs; history (J, B): the opponents' log-probs, newest first.
+    weights: (J,) lambda_j (normalised here; default equal). Returns losses (B,), metrics."""
+    J = history_chosen_logps.shape[0]
+    lam = torch.full((J,), 1.0 / J) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    lam = (lam / lam.sum()).to(history_chosen_logps)[:, None]                   # (J, 1)
+    opponents_w = (lam * history_chosen_logps.detach()).sum(0)                  # (B,)
+    opponents_l = (lam * history_rejected_logps.detach()).sum(0)                # (B,)
+    return inpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                     opponents_w, opponents_l, eta=eta, tau=ratio * eta)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Online IPO with a soft target: EGPO's loss (Zhou et al., arXiv 2503.08942; the authors' code,
+# simulations/loss_funcs.py and lms/trainers/extragradient_trainer.py)
+#
+# 1) The beta-KL-regularised preference game, solved by extragradient steps on the gradient of
+#        L = E_{y, y' ~ pi} ( rho(y) - rho(y') - (P(y > y') - 1/2) / beta )^2,    rho against the FIXED pi_ref
+#    (the code's variance-reduced target when y, y' and the opponent sample come from one policy).
+# 2) The extragradient step itself (a half step, fresh samples, the full step from the saved weights) is the
+#    driver's (online.py), not the loss's.
+# Gradient (checked): d loss / d h = 2 (h - (P - 1/2) / beta),  h = rho(y_w) - rho(y_l).
+# Sanity values (checked): rho = 0, P = 0.7, beta = 0.1: loss = (0.2 / 0.1)^2 = 4.0; stationary at h = 2.0.
+#   P = 1 is IPO's target 1/(2 beta) on summed log-probs.
+# ------------------------------------------------------------------------------------------------------------
+def online_ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                    preferences, *, beta=0.1):
+    """Shapes: all (B,); log-probs summed; preferences P(y_w > y_l) in [0, 1]. Returns losses (B,), metrics."""
+    chosen_logratios, rejected_logratios, h = _logratios(
+        policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    losses = (h - (preferences.detach() - 0.5) / beta) ** 2                     # (B,) step 1
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+
+
+def win_rates(rewards):
+    """(B, K) annotator rewards of K samples per prompt -> (B, K) P_hat(y_i > pi_t) = (1/K) sum_k
+    sigmoid(r_i - r_k), the sum including k = i (which adds 1/2): SPPO's estimate (and DNO's r_t) under a
+    Bradley-Terry annotator."""
+    P = torch.sigmoid(rewards[:, :, None] - rewards[:, None, :])                # (B, K, K) P(y_i > y_k)
+    return P.mean(-1)                                                           # (B, K)
+
+
+# ============================================================================================================
 # Registry: method name -> the function, what the trainer must feed it, and its hyper-parameters
 #
 # `inputs` lists, in call order, the pairs of (B,) tensors the function takes before its keywords:

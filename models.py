@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import cache
+import packing
 from common import go_offline, hub_reachable
 from losses import (sequence_logps, sequence_mean_logits, sequence_tail_logps, sequence_weighted_logps,
                     sequence_wpo_logps)
@@ -307,7 +308,6 @@ def forward(model, input_ids, attention_mask, loss_mask=None, last_hidden=False)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base        # through a peft wrapper
     pack_logits = loss_mask is not None and PACK_LOGITS and packs_logits(type(base))
     if loss_mask is not None and PACKING != "off" and packable(base, attention_mask):
-        import packing
         dtype = next(base.parameters()).dtype
         return packing.packed_forward(model, input_ids, attention_mask, completion_mask(loss_mask), PACKING,
                                       base.config._attn_implementation, dtype, pack_logits, last_hidden,
@@ -326,7 +326,6 @@ def packable(base, attention_mask):
     """Can this forward run packed? A decoder whose attention takes a 4D mask (packing.MASKED_ATTENTION), or flash
     attention's varlen path for padding-free rows, and a right-padded batch; otherwise the plain forward runs,
     and the first time the reason is printed."""
-    import packing
     attention = str(getattr(base.config, "_attn_implementation", None))
     flash = attention.startswith("flash")
     why = ("it is an encoder-decoder" if getattr(base.config, "is_encoder_decoder", False) else
