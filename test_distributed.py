@@ -176,6 +176,17 @@ def test_ddp_drdo_with_its_reward_head_equals_accumulation(cache, tmp_path):
     torch.testing.assert_close(heads[1]["weight"], heads[0]["weight"], atol=1e-6, rtol=0)
 
 
+def test_ddp_with_packed_rows_equals_accumulation(cache, tmp_path):
+    # --packing both under torchrun: each rank packs its own micro-batches (a pair's prompt once, no padding);
+    # the run equals one process accumulating the same packed micro-batches
+    args = ["--method", "dpo", *STEPS, "--packing", "both", "--eval_every", "2"]
+    run(tmp_path, *args, name="single")
+    r = torchrun(tmp_path, *args, name="ddp")
+    assert r.returncode == 0, said(r)
+    assert "packing both" in r.stdout
+    assert_same_run("single", "ddp", tmp_path)
+
+
 def test_ddp_edpo_chooses_the_member_on_the_global_batch_and_builds_everything_once(cache, tmp_path):
     # an empty cache but for the embedded task: under torchrun, rank 0 alone trains the 3 Oracle members and
     # scores the pairs while rank 1 waits, then reads them; pi_ref's log-probs are computed half by each rank

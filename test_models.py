@@ -115,7 +115,7 @@ def test_logits_only_at_completion_positions_give_the_same_logps_and_gradients()
     model = tiny_opt()
     batch = pair_batch()
     assert models.packs_logits(type(model))
-    packed = models.forward(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).logits
+    packed = models.forward(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])[0]
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     M = int(batch["loss_mask"][:, 1:].sum())
     assert packed.shape == (M, full.shape[-1]) and M == 3 + 3 + 2 + 4
