@@ -3,7 +3,7 @@
 The DPO family (every loss whose registry entry consumes "reference") needs log pi_ref(y|x) for both
 responses of every pair. They never change during training, so train.py computes them once, before the
 policy's optimizer exists, and stores them in <cache>/reflogps-<key>/logps.pt (a cache entry: cache.py); later
-runs with the same reference weights, tokenizer, token ids, lengths and reduction read the file. With LoRA and
+runs with the same reference weights, token ids, lengths, reduction and packing mode read the file. With LoRA and
 no --ref_model, pi_ref is the policy itself with its adapters switched off: no second copy of the model ever
 sits in memory. Under torchrun the pairs are shared out over the processes and the results gathered (each pair
 computed once).
@@ -50,7 +50,9 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     on which rank computes it, so they equal the single-process ones. `policy` is then distributed's
     d.local(model): DDP's replica, or the FSDP-sharded model (every rank takes part in each forward)."""
     ref_name, identity = reference_identity(cfg, task_ref)
-    key = stable_hash([ref_name, identity, len(tokenizer), tokenizer.name_or_path,
+    # the token ids are in the key, so the tokenizer enters only by its length: not by its path, which differs
+    # when a resumed run loads it from its checkpoint (the same pi_ref log-probs must be read back, not recomputed)
+    key = stable_hash([ref_name, identity, len(tokenizer),
                        [(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]) for e in examples],
                        cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails", *packing_key()])
     entry = os.path.join(cache.cache_root(), f"reflogps-{key}")

@@ -22,7 +22,7 @@ from train_test_helpers import HERE, metrics, run, trainer_subprocess, weights
 
 @pytest.mark.parametrize("method", [["--method", "drdo", "--student_reward", "head"], ["--method", "dpo"],
                                     ["--method", "dpo", "--packing", "both"]])
-def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
+def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method, capsys):
     # checkpoint every 2 steps, stop after step 5 (the checkpoint is at step 4), resume: steps 5.. are replayed
     # from the checkpoint's optimizer/scheduler state and the step-indexed data order -> identical in fp32.
     # drdo: with its reward head; dpo: with its reference log-probs read from the cache on resume; packed rows.
@@ -30,7 +30,12 @@ def test_stopped_and_resumed_run_equals_uninterrupted(cache, tmp_path, method):
     run(tmp_path, *args, name="whole")
     run(tmp_path, *args, "--stop_after", "5", name="split")
     assert checkpoint.load_state(checkpoint.latest(str(tmp_path / "split")))["step"] == 4
+    capsys.readouterr()
     run(tmp_path, *args, "--resume", name="split")
+    if "dpo" in method:                               # the resumed run reads pi_ref's cached log-probs back
+        said = capsys.readouterr().out
+        lines = [line for line in said.splitlines() if line.startswith("pi_ref log-probs")]
+        assert len(lines) == 2 and all(": cached in" in line for line in lines), lines
     assert metrics(tmp_path, "split") == metrics(tmp_path, "whole")
     wa, wb = weights(tmp_path, "split"), weights(tmp_path, "whole")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
