@@ -46,6 +46,7 @@ class Config:
     data_split: str = ""           # hub dataset's training split, optionally ",<held-out split>" (e.g. train_prefs,test_prefs)
     ref_model: str = ""            # pi_ref; empty = the starting policy (--model), which is the SFT model on the embedded task
     oracle_model: str = ""         # Oracle backbone; empty = --model
+    oracle_dir: str = ""           # use this trained Oracle (oracle.py --out DIR), frozen, instead of training one on the data
     # --- data condition --------------------------------------------------------------------------------------
     split: str = "all"             # all | deterministic | nondeterministic (top / bottom tercile of |gold margin|)
     flip: float = 0.0              # share of training pairs whose labels are swapped (label noise; 0, 0.2, 0.4)
@@ -184,6 +185,8 @@ def resolve(cfg, limits=LIMITS):
     if info.needs_guidance and cfg.ref_sync_every:
         raise ValueError("--ref_sync_every moves pi_ref, while tgdpo's guidance g = log pi_r - log pi_ref is computed "
                          "once against the fixed pi_ref; use one or the other")
+    if cfg.oracle_dir and not info.needs_oracle:
+        raise ValueError(f"--oracle_dir gives Oracle rewards; --method {cfg.method} reads none")
     if cfg.resume_from and not os.path.isdir(cfg.resume_from):
         raise ValueError(f"--resume_from {cfg.resume_from}: no such directory")
     small = cfg.model in ("embedded", "tiny")

@@ -223,6 +223,19 @@ def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     return members, report
 
 
+def saved_members(directory):
+    """The member directories of an Oracle saved by `oracle.py --out DIR` (or any cached oracle-* entry), checked:
+    -> list of paths. A directory that is not one, or is damaged, is a ValueError naming the fix."""
+    report = os.path.join(directory, "report.json")
+    why = (f"{directory}: no such directory" if not os.path.isdir(directory) else
+           f"{directory} holds no report.json: it is not an Oracle saved by oracle.py" if not os.path.exists(report)
+           else cache.problem(directory))
+    if why:
+        raise ValueError(f"--oracle_dir {why}. Train one with: python oracle.py --out {directory}")
+    with open(report) as f:
+        return [os.path.join(directory, m) for m in json.load(f)["members"]]
+
+
 def train_members(cfg, train_ds, test_ds, task_reference, directory, final, log=print):
     """Train the cfg.ensemble members into `directory` (member-<k>/ each, report.json last) -> the report."""
     log(f"Oracle: training {cfg.ensemble} member(s) on {len(train_ds)} pairs, alpha {cfg.alpha}, "

@@ -53,3 +53,30 @@ def test_bad_inputs_give_one_clear_error_and_cache_nothing(tmp_path, monkeypatch
     assert not (tmp_path / "o").exists()
     assert not (tmp_path / "cache").exists() or not any(
         d.startswith(("oracle-", "scored-")) for d in os.listdir(tmp_path / "cache"))
+
+
+def test_a_given_oracle_is_used_frozen_and_a_bad_one_is_refused_before_anything_is_written(cache, tmp_path,
+                                                                                          monkeypatch, capsys):
+    # oracle.py --out DIR trains one Oracle; train.py --oracle_dir DIR scores the pairs with exactly its member
+    # and trains none (ensure_oracles would raise)
+    import train
+    from train_test_helpers import run
+    oracle.main(["--data", "embedded-tiny", "--out", str(tmp_path / "oracle"), "--epochs", "1", "--no-score",
+                 "--no-seqcls"])
+    scored = []
+    real_score = oracle.score_dataset
+    monkeypatch.setattr(oracle, "score_dataset", lambda members, *a, **k: scored.append(members) or real_score(members, *a, **k))
+    monkeypatch.setattr(oracle, "ensure_oracles", lambda *a, **k: pytest.fail("an Oracle was trained"))
+    capsys.readouterr()
+    s = run(tmp_path, "--method", "drdo", "--epochs", "0.3", "--oracle_dir", str(tmp_path / "oracle"))
+    assert scored == [[str(tmp_path / "oracle" / "member-0")]] * 2 and s["steps"] > 0          # train, held-out
+    assert "Oracle: 1 member(s) given by --oracle_dir" in capsys.readouterr().out
+    # not an Oracle: one message naming the fix; the run directory is never created
+    for bad, said in ((tmp_path / "nowhere", "no such directory"), (tmp_path, "holds no report.json")):
+        with pytest.raises(SystemExit, match=f"--oracle_dir .*{said}.*python oracle.py --out"):
+            train.main(["--data", "embedded-tiny", "--method", "drdo", "--oracle_dir", str(bad),
+                        "--out", str(tmp_path / "refused")])
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="--method dpo reads none"):
+        train.main(["--data", "embedded-tiny", "--method", "dpo", "--oracle_dir", str(tmp_path / "oracle"),
+                    "--out", str(tmp_path / "refused")])

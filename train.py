@@ -85,12 +85,16 @@ def prepare_data(cfg, log=print):
     log(f"data: {len(train_ds)} training pairs ({cfg.data}, split {cfg.split}, {cfg.flip:.0%} labels flipped), "
         f"{len(test_ds)} held-out pairs")
     members = []
-    if loss_entry(cfg.method).needs_oracle:
+    if loss_entry(cfg.method).needs_oracle and cfg.oracle_dir:        # a given Oracle, frozen: nothing trained
+        members = oracle.saved_members(cfg.oracle_dir)
+        log(f"Oracle: {len(members)} member(s) given by --oracle_dir {cfg.oracle_dir}")
+    elif loss_entry(cfg.method).needs_oracle:
         ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, data_config=cfg.data_config,
                                    data_split=cfg.data_split, alpha=cfg.oracle_alpha,
                                    ensemble=cfg.ensemble, epochs=cfg.oracle_epochs, lr=cfg.oracle_lr,
                                    max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, seed=cfg.seed)
         members, _ = oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)
+    if members:
         train_ds = oracle.score_dataset(members, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
         test_ds = oracle.score_dataset(members, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
     return train_ds, test_ds, task, members
@@ -198,6 +202,8 @@ def run(cfg, d, log):
     device = d.device
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    if cfg.oracle_dir:                                  # checked before anything is written
+        oracle.saved_members(cfg.oracle_dir)
     os.makedirs(cfg.out, exist_ok=True)
     d.check_shared(cfg.out, cache_root())               # torchrun: rank 0 writes what every rank reads
     if d.rank == 0:
