@@ -199,14 +199,14 @@ ROWS = {   # name -> flags; the goal compares drdo + LoRA with dpo full fine-tun
 }
 
 
-def table(cfg, argv, log=print):
-    """Every row in its own process, all rows once per round (A, B, C, ..., A, B, C, ...), so slow minutes of
-    a shared machine hit every row alike; each row keeps its fastest step time and its largest peak memory."""
-    shared = [a for a in argv if a not in ("--table",)]
+def interleaved(commands, rounds, log=print):
+    """name -> command line; every row in its own process, all rows once per round (A, B, C, ..., A, B, C, ...),
+    so slow minutes of a shared machine hit every row alike; each row keeps its fastest step time (and the
+    tokens/s that goes with it) and its largest peak memory. -> name -> the row's JSON result."""
     results = {}
-    for round_ in range(cfg.rounds):
-        for name, flags in ROWS.items():
-            r = subprocess.run([sys.executable, __file__, *shared, *flags], capture_output=True, text=True)
+    for round_ in range(rounds):
+        for name, command in commands.items():
+            r = subprocess.run(command, capture_output=True, text=True)
             if r.returncode:
                 raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
             res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -215,7 +215,16 @@ def table(cfg, argv, log=print):
                 res["tokens_per_s"] = res["tokens_per_step"] / res["step_s"]
                 res["peak_memory_GB"] = max(res["peak_memory_GB"], results[name]["peak_memory_GB"])
             results[name] = res
-            log(f"round {round_ + 1}, {name}: {res['step_s']:.2f} s/step, {res['peak_memory_GB']:.2f} GB")
+            log(f"round {round_ + 1}, {name}: {res['step_s']:.2f} s/step, {res['tokens_per_s']:.0f} tokens/s, "
+                f"{res['peak_memory_GB']:.2f} GB")
+    return results
+
+
+def table(cfg, argv, log=print):
+    """The memory/speed table: ROWS interleaved (interleaved)."""
+    shared = [a for a in argv if a not in ("--table",)]
+    results = interleaved({name: [sys.executable, __file__, *shared, *flags] for name, flags in ROWS.items()},
+                          cfg.rounds, log)
     base = results["dpo, full, live reference"]
     lines = [f"| {cfg.model}, {cfg.batch_size} pairs x {cfg.max_length} tokens ({cfg.max_prompt_length} prompt), "
              f"{base['dtype']} | trainable (M) | s / step | tokens / s | tensor memory (MB): weights + gradients + "
@@ -245,20 +254,9 @@ def speed_rows(cfg):
 
 
 def speed_table(cfg, log=print):
-    """Every row in its own process, all rows once per round (A, B, C, ..., A, B, C, ...); each row keeps its
-    fastest round (tokens/s) and its largest peak memory. Ratios are against the two TRL rows."""
-    rows, results = speed_rows(cfg), {}
-    for round_ in range(cfg.rounds):
-        for name, command in rows.items():
-            r = subprocess.run(command, capture_output=True, text=True)
-            if r.returncode:
-                raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            if name in results:
-                res["tokens_per_s"] = max(res["tokens_per_s"], results[name]["tokens_per_s"])
-                res["peak_memory_GB"] = max(res["peak_memory_GB"], results[name]["peak_memory_GB"])
-            results[name] = res
-            log(f"round {round_ + 1}, {name}: {res['tokens_per_s']:.0f} real tokens/s, {res['peak_memory_GB']:.2f} GB")
+    """speed_rows interleaved (interleaved); ratios are against the two TRL rows."""
+    rows = speed_rows(cfg)
+    results = interleaved(rows, cfg.rounds, log)
     names = list(rows)
     trl, trl_pre = results[names[0]], results[names[1]]
     any_row = results[names[2]]

@@ -8,6 +8,7 @@ the range); `resume_command` turns a resolved config back into the command line 
 import os
 from dataclasses import asdict, dataclass, replace
 
+import packing
 from common import check_ranges
 from losses import FDPO_DIVERGENCES, LOSSES, loss_entry, parse_loss_weights
 from runlog import check_report_to
@@ -33,7 +34,7 @@ LIMITS = {
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
            "aggregate": ("batch_min", "example_min", "mean"),
            "student_reward": ("implicit-sum", "implicit-mean", "head"), "fdpo_divergence": FDPO_DIVERGENCES,
-           "base_dtype": ("auto", "fp32", "bf16"), "packing": ("off", "prefix", "rows", "both")}
+           "base_dtype": ("auto", "fp32", "bf16"), "packing": packing.MODES}
 
 
 @dataclass
