@@ -28,7 +28,8 @@ LIMITS = {
     "fdpo_alpha": "(0, 1)", "cpo_alpha": "[0, inf)", "kto_desirable_weight": "[0, inf)",
     "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
     "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
-    "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "tgdpo_alpha": "[0, inf)", "brain_beta": "(0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "tgdpo_alpha": "[0, inf)", "brain_beta": "(0, inf)", "sppo_eta": "(0, inf)",
+    "nash_eta": "(0, inf)", "nash_tau": "(-inf, inf)", "mnpo_ratio": "[0, 1]", "apo_alpha": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -90,6 +91,13 @@ class Config:
     guidance_model: str = ""       # tgdpo: the token-level guidance model pi_r (a run directory, checkpoint, path or hub id)
     brain_beta: float = 1.0        # brain: temperature of the target weights softmax(Oracle reward / beta)
     tgdpo_alpha: float = 0.5       # tgdpo: strength of the token weights 1 +- alpha beta g_t (paper 0.5)
+    sppo_eta: float = 1000.0       # sppo: eta, the step of its multiplicative weights; targets eta (P_hat - 1/2) (paper 1e3)
+    nash_eta: float = 0.005        # inpo, mnpo: eta; the pair's target log-ratio gap is 1 / (2 eta) (paper 0.005 / 0.0075)
+    nash_tau: float = -1.0         # inpo: tau, the pull towards pi_ref against pi_t (negative = eta / 3, the paper's)
+    mnpo_ratio: float = 1 / 3      # mnpo: the share of pi_ref in the opponents' mixture (the code's ratio; = tau / eta)
+    apo_alpha: float = 0.3         # apo_accel: Nesterov extrapolation of the reference, (1 + a) S_t - a S_{t-1}
+    anchor_models: str = ""        # inpo, mnpo, apo_accel: frozen models whose log-probs the loss reads besides --ref_model,
+                                   # comma-separated, newest first (online.py sets them: pi_t, the past iterates)
     curriculum_stage: int = 0      # Curry-DPO stage k: the best vs the k-th worst of each prompt's K samples (curriculum.py; 0 = off)
     loss_weights: str = ""         # --method a+b: one weight per loss, comma-separated (e.g. 1,0.2; empty = all 1)
     wpo: bool = False              # WPO: weight each pair's loss by its detached on-policy weight (DPO family, simpo)
@@ -186,6 +194,11 @@ def resolve(cfg, limits=LIMITS):
     if info.needs_guidance and cfg.ref_sync_every:
         raise ValueError("--ref_sync_every moves pi_ref, while tgdpo's guidance g = log pi_r - log pi_ref is computed "
                          "once against the fixed pi_ref; use one or the other")
+    if info.needs_anchors and not cfg.anchor_models:
+        raise ValueError(f"--method {cfg.method} reads the log-probs of the previous iterate(s) besides pi_ref; give "
+                         "--anchor_models (comma-separated), or run it round by round with online.py, which sets them")
+    if cfg.anchor_models and not info.needs_anchors:
+        raise ValueError(f"--anchor_models gives the previous iterates' log-probs; --method {cfg.method} reads none")
     if cfg.oracle_dir and not info.needs_oracle:
         raise ValueError(f"--oracle_dir gives Oracle rewards; --method {cfg.method} reads none")
     if cfg.resume_from and not os.path.isdir(cfg.resume_from):

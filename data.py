@@ -11,6 +11,8 @@ The record schema (TRL's preference format; every loader returns it, every consu
     confidence      optional float: annotator confidence in the label (TL;DR), NaN when unknown
     gold_response   optional, same type as `chosen`: a third, best response (TPO's "gold"; its NLL is trained)
     responses       optional list of K strings: every sampled response of the prompt (BRAIn's candidates)
+    chosen_win_rate optional float in [0, 1]: P_hat(chosen > pi_t), its estimated win rate against the policy
+    rejected_win_rate   that sampled it (online.py writes both for SPPO and DNO; losses.win_rates)
 Scores belong to the RESPONSE, not to the label: when label noise swaps chosen and rejected, the scores
 move with their texts, so `chosen_score < rejected_score` marks a flipped pair.
 
@@ -475,6 +477,11 @@ def validate(rows, source, where=None):
             if not is_score(value, allow_nan=field == "confidence"):
                 raise ValueError(f"{where(i)}, field {field!r}: expected a finite number (or a list of them, one "
                                  f"per Oracle member), got {describe(value)}; drop or re-score that row")
+        for field in ("chosen_win_rate", "rejected_win_rate"):
+            value = row.get(field)
+            if value is not None and not (is_score(value) and not isinstance(value, list) and 0 <= value <= 1):
+                raise ValueError(f"{where(i)}, field {field!r}: expected a win rate, a number in [0, 1], got "
+                                 f"{describe(value)}; drop or re-label that row")
         if "chosen_score" in row and row.get("chosen_score") is not None and (
                 isinstance(row["chosen_score"], list) != isinstance(row.get("rejected_score"), list)
                 or isinstance(row["chosen_score"], list) and len(row["chosen_score"]) != len(row["rejected_score"])):

@@ -1428,9 +1428,9 @@ def dno_loss(policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, an
 # ------------------------------------------------------------------------------------------------------------
 def inpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
               anchor_chosen_logps, anchor_rejected_logps, *, eta=0.005, tau=None):
-    """Shapes: all (B,) summed log-probs; reference = pi_ref, anchor = pi_t. tau defaults to eta / 3 (the
-    paper's). Returns losses (B,), metrics."""
-    tau = eta / 3 if tau is None else tau
+    """Shapes: all (B,) summed log-probs; reference = pi_ref, anchor = pi_t. tau: None or negative = eta / 3
+    (the paper's). Returns losses (B,), metrics."""
+    tau = eta / 3 if tau is None or tau < 0 else tau
     _pair_shapes(policy_chosen_logps, policy_rejected_logps, anchor_chosen_logps, anchor_rejected_logps)
     mix_w = (tau / eta) * reference_chosen_logps.detach() + (1 - tau / eta) * anchor_chosen_logps.detach()     # (B,)
     mix_l = (tau / eta) * reference_rejected_logps.detach() + (1 - tau / eta) * anchor_rejected_logps.detach()  # (B,)
@@ -1480,12 +1480,40 @@ def mnpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps
 #   P = 1 is IPO's target 1/(2 beta) on summed log-probs.
 # ------------------------------------------------------------------------------------------------------------
 def online_ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
-                    preferences, *, beta=0.1):
-    """Shapes: all (B,); log-probs summed; preferences P(y_w > y_l) in [0, 1]. Returns losses (B,), metrics."""
+                    chosen_rewards, rejected_rewards, *, beta=0.1):
+    """Shapes: all (B,); log-probs summed; the annotator's rewards of y_w, y_l, read as a Bradley-Terry
+    preference P(y_w > y_l) = sigmoid(r_w - r_l). Returns losses (B,), metrics."""
     chosen_logratios, rejected_logratios, h = _logratios(
         policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    losses = (h - (preferences.detach() - 0.5) / beta) ** 2                     # (B,) step 1
-    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios)
+    P = torch.sigmoid((chosen_rewards - rejected_rewards).detach())            # (B,) P(y_w > y_l)
+    losses = (h - (P - 0.5) / beta) ** 2                                        # (B,) step 1
+    return losses, _reward_metrics(beta * chosen_logratios, beta * rejected_logratios, preference=P)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# APO, Accelerated Preference Optimization (He et al., arXiv 2410.06293): DPO against a Nesterov-extrapolated
+# reference. NOT Anchored Preference Optimization (apo_zero, apo_down above), which shares the acronym.
+#
+# 1) Iterative DPO is a proximal-point method: round t solves DPO with the previous iterate as the reference.
+# 2) APO adds momentum: after round t the reference of round t+1 is the extrapolation of the last two iterates,
+#        pi_hat_t(y) proportional to pi_t(y) (pi_t(y) / pi_{t-1}(y))^alpha,
+#    so in log-probs  S_hat_t(y) = (1 + alpha) S_t(y) - alpha S_{t-1}(y) - log Z  (log Z cancels in the pair).
+# 3) The loss of round t is DPO against S_hat_t:
+#        h = [S(y_w) - S_hat_t(y_w)] - [S(y_l) - S_hat_t(y_l)],   loss = -log sigmoid(beta h)
+# Gradient (checked): d loss / d S(y_w) = -beta sigmoid(-beta h) = - d loss / d S(y_l): DPO's.
+# Sanity values (checked): alpha = 0 is DPO against pi_t; alpha = 0.3, S_t = -50, S_{t-1} = -52 on a response:
+#   S_hat = 1.3 (-50) - 0.3 (-52) = -49.4. Round 1 has no pi_{t-1}: online.py passes pi_t again, so S_hat = S_t.
+# NOTE (deviates from paper): reconstructed from the abstract (the method section was not available to us):
+#   extrapolation of the log-probs of the last two iterates, samples drawn from pi_t (pi_hat cannot be sampled).
+# ------------------------------------------------------------------------------------------------------------
+def accelerated_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                         previous_chosen_logps, previous_rejected_logps, *, beta=0.1, alpha=0.3):
+    """Shapes: all (B,) summed log-probs; reference = pi_t (the last iterate), previous = pi_{t-1}.
+    Returns losses (B,), metrics."""
+    _pair_shapes(reference_chosen_logps, reference_rejected_logps, previous_chosen_logps, previous_rejected_logps)
+    hat_w = (1 + alpha) * reference_chosen_logps - alpha * previous_chosen_logps      # (B,) step 2
+    hat_l = (1 + alpha) * reference_rejected_logps - alpha * previous_rejected_logps  # (B,)
+    return dpo_loss(policy_chosen_logps, policy_rejected_logps, hat_w, hat_l, beta=beta)   # step 3
 
 
 def win_rates(rewards):
@@ -1514,6 +1542,10 @@ def win_rates(rewards):
 #     "group_rewards"   (B, K) the Oracle's rewards of those responses, and pi_ref's log-probs again as the proposal
 #     "gold"            the policy's token-averaged and summed log-probs of each triple's gold response (TPO;
 #                       the data must carry `gold_response`: train.py asks data.load_splits for triples)
+#     "win_rates"       P_hat(y_w > pi_t), P_hat(y_l > pi_t) from the records (online.py writes them: SPPO, DNO)
+#     "scores"          the records' own chosen_score / rejected_score (the annotator's rewards; no Oracle trained)
+#     "anchor"          the log-probs of the first --anchor_models model (pi_t for INPO, pi_{t-1} for APO): (B,)
+#     "anchors"         of every --anchor_models model, newest first: (J, B) (MNPO's history of opponents)
 #     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
 #                                   (combinations of entries: combine below)
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
@@ -1566,6 +1598,10 @@ class LossInfo:
     @property
     def needs_gold(self):
         return "gold" in self.inputs
+
+    @property
+    def needs_anchors(self):
+        return "anchor" in self.inputs or "anchors" in self.inputs
 
     @property
     def needs_oracle(self):
@@ -1837,6 +1873,15 @@ LOSSES = {
     # TPO-L's beta and gamma are SimPO's (--simpo_beta, --simpo_gamma), its alpha TPO's
     "tpo_l":     LossInfo(tpo_l_loss, ("policy", "gold"), True,
                           {"beta": "simpo_beta", "gamma": "simpo_gamma", "alpha": "tpo_alpha"}),
+    # the online / iterative Nash family (online.py runs them round by round; README, "Online"). "reference" is
+    # train.py's --ref_model: online.py sets it to pi_t for sppo, dno, apo_accel and to pi_ref for inpo, mnpo,
+    # online_ipo; "anchor(s)" are --anchor_models (pi_t for inpo, the history for mnpo, pi_{t-1} for apo_accel)
+    "sppo":      LossInfo(sppo_loss, _REF + ("win_rates",), False, {"eta": "sppo_eta"}),
+    "dno":       LossInfo(dno_loss, _REF + ("win_rates",), False, {"eta": "beta"}),
+    "inpo":      LossInfo(inpo_loss, _REF + ("anchor",), False, {"eta": "nash_eta", "tau": "nash_tau"}),
+    "mnpo":      LossInfo(mnpo_loss, _REF + ("anchors",), False, {"eta": "nash_eta", "ratio": "mnpo_ratio"}),
+    "apo_accel": LossInfo(accelerated_dpo_loss, _REF + ("anchor",), False, {"beta": "beta", "alpha": "apo_alpha"}),
+    "online_ipo": LossInfo(online_ipo_loss, _REF + ("scores",), False, {"beta": "beta"}),
 }
 
 

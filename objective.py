@@ -25,6 +25,10 @@ def collate(examples, pad_token_id):
                 "ref_guided_rejected"):
         if key in examples[0]:
             batch[key] = torch.tensor([e[key] for e in examples])
+    if "anchor0_chosen" in examples[0]:         # --anchor_models: (J, B), newest first (online.py's iterates)
+        J = sum(1 for k in examples[0] if k.startswith("anchor") and k.endswith("_chosen"))
+        for side in ("chosen", "rejected"):
+            batch[f"anchor_{side}"] = torch.tensor([[e[f"anchor{j}_{side}"] for e in examples] for j in range(J)])
     for key in ("group_ref", "group_rewards"):   # BRAIn: (B, K) per prompt's candidates
         if key in examples[0]:
             batch[key] = torch.tensor([e[key] for e in examples])
@@ -82,6 +86,10 @@ def loss_inputs(cfg, model, batch):
         "policy_guided": lambda: out["guided"],                                              # (B,) TGDPO
         "reference_guided": lambda: (batch["ref_guided_chosen"], batch["ref_guided_rejected"]),  # (B,) cached
         "oracle": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,)
+        "scores": lambda: (batch["chosen_scores"].mean(0), batch["rejected_scores"].mean(0)),  # (B,) the records'
+        "win_rates": lambda: (batch["chosen_win_rate"], batch["rejected_win_rate"]),         # (B,) online.py
+        "anchor": lambda: (batch["anchor_chosen"][0], batch["anchor_rejected"][0]),          # (B,) cached
+        "anchors": lambda: (batch["anchor_chosen"], batch["anchor_rejected"]),               # (J, B) cached
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
         "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),
     }

@@ -37,7 +37,8 @@ def reference_identity(cfg, task_ref):
 
 
 @torch.no_grad()
-def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None, d=None):
+def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=None, log=print, policy=None, d=None,
+                    model=None, prefix="ref"):
     """pi_ref's log-probs of every pair, computed once and cached under a key of the reference model, the
     tokenizer, the data, the max lengths and sum/mean. Adds ref_chosen / ref_rejected to each example, and with
     sums also ref_chosen_tail / ref_rejected_tail, the log-probs past the pair's shared length (LD-DPO at any
@@ -48,8 +49,12 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
     the batches of 32 pairs it is given (d.share) and all ranks gather every batch's result, so each pair is
     computed once in the whole run (by one rank) and rank 0 writes the cache. A batch's numbers do not depend
     on which rank computes it, so they equal the single-process ones. `policy` is then distributed's
-    d.local(model): DDP's replica, or the FSDP-sharded model (every rank takes part in each forward)."""
-    ref_name, identity = reference_identity(cfg, task_ref)
+    d.local(model): DDP's replica, or the FSDP-sharded model (every rank takes part in each forward).
+    `model`, `prefix`: the same for another frozen model (an --anchor_models entry: online.py's pi_t or an older
+    iterate), written as <prefix>_chosen / <prefix>_rejected (anchor<j>_...), keyed on ITS weights: each round's
+    new iterate is a new key, so a cache entry is never read for a model it was not computed with."""
+    ref_name, identity = reference_identity(cfg, task_ref) if model is None else (
+        model, model_identity(task_ref if model in ("embedded", "tiny") else model))
     # the token ids are in the key, so the tokenizer enters only by its length: not by its path, which differs
     # when a resumed run loads it from its checkpoint (the same pi_ref log-probs must be read back, not recomputed)
     key = stable_hash([ref_name, identity, len(tokenizer),
@@ -57,13 +62,14 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
                        cfg.max_length, cfg.max_prompt_length, average, cfg.bf16, "with-tails", *packing_key()])
     entry = os.path.join(cache.cache_root(), f"reflogps-{key}")
     path = os.path.join(entry, "logps.pt")
+    who = "pi_ref" if model is None else f"{prefix} ({model})"
     cached = cache.ready(entry, log) if d is None else d.from_rank0(d.rank == 0 and cache.ready(entry, log))
     if cached:
-        log(f"pi_ref log-probs ({name}): cached in {path}")
+        log(f"{who} log-probs ({name}): cached in {path}")
         stored = torch.load(path)
     else:
-        adapters_off = policy is not None and is_lora(policy) and not cfg.ref_model
-        log(f"pi_ref log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}"
+        adapters_off = model is None and policy is not None and is_lora(policy) and not cfg.ref_model
+        log(f"{who} log-probs ({name}): computing once for {len(examples)} pairs with {ref_name}"
             + (" (the policy with its LoRA adapters off)" if adapters_off else "")
             + (f", shared over {d.world} processes" if d is not None and d.world > 1 else ""))
         if adapters_off:
@@ -90,7 +96,7 @@ def reference_logps(cfg, examples, name, tokenizer, average, device, task_ref=No
             cache.build(entry, lambda tmp: torch.save(stored, os.path.join(tmp, "logps.pt")), log, inputs=key)
         ref.train(was_training)
         del ref                                                     # a loaded reference is freed before training
-    names = ("ref_chosen", "ref_rejected", "ref_chosen_tail", "ref_rejected_tail")[:len(stored)]
+    names = tuple(f"{prefix}_{k}" for k in ("chosen", "rejected", "chosen_tail", "rejected_tail"))[:len(stored)]
     columns = [values.tolist() for values in stored]
     for i, e in enumerate(examples):
         e.update({name: column[i] for name, column in zip(names, columns)})

@@ -1,4 +1,4 @@
-"""The iterative / online Nash family's losses (losses.py: sppo, dno, inpo, mnpo, online_ipo and the win-rate
+"""The iterative / online Nash family's losses (losses.py: sppo, dno, inpo, mnpo, online_ipo, accelerated_dpo and the win-rate
 estimate), each against hand-computed values (the arithmetic in a comment), a reduction to a loss tested
 elsewhere, and autograd against the gradient written above the function.
 """
@@ -7,7 +7,8 @@ import math
 import torch
 
 from loss_test_helpers import LN2, t
-from losses import dno_loss, dpo_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_hard_loss, sppo_loss, win_rates
+from losses import (accelerated_dpo_loss, dno_loss, dpo_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_hard_loss,
+                    sppo_loss, win_rates)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -146,11 +147,37 @@ def test_mnpo_weighs_its_opponents():
 # ------------------------------------------------------------------------------------------------------------
 def test_online_ipo_sanity_value_stationary_point_and_gradient():
     zero = t(0.0)
-    losses, _ = online_ipo_loss(zero, zero, zero, zero, t(0.7), beta=0.1)
+    logit = lambda p: torch.logit(torch.as_tensor(p, dtype=torch.float64))           # noqa: E731
+    # a Bradley-Terry annotator: P(y_w > y_l) = sigmoid(r_w - r_l) = 0.7
+    losses, metrics = online_ipo_loss(zero, zero, zero, zero, logit(0.7).view(1), zero, beta=0.1)
     torch.testing.assert_close(losses, t(4.0), rtol=1e-12, atol=0)                 # (0.2 / 0.1)^2
+    torch.testing.assert_close(metrics["preference"], t(0.7), rtol=1e-12, atol=0)
     h = t(2.0, 5.0, -1.0, grad=True)
     P = t(0.7, 1.0, 0.3)
-    losses, _ = online_ipo_loss(h, t(0.0, 0.0, 0.0), t(0.0, 0.0, 0.0), t(0.0, 0.0, 0.0), P, beta=0.1)
+    losses, _ = online_ipo_loss(h, t(0.0, 0.0, 0.0), t(0.0, 0.0, 0.0), t(0.0, 0.0, 0.0), logit(P), t(0.0, 0.0, 0.0),
+                                beta=0.1)
     (g,) = torch.autograd.grad(losses.sum(), h)
     torch.testing.assert_close(g, 2 * (h - (P - 0.5) / 0.1), rtol=1e-12, atol=1e-12)
     assert abs(g[0].item()) < 1e-14 and abs(g[1].item()) < 1e-14                  # h = 2, and IPO's 1/(2 beta) = 5
+
+
+# ------------------------------------------------------------------------------------------------------------
+# APO, accelerated (Nesterov-extrapolated reference)
+# ------------------------------------------------------------------------------------------------------------
+def test_accelerated_dpo_sanity_value_reductions_and_gradient():
+    # S_hat = 1.3 (-50) - 0.3 (-52) = -49.4 on y_w; y_l's anchors equal (S_hat = S_t there): loss = DPO against -49.4
+    pc, pr = t(-45.0, grad=True), t(-60.0, grad=True)
+    losses, _ = accelerated_dpo_loss(pc, pr, t(-50.0), t(-61.0), t(-52.0), t(-61.0), beta=0.1, alpha=0.3)
+    u = 0.1 * ((-45.0 + 49.4) - (-60.0 + 61.0))                                # 0.1 (4.4 - 1) = 0.34
+    torch.testing.assert_close(losses, t(math.log(1 + math.exp(-0.34))), rtol=1e-12, atol=1e-12)   # 0.5432...
+    (gw, gl) = torch.autograd.grad(losses.sum(), (pc, pr))
+    torch.testing.assert_close(gw, t(-0.1 / (1 + math.exp(u))), rtol=1e-12, atol=1e-12)           # -beta sigmoid(-u)
+    torch.testing.assert_close(gl, -gw)
+    # alpha = 0 is DPO against pi_t, whatever pi_{t-1} is; pi_{t-1} = pi_t is DPO against pi_t for every alpha
+    g = torch.Generator().manual_seed(3)
+    S = [-torch.rand(6, generator=g, dtype=torch.float64) * 40 for _ in range(6)]
+    dpo, _ = dpo_loss(S[0], S[1], S[2], S[3], beta=0.2)
+    a0, _ = accelerated_dpo_loss(S[0], S[1], S[2], S[3], S[4], S[5], beta=0.2, alpha=0.0)
+    same, _ = accelerated_dpo_loss(S[0], S[1], S[2], S[3], S[2], S[3], beta=0.2, alpha=0.7)
+    torch.testing.assert_close(a0, dpo, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(same, dpo, rtol=1e-12, atol=1e-12)

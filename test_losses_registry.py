@@ -5,7 +5,7 @@ entry consumes, its keywords, and the fields of Config that fill them).
 import pytest
 import torch
 
-from losses import (LOSSES, adpo_loss, brain_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
+from losses import (LOSSES, accelerated_dpo_loss, adpo_loss, dno_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_loss, brain_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
                     bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
                     exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
                     nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss, tpo_l_loss,
@@ -123,6 +123,25 @@ def test_every_loss_against_a_fresh_rederivation():
         "tpo_l": (tpo_l_loss(c["ac"], c["ar"], c["tc"] / 30, c["tc"], beta=2.0, gamma=0.4, alpha=0.6)[0],
                   -torch.log(sig(2.0 * (c["ac"] - c["ar"]) - 0.4)) - 0.6 * c["tc"] / 30),
     })
+    # the online Nash family (online.py): anchors uc, ur (pi_t), win rates sigmoid(R), rewards R
+    Pw, Pl, eta, ratio, al = sig(c["Rw"]), sig(c["Rl"]), 0.05, 0.25, 0.3
+    rho_w, rho_l = c["pc"] - c["rc"], c["pr"] - c["rr"]
+    mix = lambda a, r: ratio * r + (1 - ratio) * a                                               # noqa: E731
+    h_mix = (c["pc"] - c["pr"]) - (mix(c["uc"], c["rc"]) - mix(c["ur"], c["rr"]))
+    h_hist = (c["pc"] - c["pr"]) - ratio * (c["rc"] - c["rr"]) - (1 - ratio) * (
+        0.5 * (c["uc"] + c["tc"]) - 0.5 * (c["ur"] + c["tr"]))
+    hat_w, hat_l = (1 + al) * c["rc"] - al * c["uc"], (1 + al) * c["rr"] - al * c["ur"]
+    zs = sig(Pw - Pl)
+    cases.update({
+        "sppo": (sppo_loss(*four, Pw, Pl, eta=10.0)[0], ((rho_w - 10 * (Pw - 0.5)) ** 2 + (rho_l - 10 * (Pl - 0.5)) ** 2) / 2),
+        "dno": (dno_loss(*four, Pw, Pl, eta=b)[0], -zs * torch.log(sig(b * h)) - (1 - zs) * torch.log(sig(-b * h))),
+        "inpo": (inpo_loss(*four, c["uc"], c["ur"], eta=eta, tau=ratio * eta)[0], (h_mix - 1 / (2 * eta)) ** 2),
+        "mnpo": (mnpo_loss(*four, torch.stack([c["uc"], c["tc"]]), torch.stack([c["ur"], c["tr"]]), eta=eta,
+                           ratio=ratio)[0], (h_hist - 1 / (2 * eta)) ** 2),
+        "apo_accel": (accelerated_dpo_loss(*four, c["uc"], c["ur"], beta=b, alpha=al)[0],
+                      -torch.log(sig(b * ((c["pc"] - hat_w) - (c["pr"] - hat_l))))),
+        "online_ipo": (online_ipo_loss(*four, c["Rw"], c["Rl"], beta=b)[0], (h - (sig(c["Rw"] - c["Rl"]) - 0.5) / b) ** 2),
+    })
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
         torch.testing.assert_close(ours, fresh, msg=lambda m, n=name: f"{n}: {m}")
@@ -141,7 +160,9 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
              "policy_tail": (tc, tr), "reference_tail": (uc, ur), "brevity": (-nc, -nr), "gold": (tc / 30, tc),
              "policy_guided": (tc, tr), "reference_guided": (uc, ur),
              "group": (torch.stack([pc, pr, 0.5 * pc], -1), torch.stack([rc, rr, 0.5 * rc], -1)),   # (B, 3)
-             "group_rewards": (torch.stack([Rw, Rl, 0.3 * Rw], -1), torch.stack([rc, rr, 0.5 * rc], -1))}
+             "group_rewards": (torch.stack([Rw, Rl, 0.3 * Rw], -1), torch.stack([rc, rr, 0.5 * rc], -1)),
+             "win_rates": (torch.sigmoid(Rw), torch.sigmoid(Rl)), "scores": (Rw, Rl),
+             "anchor": (uc, ur), "anchors": (torch.stack([uc, 0.5 * uc]), torch.stack([ur, 0.5 * ur]))}  # (2, B)
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -220,7 +241,9 @@ def test_registry_metadata():
     # train.py --wpo: the pairwise preference losses, not those with an NLL, KL, Oracle or SFT term
     assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft",
                                                             "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo",
-                                                            "tpo", "tpo_l", "brain"}
+                                                            "tpo", "tpo_l", "brain", "sppo", "dno", "inpo",
+                                                            "mnpo", "apo_accel", "online_ipo"}
+    assert {n for n, i in LOSSES.items() if i.needs_anchors} == {"inpo", "mnpo", "apo_accel"}
 
 
 def _metrics_for_a_keyword_train_fills(name, keyword):

@@ -211,7 +211,7 @@ def tokenize_dataset(tokenizer, ds, max_length=512, max_prompt_length=256, log=p
         if out is None:
             dropped[reason] += 1
             continue
-        for key in ("chosen_score", "rejected_score", "confidence"):
+        for key in ("chosen_score", "rejected_score", "confidence", "chosen_win_rate", "rejected_win_rate"):
             if key in row and row[key] is not None:
                 out[key] = row[key]
         out["row"] = i
@@ -246,7 +246,8 @@ def collate(examples, pad_token_id):
 
     Returns input_ids (2B, T), attention_mask (2B, T), loss_mask (2B, T) = 1 on response tokens (closing
     token included) and 0 on prompt and padding; plus chosen_scores / rejected_scores of shape (K, B) when the
-    examples carry scores (K = 1 for plain floats), and confidence (B,) when present; gold_input_ids,
+    examples carry scores (K = 1 for plain floats), confidence (B,) and chosen_win_rate / rejected_win_rate (B,)
+    when present; gold_input_ids,
     gold_attention_mask, gold_loss_mask (B, T') when every example has a gold response (TPO).
     """
     rows, masks = [], []
@@ -279,6 +280,9 @@ def collate(examples, pad_token_id):
             batch[out] = torch.tensor(scores, dtype=torch.float32).T.contiguous()   # (K, B)
     if all("confidence" in ex for ex in examples):
         batch["confidence"] = torch.tensor([float(ex["confidence"]) for ex in examples])   # (B,)
+    for key in ("chosen_win_rate", "rejected_win_rate"):           # online.py's rounds: SPPO, DNO
+        if all(key in ex for ex in examples):
+            batch[key] = torch.tensor([float(ex[key]) for ex in examples])                   # (B,)
     return batch
 
 

@@ -212,7 +212,7 @@ def run(cfg, d, log):
 
     # 1-2) data (and Oracle scores); first, every model the run needs must be loadable (seconds, not minutes).
     # torchrun: rank 0 builds and caches (embedded task, Oracle, scores) while the others wait, then they read
-    for name in (cfg.model, cfg.ref_model, cfg.oracle_model, cfg.guidance_model):
+    for name in (cfg.model, cfg.ref_model, cfg.oracle_model, cfg.guidance_model, *cfg.anchor_models.split(",")):
         check_available(name)
     with d.main_first():
         train_ds, test_ds, task, oracle_members = prepare_data(cfg, log)
@@ -241,6 +241,17 @@ def run(cfg, d, log):
     elif info.needs_reference:
         for name, ex in (("train", train_ex), ("held-out", test_ex)):
             reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d)
+    anchors = [a for a in cfg.anchor_models.split(",") if a]      # online.py's iterates: cached like pi_ref's
+    for j, anchor in enumerate(anchors):
+        for name, ex in (("train", train_ex), ("held-out", test_ex)):
+            reference_logps(cfg, ex, name, tokenizer, info.average_logps, device, task_ref, log, policy=net, d=d,
+                            model=anchor, prefix=f"anchor{j}")
+    for needed, keys, what in (("win_rates", ("chosen_win_rate", "rejected_win_rate"), "win rates P_hat(y > pi_t)"),
+                               ("scores", ("chosen_score", "rejected_score"), "annotator rewards")):
+        if needed in info.inputs and any(k not in e for e in train_ex + test_ex for k in keys):
+            raise ValueError(f"--method {cfg.method} reads each pair's {what} ({', '.join(keys)}), which {cfg.data} "
+                             "does not carry for every pair; these come from sampling and labelling: run it with "
+                             f"online.py --method {cfg.method}")
     if info.needs_group:                      # BRAIn: pi_ref's and the Oracle's numbers for every candidate, once
         with d.main_first():
             for name, ex, ds in (("train", train_ex, train_ds), ("held-out", test_ex, test_ds)):
