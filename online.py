@@ -25,7 +25,7 @@ with one step per round: --prompts_per_round = --batch_size, --epochs 1 (README,
 Methods (--method; each loss is a pure function in losses.py with its paper's equations):
     dpo       iterative DPO (Xu et al. 2023, arXiv 2312.16682): DPO on best-vs-worst, reference pi_t
     dno       DNO's practical version (Rosset et al., arXiv 2404.03715, Alg. 2, Eq. 13): DPO against pi_t on every
-              (best, y) pair whose reward gap is at least --dno_margin
+              (best, y) pair whose reward gap is at least --dno_margin standard deviations of the round's rewards
     dno_soft  DNO's general form (Alg. 1, Eq. 8): soft-target regression on the win-rate gap, reference pi_t
     sppo      SPPO (Wu et al., arXiv 2405.00675): per-sample squared loss on win rates, reference pi_t
     inpo      INPO (Zhang et al., arXiv 2407.00617): squared loss on the pi_ref / pi_t mixture
@@ -56,6 +56,10 @@ inside a training stage, train.py's --resume continues from its last checkpoint)
     python online.py --method dpo --prompts_per_round 8 --epochs 1 --rounds 40      # per-step online DPO
     python online.py --method inpo --annotator gold        # the upper bound: trained on the judge's own reward
 
+NOTE (deviates from paper): DNO's filter is stated on GPT-4's 6-point rubric (a positive scoring 5-6, a negative at
+least 2 points below, 1 when the positive is the student's own sample); a Bradley-Terry reward has no absolute scale,
+so here the positive is each prompt's best sample and the margin is counted in standard deviations of the round's
+rewards (--dno_margin); DNO's gold responses and replay of earlier rounds' pairs are not used.
 NOTE (deviates from paper): the papers sample new prompts every round from large prompt sets, use K = 5-8 samples,
 7B models and learning rates near 5e-7; here the embedded task's prompts (all of them each round unless
 --prompts_per_round), K = 4 and the task's learning rate. Each round is a fresh train.py run: a new AdamW state and
@@ -114,7 +118,7 @@ class OnlineConfig(Config):
     annotator: str = "oracle"      # oracle (trained once on the offline pairs, frozen) | gold (embedded task; an upper
                                    # bound) | a directory or hub id of an AutoModelForSequenceClassification reward model
     prompts_per_round: int = 0     # prompts sampled per round, the next ones each round (0 = every training prompt)
-    dno_margin: float = 0.5        # dno: keep (best, y) when r(best) - r(y) >= margin, in annotator reward units
+    dno_margin: float = 1.0        # dno: keep (best, y) when r(best) - r(y) >= margin x the std of the round's rewards
     mnpo_history: int = 2          # mnpo: past iterates played against (pi_t, pi_{t-1}, ...; the code's max_history_t)
     eval_prompts: int = 200        # held-out prompts judged after every round (0 = no judgement)
     eval_samples: int = 4          # samples per held-out prompt (temperature 1, so the KL estimate is valid)
@@ -147,6 +151,8 @@ def check(cfg):
     if cfg.method == "drdo" and cfg.annotator != "oracle":
         raise ValueError("online DRDO distils the Oracle's rewards: it needs --annotator oracle (or --oracle_dir with "
                          "--annotator oracle to give a trained one)")
+    if cfg.oracle_dir:
+        oracle.saved_members(cfg.oracle_dir)                       # names the fix when it is not an Oracle
     if cfg.lora_r:
         raise ValueError("online.py hands each round's full checkpoint to the next as --model; train without --lora_r")
     if cfg.flip or cfg.split != "all" or cfg.max_pairs:
@@ -275,7 +281,8 @@ def sample_and_label(cfg, policy_path, prompts, annotator, max_new, seed, where,
     t0 = time.time()
     rewards = annotator.rewards(prompts, texts, flat)                            # (P, K)
     t_label = time.time() - t0
-    rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method][1], cfg.dno_margin)
+    spread = torch.tensor(rewards, dtype=torch.float64).std().item()           # DNO's margin, in reward units
+    rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method][1], cfg.dno_margin * spread)
     if len(rows) < 2:
         raise ValueError(f"{where}: only {len(rows)} pair(s) from {len(prompts)} prompts (every sample tied or equal); "
                          "raise --samples, --temperature or --prompts_per_round")

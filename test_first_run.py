@@ -7,6 +7,7 @@ About 40 s (the tiny task is built from scratch once, in the copy).
 """
 import glob
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -60,6 +61,12 @@ def test_train_oracle_and_evaluate_from_an_empty_checkout(checkout):
                "--samples", "1", "--temperatures", "1", "--out", "eval_out")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((root / "eval_out" / "results.json").read_text())["sets"]["in_distribution"]["T=1"]
+    # online.py: the Oracle annotator trained on the way, one round of SPPO on pi_ref's own samples, judged
+    r, _ = cli(checkout, "online.py", "--method", "sppo", "--data", "embedded-tiny", "--rounds", "1", "--oracle_epochs",
+               "1", "--eval_prompts", "4", "--sppo_eta", "10", "--out", "runs/online")
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((root / "runs" / "online" / "online.json").read_text())["rounds"][0]
+    assert record["pairs"] > 0 and math.isfinite(record["kl"]) and math.isfinite(record["annotator_gain"])
 
 
 @pytest.mark.parametrize("args", [
