@@ -122,11 +122,15 @@ class OnlineConfig(Config):
     mnpo_history: int = 2          # mnpo: past iterates played against (pi_t, pi_{t-1}, ...; the code's max_history_t)
     eval_prompts: int = 200        # held-out prompts judged after every round (0 = no judgement)
     eval_samples: int = 4          # samples per held-out prompt (temperature 1, so the KL estimate is valid)
+    judge_every: int = 1           # judge every N-th round (and always the last); per-step runs judge rarely
+    keep_rounds: int = 0           # delete the checkpoints of rounds older than the last N once done (0 = keep all;
+                                   # per-step runs write one per optimizer step)
 
 
 ONLINE_LIMITS = {**LIMITS, "rounds": "[1, inf)", "samples": "[2, inf)", "temperature": "(0, inf)",
                  "max_new_tokens": "[0, inf)", "prompts_per_round": "[0, inf)", "dno_margin": "[0, inf)",
-                 "mnpo_history": "[1, inf)", "eval_prompts": "[0, inf)", "eval_samples": "[1, inf)"}
+                 "mnpo_history": "[1, inf)", "eval_prompts": "[0, inf)", "eval_samples": "[1, inf)",
+                 "judge_every": "[1, inf)", "keep_rounds": "[0, inf)"}
 
 
 # ============================================================================================================
@@ -442,7 +446,7 @@ def run_online(cfg, log=print):
                 return {"stopped_at": [t, summary["stopped_at"]]}
             train_seconds = time.time() - t_train
             t_judge = time.time()
-            now = judge_at(where, summary["checkpoint"])
+            now = judge_at(where, summary["checkpoint"]) if t % cfg.judge_every == 0 or t == cfg.rounds else None
             record = {"round": t, "policy": summary["checkpoint"], "start": history[-1], "opponent": opponent,
                       "ref_model": ref_model, "anchor_models": anchors, "pairs": stats["pairs"],
                       "train_loss_start": summary["objective_start"], "train_loss_end": summary["objective_end"],
@@ -459,6 +463,11 @@ def run_online(cfg, log=print):
                     + (f"; gold gain {record['gold_gain']:+.3f} +- {record['gold_gain_se']:.3f}" if task else ""))
         records.append(record)
         history.append(record["policy"])
+        if cfg.keep_rounds and t > max(cfg.keep_rounds, cfg.mnpo_history):     # the history still read is kept
+            import shutil
+            old = os.path.join(out, f"round-{t - max(cfg.keep_rounds, cfg.mnpo_history)}")
+            for part in ("train", os.path.join("half", "train")):
+                shutil.rmtree(os.path.join(old, part), ignore_errors=True)
     result = {"method": cfg.method, "loss": loss, "annotator": cfg.annotator, "rounds": records,
               "start": compare(start, start) if start else None, "out": out}
     write_json(result, os.path.join(out, "online.json"))
