@@ -7,6 +7,8 @@
                                                                       # each in its own process; a markdown table
     python bench.py --budget                                          # computed memory of opt-1.3b and a 7B model
                                                                       # in bf16 on a 24 GB GPU
+    python bench.py --online_step --steps 5                           # one per-step online round (online.py): sample
+                                                                      # batch_size prompts x 4, label, one step
 
 One configuration: `--steps` optimizer steps (after one untimed warm-up step) of objective.compute_loss + backward
 + AdamW on synthetic batches of `--batch_size` pairs, every row `--max_length` tokens of which
@@ -54,6 +56,8 @@ class BenchConfig(train.Config):
     shape: str = "fixed"           # pair lengths: fixed (every row max_length, max_prompt_length of it prompt), tldr
                                    # (prompt ~4x response) or ultrafeedback (long-tailed); see synthetic_pairs
     speed_table: bool = False      # the packing table: --packing off/prefix/rows/both vs TRL's DPOTrainer (bench_trl.py)
+    online_step: bool = False      # time per-step online DPO (online.py, one optimizer step per round) on the embedded
+                                   # task's model: seconds per round and its split sample / label / train
 
 
 PAD_ID, EOS_ID = 1, 2      # OPT's; synthetic tokens are drawn from 3 .. V - 1
@@ -320,6 +324,31 @@ def print_budget(pairs=1, tokens=1024, completion=512, lora_r=16, gpu_gb=24):
           f"LoRA r = {lora_r}; 'fits' leaves {HEADROOM_GB:g} GB for the CUDA context and fragmentation)")
 
 
+def online_step(cfg, log=print):
+    """--online_step: `--steps` + 1 rounds of per-step online DPO (online.py: sample --batch_size prompts x 4 from
+    pi_t, label them with the frozen Oracle, one optimizer step; no judging), the first untimed -> a dict: median
+    seconds per round, the shares of sampling / labelling / training (train.py's whole run: data, pi_t's log-probs,
+    the step, the checkpoint) and generation tokens/s. The embedded task's model (or tiny); not the random-init
+    OPTs, which cannot sample anything meaningful."""
+    import statistics
+    import tempfile
+
+    import online
+    out = tempfile.mkdtemp(prefix="bench-online-")
+    result = online.main(["--method", "dpo", "--data", cfg.data, "--model", cfg.model, "--rounds", str(cfg.steps + 1),
+                          "--prompts_per_round", str(cfg.batch_size), "--batch_size", str(cfg.batch_size),
+                          "--micro_batch_size", str(cfg.micro_batch_size), "--epochs", "1", "--eval_prompts", "0",
+                          "--eval_every", "0", "--keep_rounds", "2", "--seed", str(cfg.seed), "--out", out])
+    rounds = result["rounds"][1:]
+    seconds = [r["seconds"] for r in rounds]
+    total = {k: sum(s[k] for s in seconds) for k in ("sample", "label", "train")}
+    tokens = sum(r["sampling"]["generated_tokens"] for r in rounds)
+    return {"online_step_seconds": statistics.median(sum(s[k] for k in total) for s in seconds),
+            **{f"share_{k}": round(v / sum(total.values()), 3) for k, v in total.items()},
+            "generation_tokens_per_second": round(tokens / total["sample"], 1), "rounds": len(rounds),
+            "prompts_per_round": cfg.batch_size, "samples_per_prompt": 4, "model": cfg.model, "out": out}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_config(BenchConfig, argv, description=__doc__.split("\n\n")[0])
@@ -336,6 +365,10 @@ def main(argv=None):
         return table(cfg, argv, log=lambda *a: print(*a, file=sys.stderr))
     if cfg.speed_table:
         return speed_table(cfg, log=lambda *a: print(*a, file=sys.stderr))
+    if cfg.online_step:
+        res = online_step(cfg)
+        print(json.dumps(res))
+        return res
     print(json.dumps(asdict(cfg)), file=sys.stderr)
     res = bench(cfg, log=lambda *a: print(*a, file=sys.stderr))
     print(json.dumps(res))

@@ -47,6 +47,8 @@ class Dist:
     fsdp: bool = False
     local_world: int = 1           # processes on this node (torchrun's --nproc_per_node)
     nodes: int = 1                 # torchrun's --nnodes
+    owner: bool = False            # this setup joined the process group, so its teardown leaves it (online.py joins
+                                   # once for all its rounds; each round's train.train then finds the group joined)
 
     # ---- who does what ------------------------------------------------------------------------------------
     def share(self, items, pad=True):
@@ -243,11 +245,12 @@ def setup(fsdp=False):
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owner = not dist.is_initialized()
+    if owner:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=BARRIER_TIMEOUT)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     return Dist(rank=dist.get_rank(), world=world, device=device, fsdp=fsdp, local_world=local_world,
-                nodes=int(os.environ.get("GROUP_WORLD_SIZE", world // local_world)))
+                nodes=int(os.environ.get("GROUP_WORLD_SIZE", world // local_world)), owner=owner)
 
 
 def teardown(d):
@@ -259,4 +262,5 @@ def teardown(d):
     the collection (2 of them in 60 runs interleaved with 60 runs with it), 0 in 175 with it."""
     if d.world > 1 and dist.is_initialized():
         gc.collect()                         # the wrapper (and its reducer) go while the group is whole
-        dist.destroy_process_group()
+        if d.owner:                          # a group joined by a caller (online.py) is left by that caller
+            dist.destroy_process_group()

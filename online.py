@@ -21,6 +21,7 @@ One concept lives here: a ROUND. Round t starts from the policy pi_t (pi_1 = --m
               KL(pi_{t+1} || pi_ref): the over-optimization curve, round by round (round 0 = the starting policy)
 The per-step online mode (sample and label before every optimizer step, as TRL's OnlineDPOTrainer) is the same code
 with one step per round: --prompts_per_round = --batch_size, --epochs 1 (README, "Online and iterative").
+Under torchrun every rank samples and labels its share of each round's prompts and trains with DDP; rank 0 writes.
 
 Methods (--method; each loss is a pure function in losses.py with its paper's equations):
     dpo       iterative DPO (Xu et al. 2023, arXiv 2312.16682): DPO on best-vs-worst, reference pi_t
@@ -77,6 +78,7 @@ import torch
 import checkpoint
 import conditions
 import data
+import distributed
 import evaluate
 import judges
 import oracle
@@ -89,6 +91,7 @@ from embedded import gold_reward
 from models import batch_logps, load_model, sample_completions, to_device
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")     # sampling and judging; train.py its own
+SINGLE = distributed.Dist()                                               # one process
 
 # online method -> (train.py loss, how pairs are built, --ref_model, --anchor_models, extragradient round)
 #   ref "pi_t": the round's start; "pi_ref": the original reference; anchors: "pi_t", "history" (pi_t, pi_{t-1},
@@ -141,9 +144,6 @@ def check(cfg):
     if cfg.method not in METHODS:
         raise ValueError(f"--method {cfg.method!r} is not an online method; choose one of: {' '.join(METHODS)} "
                          "(offline methods run with train.py)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("online.py runs in one process (the rounds' sampling is not shared out over torchrun ranks "
-                         "yet); launch it with python, not torchrun")
     check_ranges(cfg, ONLINE_LIMITS)
     loss, _, _, anchors, _ = METHODS[cfg.method]
     if cfg.annotator == "gold" and cfg.data not in ("embedded", "embedded-tiny"):
@@ -267,58 +267,71 @@ def build_pairs(prompts, texts, rewards, how, margin=0.0):
     return rows
 
 
-def sample_and_label(cfg, policy_path, prompts, annotator, max_new, seed, where, log):
-    """Sample pi_t, label, write <where>/pairs.jsonl and round.json (skipped when both exist) -> statistics."""
+def sample_and_label(cfg, policy_path, prompts, annotator, max_new, seed, where, log, d=SINGLE):
+    """Sample pi_t, label, write <where>/pairs.jsonl and round.json (skipped when both exist) -> statistics.
+    Under torchrun each rank samples and labels its share of the prompts (every world-th, seeded by seed and its
+    rank), rank 0 gathers them in prompt order and writes the round's pairs."""
     stats_path, pairs_path = os.path.join(where, "round.json"), os.path.join(where, "pairs.jsonl")
-    if os.path.exists(stats_path) and os.path.exists(pairs_path):
+    if d.from_rank0(os.path.exists(stats_path) and os.path.exists(pairs_path)):
         with open(stats_path) as f:
             return json.load(f)
     model, tokenizer = load_model(policy_path)
-    model.to(DEVICE)
-    ids = tokenization.prompt_ids_for_sampling(tokenizer, prompts, cfg.max_prompt_length)
+    model.to(d.device if d.world > 1 else DEVICE)
+    mine = list(range(d.rank, len(prompts), d.world))                         # this rank's prompts
+    ids = tokenization.prompt_ids_for_sampling(tokenizer, [prompts[i] for i in mine], cfg.max_prompt_length)
     t0 = time.time()
-    texts, sampled = sample_completions(model, tokenizer, ids, cfg.samples, cfg.temperature, max_new, seed=seed,
-                                        desc=f"sampling {len(prompts)} prompts x {cfg.samples}", return_ids=True)
+    texts, sampled = sample_completions(model, tokenizer, ids, cfg.samples, cfg.temperature, max_new,
+                                        seed=seed + 7919 * d.rank, return_ids=True,
+                                        desc=f"sampling {len(mine)} prompts x {cfg.samples}")
     t_sample = time.time() - t0
-    tokens = sum(len(c) for _, comps in sampled for c in comps)
     flat = [(p, c) for p, comps in sampled for c in comps]
     t0 = time.time()
-    rewards = annotator.rewards(prompts, texts, flat)                            # (P, K)
-    t_label = time.time() - t0
-    spread = torch.tensor(rewards, dtype=torch.float64).std().item()           # DNO's margin, in reward units
-    rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method][1], cfg.dno_margin * spread)
-    if len(rows) < 2:
-        raise ValueError(f"{where}: only {len(rows)} pair(s) from {len(prompts)} prompts (every sample tied or equal); "
-                         "raise --samples, --temperature or --prompts_per_round")
-    write_jsonl(rows, pairs_path)
-    flat_r = torch.tensor(rewards, dtype=torch.float64)
-    stats = {"prompts": len(prompts), "samples": cfg.samples, "pairs": len(rows), "generated_tokens": tokens,
-             "sample_seconds": round(t_sample, 3), "label_seconds": round(t_label, 3),
-             "generation_tokens_per_second": round(tokens / max(t_sample, 1e-9), 1),
-             "annotator_reward_mean": flat_r.mean().item(), "seed": seed}
-    write_json(stats, stats_path)
-    log(f"  sampled {len(prompts)} x {cfg.samples} ({tokens} tokens, {stats['generation_tokens_per_second']:.0f} tok/s), "
-        f"labelled in {t_label:.1f} s -> {len(rows)} pairs; annotator reward of pi_t's samples {stats['annotator_reward_mean']:+.3f}")
+    rewards = annotator.rewards([prompts[i] for i in mine], texts, flat)         # (P_rank, K)
+    parts = d.gather({"idx": mine, "texts": texts, "rewards": rewards, "sample_seconds": t_sample,
+                      "label_seconds": time.time() - t0, "tokens": sum(len(c) for _, comps in sampled for c in comps)})
+    if d.rank == 0:
+        texts, rewards = [None] * len(prompts), [None] * len(prompts)
+        for part in parts:
+            for j, i in enumerate(part["idx"]):
+                texts[i], rewards[i] = part["texts"][j], part["rewards"][j]
+        spread = torch.tensor(rewards, dtype=torch.float64).std().item()       # DNO's margin, in reward units
+        rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method][1], cfg.dno_margin * spread)
+        tokens, t_sample = sum(p["tokens"] for p in parts), max(p["sample_seconds"] for p in parts)
+        stats = {"prompts": len(prompts), "samples": cfg.samples, "pairs": len(rows), "generated_tokens": tokens,
+                 "sample_seconds": round(t_sample, 3), "label_seconds": round(max(p["label_seconds"] for p in parts), 3),
+                 "generation_tokens_per_second": round(tokens / max(t_sample, 1e-9), 1),
+                 "annotator_reward_mean": torch.tensor(rewards, dtype=torch.float64).mean().item(), "seed": seed,
+                 "prompts_per_rank": [len(p["idx"]) for p in parts]}
+        if len(rows) >= 2:
+            write_jsonl(rows, pairs_path)
+            write_json(stats, stats_path)
+    stats = d.from_rank0(stats if d.rank == 0 else None)
+    if stats["pairs"] < 2:
+        raise ValueError(f"{where}: only {stats['pairs']} pair(s) from {len(prompts)} prompts (every sample tied or "
+                         "equal); raise --samples, --temperature or --prompts_per_round")
+    log(f"  sampled {len(prompts)} x {cfg.samples} ({stats['generated_tokens']} tokens, "
+        f"{stats['generation_tokens_per_second']:.0f} tok/s), labelled in {stats['label_seconds']:.1f} s -> "
+        f"{stats['pairs']} pairs; annotator reward of the samples {stats['annotator_reward_mean']:+.3f}")
     return stats
 
 
 # ============================================================================================================
 # 4) Train
 # ============================================================================================================
-def train_round(base, cfg, start, where, pairs_dir, ref_model, anchors, oracle_dir, log):
+def train_round(base, cfg, start, where, pairs_dir, ref_model, anchors, oracle_dir, log, d=SINGLE):
     """One train.py run from `start` on <pairs_dir>/pairs.jsonl into <where>/train -> its summary (read back when
     the run is already done; resumed from its last checkpoint when it stopped part-way)."""
     import train
     out = os.path.join(where, "train")
     done = os.path.join(out, "summary.json")
-    if os.path.exists(done):
+    if d.from_rank0(os.path.exists(done)):
         with open(done) as f:
             return json.load(f)
     rcfg = replace(base, data=os.path.join(pairs_dir, "pairs.jsonl"), data_config="", data_split="", split="all",
                    flip=0.0, max_pairs=0, model=start, ref_model=ref_model, anchor_models=",".join(anchors),
                    oracle_dir=oracle_dir if base.method == "drdo" else "", out=out, final_check=False,
-                   resume=checkpoint.latest(out) is not None, resume_from="", stop_after=cfg.stop_after)
-    return train.train(rcfg, log)
+                   resume=d.from_rank0(checkpoint.latest(out) is not None), resume_from="", stop_after=cfg.stop_after)
+    return train.train(rcfg, log)             # under torchrun: every rank, DDP (train.py joins online.py's group)
 
 
 def references(history, pi_ref, method, max_history):
@@ -388,16 +401,28 @@ def compare(now, start):
 # The rounds
 # ============================================================================================================
 def run_online(cfg, log=print):
-    """Every round in turn -> the run's record (also <out>/online.json). cfg: an OnlineConfig."""
+    """Every round in turn -> the run's record (also <out>/online.json). cfg: an OnlineConfig. Under torchrun every
+    rank runs this: rank 0 builds the caches, writes and judges; the ranks share out the sampling and labelling of
+    each round (sample_and_label) and its training (train.py's DDP, in the process group joined here)."""
     base = check(cfg)
+    d = distributed.setup()
+    try:
+        return rounds(cfg, base, d, log if d.rank == 0 else (lambda *_: None))
+    finally:
+        distributed.teardown(d)
+
+
+def rounds(cfg, base, d, log):
     out = default_out(cfg)
-    os.makedirs(out, exist_ok=True)
-    write_json(asdict(cfg) | {"out": out}, os.path.join(out, "online_config.json"))
-    train_ds, test_ds, task = offline_data(cfg, log)
-    task_ref = task and task["reference"]
-    oracle_dir = annotator_oracle(cfg, train_ds, test_ds, task, log) if cfg.annotator == "oracle" else ""
-    start_model = model_path(cfg.model, task_ref, out)
-    ref_path = model_path(cfg.ref_model, task_ref, out) if cfg.ref_model else start_model
+    if d.rank == 0:
+        os.makedirs(out, exist_ok=True)
+        write_json(asdict(cfg) | {"out": out}, os.path.join(out, "online_config.json"))
+    with d.main_first():                      # rank 0 builds the task, the Oracle and a `tiny` start; the others read
+        train_ds, test_ds, task = offline_data(cfg, log)
+        task_ref = task and task["reference"]
+        oracle_dir = annotator_oracle(cfg, train_ds, test_ds, task, log) if cfg.annotator == "oracle" else ""
+        start_model = model_path(cfg.model, task_ref, out)
+        ref_path = model_path(cfg.ref_model, task_ref, out) if cfg.ref_model else start_model
     tokenizer = load_model(start_model)[1]
     annotator = load_annotator(cfg, tokenizer, task, oracle_dir, log)
     max_new = cfg.max_new_tokens or (task["stats"]["task"]["max_new_tokens"] if task else 128)
@@ -409,16 +434,19 @@ def run_online(cfg, log=print):
     loss, _, _, _, extragradient = METHODS[cfg.method]
     log(f"online {cfg.method}: {cfg.rounds} round(s) of {len(round_prompts(prompts, cfg, 1))} prompts x {cfg.samples} "
         f"samples, annotator {cfg.annotator}, loss {loss}{' (extragradient rounds)' if extragradient else ''}; "
-        f"{len(eval_prompts)} held-out prompts judged per round; {out}")
+        f"{len(eval_prompts)} held-out prompts judged per round{f'; {d.world} processes' if d.world > 1 else ''}; {out}")
 
-    def judge_at(where, policy):
-        return judged(cfg, where, policy, ref_path, eval_prompts, annotator, task, max_new, log) if eval_prompts else None
+    def judge_at(where, policy):              # rank 0 judges, the others wait
+        now = (judged(cfg, where, policy, ref_path, eval_prompts, annotator, task, max_new, log)
+               if eval_prompts and d.rank == 0 else None)
+        d.barrier()
+        return now
     start = judge_at(os.path.join(out, "round-0"), start_model)
     records, history = [], [start_model]
     for t in range(1, cfg.rounds + 1):
         where = os.path.join(out, f"round-{t}")
         done = os.path.join(where, "summary.json")
-        if os.path.exists(done):
+        if d.from_rank0(os.path.exists(done)):
             with open(done) as f:
                 record = json.load(f)
             log(f"round {t}: already done ({where})")
@@ -431,46 +459,51 @@ def run_online(cfg, log=print):
             halves = []
             if extragradient:      # the half step: pi_t's samples -> pi_{t+1/2}; then the opponent is pi_{t+1/2}
                 half = os.path.join(where, "half")
-                halves.append(sample_and_label(cfg, history[-1], ps, annotator, max_new, seed, half, log))
-                hs = train_round(base, cfg, history[-1], half, half, ref_model, anchors, oracle_dir, log)
+                halves.append(sample_and_label(cfg, history[-1], ps, annotator, max_new, seed, half, log, d))
+                hs = train_round(base, cfg, history[-1], half, half, ref_model, anchors, oracle_dir, log, d)
                 if "stopped_at" in hs:
                     return {"stopped_at": [t, "half", hs["stopped_at"]]}
                 opponent = hs["checkpoint"]
                 seed += 500
             else:
                 opponent = history[-1]
-            stats = sample_and_label(cfg, opponent, ps, annotator, max_new, seed, where, log)
+            stats = sample_and_label(cfg, opponent, ps, annotator, max_new, seed, where, log, d)
             t_train = time.time()
-            summary = train_round(base, cfg, history[-1], where, where, ref_model, anchors, oracle_dir, log)
+            summary = train_round(base, cfg, history[-1], where, where, ref_model, anchors, oracle_dir, log, d)
             if "stopped_at" in summary:                # --stop_after: as if killed; a rerun continues here
                 return {"stopped_at": [t, summary["stopped_at"]]}
             train_seconds = time.time() - t_train
             t_judge = time.time()
             now = judge_at(where, summary["checkpoint"]) if t % cfg.judge_every == 0 or t == cfg.rounds else None
-            record = {"round": t, "policy": summary["checkpoint"], "start": history[-1], "opponent": opponent,
-                      "ref_model": ref_model, "anchor_models": anchors, "pairs": stats["pairs"],
-                      "train_loss_start": summary["objective_start"], "train_loss_end": summary["objective_end"],
-                      "sampling": stats, "half_sampling": halves[0] if halves else None,
-                      "seconds": {"sample": stats["sample_seconds"] + sum(h["sample_seconds"] for h in halves),
-                                  "label": stats["label_seconds"] + sum(h["label_seconds"] for h in halves),
-                                  "train": round(train_seconds, 1), "judge": round(time.time() - t_judge, 1),
-                                  "round": round(time.time() - t0, 1)},
-                      **(compare(now, start) if now else {})}
-            write_json(record, done)
+            record = None
+            if d.rank == 0:
+                record = {"round": t, "policy": summary["checkpoint"], "start": history[-1], "opponent": opponent,
+                          "ref_model": ref_model, "anchor_models": anchors, "pairs": stats["pairs"],
+                          "train_loss_start": summary["objective_start"], "train_loss_end": summary["objective_end"],
+                          "processes": d.world, "sampling": stats, "half_sampling": halves[0] if halves else None,
+                          "seconds": {"sample": stats["sample_seconds"] + sum(h["sample_seconds"] for h in halves),
+                                      "label": stats["label_seconds"] + sum(h["label_seconds"] for h in halves),
+                                      "train": round(train_seconds, 1), "judge": round(time.time() - t_judge, 1),
+                                      "round": round(time.time() - t0, 1)},
+                          **(compare(now, start) if now else {})}
+                write_json(record, done)
+            record = d.from_rank0(record)
             if now:
                 log(f"round {t}: KL {record['kl']:.2f} nats; annotator gain {record['annotator_gain']:+.3f} "
                     f"+- {record['annotator_gain_se']:.3f}"
                     + (f"; gold gain {record['gold_gain']:+.3f} +- {record['gold_gain_se']:.3f}" if task else ""))
         records.append(record)
         history.append(record["policy"])
-        if cfg.keep_rounds and t > max(cfg.keep_rounds, cfg.mnpo_history):     # the history still read is kept
+        if cfg.keep_rounds and t > max(cfg.keep_rounds, cfg.mnpo_history) and d.rank == 0:   # the history read is kept
             import shutil
             old = os.path.join(out, f"round-{t - max(cfg.keep_rounds, cfg.mnpo_history)}")
             for part in ("train", os.path.join("half", "train")):
                 shutil.rmtree(os.path.join(old, part), ignore_errors=True)
     result = {"method": cfg.method, "loss": loss, "annotator": cfg.annotator, "rounds": records,
               "start": compare(start, start) if start else None, "out": out}
-    write_json(result, os.path.join(out, "online.json"))
+    if d.rank == 0:
+        write_json(result, os.path.join(out, "online.json"))
+    d.barrier()
     return result
 
 

@@ -1,6 +1,7 @@
 """bench.py: the benchmark's printed numbers agree with each other; the synthetic shapes are what they claim;
 bench_trl.py's text gives TRL back the same token ids."""
 import json
+import os
 import statistics
 
 import pytest
@@ -55,3 +56,13 @@ def test_trl_reads_back_the_same_token_ids():
         text = bench_trl.as_text(p["prompt_ids"]) + " " + bench_trl.as_text(p["chosen_ids"])
         assert tok(text)["input_ids"] == p["prompt_ids"] + p["chosen_ids"]
         assert tok(bench_trl.as_text(p["prompt_ids"]))["input_ids"] == p["prompt_ids"]
+
+
+def test_online_step_times_rounds_and_splits_them(cache):
+    res = bench.main(["--online_step", "--data", "embedded-tiny", "--steps", "2", "--batch_size", "8",
+                      "--micro_batch_size", "8"])
+    assert res["rounds"] == 2 and res["online_step_seconds"] > 0 and res["generation_tokens_per_second"] > 0
+    assert abs(res["share_sample"] + res["share_label"] + res["share_train"] - 1) < 0.01
+    for t in (2, 3):                                       # each timed round: one optimizer step on 8 prompts
+        with open(os.path.join(res["out"], f"round-{t}", "round.json")) as f:
+            assert json.load(f)["prompts"] == 8

@@ -250,3 +250,31 @@ def test_offline_methods_refuse_missing_online_inputs(cache, tmp_path):
         train_run(tmp_path, "--method", "inpo")
     with pytest.raises(SystemExit, match="run it with online.py --method sppo"):
         train_run(tmp_path, "--method", "sppo")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# torchrun: each rank samples and labels its share of the prompts; the training of each round is DDP
+# ------------------------------------------------------------------------------------------------------------
+def test_torchrun_rounds_share_the_sampling_and_train_with_ddp(cache, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "online.py", *FAST,
+           "--method", "dpo", "--rounds", "2", "--annotator", "gold", "--batch_size", "8", "--micro_batch_size", "4",
+           "--out", str(out)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(cmd, cwd=here, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads((out / "online.json").read_text())
+    n = len(online.distinct_prompts(__import__("embedded").embedded_task(
+        __import__("embedded").EMBEDDED_PRESETS["embedded-tiny"], log=lambda *_: None)["train"]))
+    for t, record in enumerate(result["rounds"], 1):
+        stats = json.loads((out / f"round-{t}" / "round.json").read_text())
+        assert stats["prompts_per_rank"] == [(n + 1) // 2, n // 2] and stats["prompts"] == n
+        summary = json.loads((out / f"round-{t}" / "train" / "summary.json").read_text())
+        assert summary["processes"] == 2 and record["processes"] == 2
+        rows = [json.loads(line) for line in open(out / f"round-{t}" / "pairs.jsonl")]
+        assert all(gold_reward([x["chosen"]])[0] == x["chosen_score"] for x in rows)   # labelled, gathered
+        assert metrics(out / f"round-{t}", "train")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert result["rounds"][1]["ref_model"] == result["rounds"][0]["policy"]

@@ -204,3 +204,38 @@ def test_reproduction_study_runs_and_its_tables_match_its_numbers(tmp_path, tiny
     assert list(res["ablations"]) == ["default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02)"]
     assert "| default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02) | " in table
     assert "Commit: `" in table and (tmp_path / "fig" / "frontier_quick.png").stat().st_size > 10_000
+
+
+def test_online_study_runs_and_its_numbers_are_its_runs(tmp_path, tiny_task):
+    # tutorials/03_online.py end to end on the tiny task (--quick, two methods): every reported gain is the mean over
+    # the TEST prompts (the second half) of the per-prompt gain its runs saved, recomputed here; the strength was
+    # chosen on the dev half; the table prints the JSON's numbers
+    import json
+    import subprocess
+    import sys
+    env = dict(os.environ, ONLINE_DATA="embedded-tiny", ONLINE_METHODS="dpo,sppo", ONLINE_PER_STEP_ROUNDS="3",
+               ONLINE_OUT=str(tmp_path / "runs"), ONLINE_RESULTS=str(tmp_path / "res"),
+               ONLINE_FIGURES=str(tmp_path / "fig"), HF_HUB_OFFLINE="1")
+    script = Path(__file__).parent / "tutorials" / "03_online.py"
+    r = subprocess.run([sys.executable, str(script), "--quick"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "res" / "online_quick.json").read_text())
+    run = res["runs"]["dpo|s0"]
+    n = len(run["start"]["gold_per_prompt"])
+    test = range(n // 2, n)
+    last = run["rounds"][-1]
+    gain = sum(last["gold_per_prompt"][i] - run["start"]["gold_per_prompt"][i] for i in test) / len(test)
+    point = res["summary"]["dpo"]["curve"][-1]
+    assert point["gold_gain"] == pytest.approx(gain, abs=1e-12)
+    assert point["gold_ci"][0] <= gain + 1e-12 and gain - 1e-12 <= point["gold_ci"][1]
+    # the choice of strength read the dev half only: the chosen one has the larger dev gain of the two
+    dev = range(n // 2)
+    dev_gain = {}
+    for beta in (0.1, 0.3):
+        rr = json.loads((tmp_path / "runs" / f"dpo-beta{beta:g}-s0" / "online.json").read_text())
+        dev_gain[beta] = sum(rr["rounds"][-1]["gold_per_prompt"][i] - rr["start"]["gold_per_prompt"][i]
+                             for i in dev) / len(dev)
+    assert res["meta"]["chosen"]["dpo"] == max(dev_gain, key=dev_gain.get)
+    table = (tmp_path / "res" / "online_quick.md").read_text()
+    assert f"| dpo | {res['meta']['chosen']['dpo']} | {last['round']} | {point['kl_mean']:.1f} | {point['gold_gain']:+.3f}" in table
+    assert (tmp_path / "fig" / "online_overoptimization_quick.png").stat().st_size > 10_000
