@@ -499,7 +499,7 @@ def rounds(cfg, base, d, log):
             old = os.path.join(out, f"round-{t - max(cfg.keep_rounds, cfg.mnpo_history)}")
             for part in ("train", os.path.join("half", "train")):
                 shutil.rmtree(os.path.join(old, part), ignore_errors=True)
-    result = {"method": cfg.method, "loss": loss, "annotator": cfg.annotator, "rounds": records,
+    result = {"method": cfg.method, "loss": loss, "annotator": cfg.annotator, "oracle_dir": oracle_dir, "rounds": records,
               "start": compare(start, start) if start else None, "out": out}
     if d.rank == 0:
         write_json(result, os.path.join(out, "online.json"))

@@ -127,6 +127,20 @@ def test_k_samples_per_prompt_labelled_by_the_gold_annotator(cache, tmp_path, mo
         assert r["chosen_win_rate"] > 0.5 > r["rejected_win_rate"]
 
 
+def test_a_sequence_classification_annotator_labels_as_the_oracle_it_exports(cache, tmp_path):
+    """The Oracle's AutoModelForSequenceClassification export (judges.py's reward-model path) as the annotator: the
+    same samples get the Oracle's rewards, so the round's pairs are the Oracle-annotated run's."""
+    by_oracle = run(tmp_path, "oracle", "--method", "dpo", "--rounds", "1", "--eval_prompts", "0")
+    member = os.path.join(by_oracle["oracle_dir"], "member-0", "seqcls")
+    run(tmp_path, "seqcls", "--method", "dpo", "--rounds", "1", "--eval_prompts", "0", "--annotator", member)
+    a = [json.loads(line) for line in open(tmp_path / "oracle" / "round-1" / "pairs.jsonl")]
+    b = [json.loads(line) for line in open(tmp_path / "seqcls" / "round-1" / "pairs.jsonl")]
+    assert [(x["chosen"], x["rejected"]) for x in a] == [(x["chosen"], x["rejected"]) for x in b]
+    for x, y in zip(a, b):
+        assert y["chosen_score"] == pytest.approx(x["chosen_score"], abs=1e-4)
+        assert y["rejected_score"] == pytest.approx(x["rejected_score"], abs=1e-4)
+
+
 def test_pairs_each_method_asks_for_by_hand():
     texts = [["a", "b", "c"], ["x", "x", "y"]]
     rewards = [[1.0, 3.0, 2.0], [0.0, 0.0, 0.0]]
