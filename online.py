@@ -71,6 +71,7 @@ import json
 import os
 import sys
 import time
+from collections import namedtuple
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -93,20 +94,26 @@ from models import batch_logps, load_model, sample_completions, to_device
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")     # sampling and judging; train.py its own
 SINGLE = distributed.Dist()                                               # one process
 
-# online method -> (train.py loss, how pairs are built, --ref_model, --anchor_models, extragradient round)
-#   ref "pi_t": the round's start; "pi_ref": the original reference; anchors: "pi_t", "history" (pi_t, pi_{t-1},
-#   ... newest first), "previous" (pi_{t-1}; pi_t in round 1); "" = none
+# What each online method is, in the terms of a round:
+#   loss           the train.py / losses.py registry entry trained on the round's pairs
+#   pairs          best_worst (highest vs lowest reward of the K), margin (DNO: the best vs every sample at least
+#                  --dno_margin below it), as_drawn (EGPO: samples 0 and 1, unselected)
+#   reference      --ref_model of the round: "pi_t" (its start) or "pi_ref" (the original reference)
+#   anchors        --anchor_models: "pi_t", "history" (pi_t, pi_{t-1}, ... newest first), "previous" (pi_{t-1};
+#                  pi_t in round 1), or "" (none)
+#   extragradient  two halves per round (EGPO, Nash-MP): the opponent moves first, the start does not
+Method = namedtuple("Method", "loss pairs reference anchors extragradient")
 METHODS = {
-    "dpo":      ("dpo", "best_worst", "pi_t", "", False),
-    "dno":      ("dpo", "margin", "pi_t", "", False),
-    "dno_soft": ("dno", "best_worst", "pi_t", "", False),
-    "sppo":     ("sppo", "best_worst", "pi_t", "", False),
-    "inpo":     ("inpo", "best_worst", "pi_ref", "pi_t", False),
-    "mnpo":     ("mnpo", "best_worst", "pi_ref", "history", False),
-    "apo":      ("apo_accel", "best_worst", "pi_t", "previous", False),
-    "egpo":     ("online_ipo", "as_drawn", "pi_ref", "", True),
-    "nash_mp":  ("inpo", "best_worst", "pi_ref", "pi_t", True),
-    "drdo":     ("drdo", "best_worst", "pi_t", "", False),
+    "dpo":      Method("dpo", "best_worst", "pi_t", "", False),
+    "dno":      Method("dpo", "margin", "pi_t", "", False),
+    "dno_soft": Method("dno", "best_worst", "pi_t", "", False),
+    "sppo":     Method("sppo", "best_worst", "pi_t", "", False),
+    "inpo":     Method("inpo", "best_worst", "pi_ref", "pi_t", False),
+    "mnpo":     Method("mnpo", "best_worst", "pi_ref", "history", False),
+    "apo":      Method("apo_accel", "best_worst", "pi_t", "previous", False),
+    "egpo":     Method("online_ipo", "as_drawn", "pi_ref", "", True),
+    "nash_mp":  Method("inpo", "best_worst", "pi_ref", "pi_t", True),
+    "drdo":     Method("drdo", "best_worst", "pi_t", "", False),      # reference-free; pi_t is never read
 }
 
 
@@ -145,7 +152,7 @@ def check(cfg):
         raise ValueError(f"--method {cfg.method!r} is not an online method; choose one of: {' '.join(METHODS)} "
                          "(offline methods run with train.py)")
     check_ranges(cfg, ONLINE_LIMITS)
-    loss, _, _, anchors, _ = METHODS[cfg.method]
+    loss, anchors = METHODS[cfg.method].loss, METHODS[cfg.method].anchors
     if cfg.annotator == "gold" and cfg.data not in ("embedded", "embedded-tiny"):
         raise ValueError(f"--annotator gold needs a gold reward, which only the embedded task has (--data {cfg.data} "
                          "has none); use --annotator oracle or a reward model directory")
@@ -295,7 +302,7 @@ def sample_and_label(cfg, policy_path, prompts, annotator, max_new, seed, where,
             for j, i in enumerate(part["idx"]):
                 texts[i], rewards[i] = part["texts"][j], part["rewards"][j]
         spread = torch.tensor(rewards, dtype=torch.float64).std().item()       # DNO's margin, in reward units
-        rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method][1], cfg.dno_margin * spread)
+        rows = build_pairs(prompts, texts, rewards, METHODS[cfg.method].pairs, cfg.dno_margin * spread)
         tokens, t_sample = sum(p["tokens"] for p in parts), max(p["sample_seconds"] for p in parts)
         stats = {"prompts": len(prompts), "samples": cfg.samples, "pairs": len(rows), "generated_tokens": tokens,
                  "sample_seconds": round(t_sample, 3), "label_seconds": round(max(p["label_seconds"] for p in parts), 3),
@@ -337,10 +344,9 @@ def train_round(base, cfg, start, where, pairs_dir, ref_model, anchors, oracle_d
 def references(history, pi_ref, method, max_history):
     """(--ref_model, --anchor_models) of a round whose start is history[-1]. history: [pi_1, ..., pi_t]; method: a
     METHODS row."""
-    _, _, ref, anchors, _ = method
-    ref_model = history[-1] if ref == "pi_t" else pi_ref
+    ref_model = history[-1] if method.reference == "pi_t" else pi_ref
     anchor_list = {"": [], "pi_t": [history[-1]], "previous": [history[-2] if len(history) > 1 else history[-1]],
-                   "history": history[::-1][:max_history]}[anchors]
+                   "history": history[::-1][:max_history]}[method.anchors]
     return ref_model, anchor_list
 
 
@@ -431,7 +437,7 @@ def rounds(cfg, base, d, log):
     prompts = [prompts[i] for i in perm]
     eval_prompts = ([r["prompt"] for r in task["reference_eval_prompts"]] if task else
                     evaluate.held_out_prompts(test_ds, len(test_ds)))[:cfg.eval_prompts]
-    loss, _, _, _, extragradient = METHODS[cfg.method]
+    loss, extragradient = METHODS[cfg.method].loss, METHODS[cfg.method].extragradient
     log(f"online {cfg.method}: {cfg.rounds} round(s) of {len(round_prompts(prompts, cfg, 1))} prompts x {cfg.samples} "
         f"samples, annotator {cfg.annotator}, loss {loss}{' (extragradient rounds)' if extragradient else ''}; "
         f"{len(eval_prompts)} held-out prompts judged per round{f'; {d.world} processes' if d.world > 1 else ''}; {out}")

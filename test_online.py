@@ -220,8 +220,8 @@ def test_every_method_runs_rounds_and_lowers_its_objective(cache, tmp_path, meth
         assert r["train_loss_end"] < r["train_loss_start"], (method, r)
         assert r["kl"] >= -0.5 and math.isfinite(r["gold_gain"]) and math.isfinite(r["annotator_gain"])
     config = json.loads((tmp_path / method / "round-2" / "train" / "config.json").read_text())
-    assert config["method"] == online.METHODS[method][0]
-    if online.METHODS[method][4]:                         # extragradient: a half round, then the full one FROM pi_t
+    assert config["method"] == online.METHODS[method].loss
+    if online.METHODS[method].extragradient:                         # extragradient: a half round, then the full one FROM pi_t
         half = json.loads((tmp_path / method / "round-2" / "half" / "train" / "config.json").read_text())
         assert half["model"] == config["model"] == result["rounds"][0]["policy"]
         assert result["rounds"][1]["opponent"].startswith(str(tmp_path / method / "round-2" / "half"))
