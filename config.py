@@ -29,7 +29,8 @@ LIMITS = {
     "kto_undesirable_weight": "[0, inf)", "ld_alpha": "[0, 1]", "aot_label_smoothing": "[0, 0.5)",
     "madpo_c_min": "(0, 1)", "madpo_c_max": "(1, inf)", "adpo_temperature": "(0, inf)", "asft_lambda": "[0, inf)",
     "modpo_w0": "(0, 1]", "tpo_beta": "(0, inf)", "tpo_alpha": "[0, inf)", "ref_sync_every": "[0, inf)", "curriculum_stage": "[0, inf)", "tgdpo_alpha": "[0, inf)", "brain_beta": "(0, inf)", "sppo_eta": "(0, inf)",
-    "nash_eta": "(0, inf)", "nash_tau": "(-inf, inf)", "mnpo_ratio": "[0, 1]", "apo_alpha": "[0, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
+    "nash_eta": "(0, inf)", "nash_tau": "(-inf, inf)", "mnpo_ratio": "[0, 1]", "apo_alpha": "[0, inf)",
+    "ofs_alpha": "[0, inf)", "ofs_lr_ratio": "[1, inf)", "ref_sync_alpha": "(0, 1]", "lora_r": "[0, inf)", "lora_alpha": "(0, inf)", "lora_dropout": "[0, 1)",
 }
 # Values a string option may take.
 CHOICES = {"split": ("all", "deterministic", "nondeterministic"), "score": ("unlikelihood", "likelihood", "odds"),
@@ -96,6 +97,8 @@ class Config:
     nash_tau: float = -1.0         # inpo: tau, the pull towards pi_ref against pi_t (negative = eta / 3, the paper's)
     mnpo_ratio: float = 1 / 3      # mnpo: the share of pi_ref in the opponents' mixture (the code's ratio; = tau / eta)
     apo_alpha: float = 0.3         # apo_accel: Nesterov extrapolation of the reference, (1 + a) S_t - a S_{t-1}
+    ofs_alpha: float = 0.5         # ofs_dpo: weight of the fast-slow chase term (LoRA only: two modules on one base)
+    ofs_lr_ratio: float = 4.0      # ofs_dpo: the fast module's learning rate over the slow one's (slow lr = lr / ratio)
     anchor_models: str = ""        # inpo, mnpo, apo_accel: frozen models whose log-probs the loss reads besides --ref_model,
                                    # comma-separated, newest first (online.py sets them: pi_t, the past iterates)
     curriculum_stage: int = 0      # Curry-DPO stage k: the best vs the k-th worst of each prompt's K samples (curriculum.py; 0 = off)
@@ -197,6 +200,10 @@ def resolve(cfg, limits=LIMITS):
     if info.needs_anchors and not cfg.anchor_models:
         raise ValueError(f"--method {cfg.method} reads the log-probs of the previous iterate(s) besides pi_ref; give "
                          "--anchor_models (comma-separated), or run it round by round with online.py, which sets them")
+    if info.needs_slow_module and (not cfg.lora_r or world > 1 or cfg.ref_sync_every or cfg.ref_model):
+        raise ValueError(f"--method {cfg.method} trains two LoRA modules on one frozen base (OFS-DPO) against the base "
+                         "itself as pi_ref: give --lora_r (e.g. 8), in one process, without --ref_sync_every or "
+                         "--ref_model")
     if cfg.anchor_models and not info.needs_anchors:
         raise ValueError(f"--anchor_models gives the previous iterates' log-probs; --method {cfg.method} reads none")
     if cfg.oracle_dir and not info.needs_oracle:

@@ -1516,6 +1516,48 @@ def accelerated_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_c
     return dpo_loss(policy_chosen_logps, policy_rejected_logps, hat_w, hat_l, beta=beta)   # step 3
 
 
+# ------------------------------------------------------------------------------------------------------------
+# OFS-DPO, online DPO with fast-slow chasing (Qi et al., arXiv 2406.05534)
+#
+# "Online" here means a stream of preference pairs (no sampling, no annotator). Two LoRA modules on one frozen base
+# train on the same pairs at two learning rates (a fast module A, a slow module B; train.py's --ofs_lr_ratio):
+# 1) each module M is a DPO policy: Delta_M = beta [rho_M(y_w) - rho_M(y_l)], L_DPO(M) = -log sigmoid(Delta_M)
+# 2) the module currently ahead (the lower running DPO loss) plays F, the other S; the chase term is DPO of F with
+#    S as the reference: L_FS = -log sigmoid(Delta_F - Delta_S)
+# 3) F minimises L_DPO(F) + alpha L_FS (S held fixed), S minimises L_DPO(S) - alpha L_FS (F held fixed); one
+#    objective gives both gradients at once, with stop-gradients (sg):
+#        loss = L_DPO(A) + L_DPO(B) + alpha [ -log sigmoid(Delta_F - sg Delta_S) + log sigmoid(sg Delta_F - Delta_S) ]
+#    (the bracket is 0 in value: the loss's value is the two DPO losses; its gradients are the chase)
+# Gradient (checked): d loss / d Delta_F = -sigmoid(-Delta_F) - alpha sigmoid(-(Delta_F - Delta_S));
+#   d loss / d Delta_S = -sigmoid(-Delta_S) - alpha sigmoid(-(Delta_F - Delta_S)): both raise their margins, S
+#   pulled up towards F more strongly the further it lags.
+# Sanity values (checked): both modules at pi_ref (LoRA's zero init): loss = 2 ln 2, and the gradient on Delta_F is
+#   -(1 + alpha) / 2 (the F role's total 0.693 (1 + alpha) of the notes is its own L_DPO + alpha L_FS).
+# NOTE (deviates from paper): reconstructed from the abstract and a third-party reimplementation (the paper's body
+#   was not available to us): the roles are re-assigned at every step from the running mean of each module's DPO
+#   loss over all previous pairs (the reimplementation swaps every k steps); alpha, the learning-rate ratio and
+#   which module is kept (A, the fast one, is the saved policy) are our choices.
+# ------------------------------------------------------------------------------------------------------------
+def ofs_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                 slow_chosen_logps, slow_rejected_logps, *, beta=0.1, alpha=0.5, fast_dpo_mean=None,
+                 slow_dpo_mean=None):
+    """Shapes: all (B,) summed log-probs: policy = module A (fast), slow = module B, reference = pi_ref (the base).
+    fast_dpo_mean / slow_dpo_mean: each module's running mean DPO loss (train.py's `running`; None before the first
+    step: A leads). Returns losses (B,), metrics (+ fast_dpo, slow_dpo per pair, fast_leads)."""
+    _pair_shapes(policy_chosen_logps, policy_rejected_logps, slow_chosen_logps, slow_rejected_logps)
+    rho_w, rho_l, h_a = _logratios(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                                   reference_rejected_logps)
+    _, _, h_b = _logratios(slow_chosen_logps, slow_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    d_a, d_b = beta * h_a, beta * h_b                                           # (B,) Delta_A, Delta_B
+    dpo_a, dpo_b = softplus(-d_a), softplus(-d_b)                               # (B,) step 1
+    fast_leads = fast_dpo_mean is None or slow_dpo_mean is None or fast_dpo_mean <= slow_dpo_mean   # step 2
+    d_f, d_s = (d_a, d_b) if fast_leads else (d_b, d_a)
+    chase = softplus(-(d_f - d_s.detach())) - softplus(-(d_f.detach() - d_s))   # (B,) 0 in value, step 3
+    losses = dpo_a + dpo_b + alpha * chase
+    return losses, _reward_metrics(beta * rho_w, beta * rho_l, fast_dpo=dpo_a.detach(), slow_dpo=dpo_b.detach(),
+                                   fast_leads=torch.full_like(dpo_a, float(fast_leads)).detach())
+
+
 def win_rates(rewards):
     """(B, K) annotator rewards of K samples per prompt -> (B, K) P_hat(y_i > pi_t) = (1/K) sum_k
     sigmoid(r_i - r_k), the sum including k = i (which adds 1/2): SPPO's estimate (and DNO's r_t) under a
@@ -1546,6 +1588,7 @@ def win_rates(rewards):
 #     "scores"          the records' own chosen_score / rejected_score (the annotator's rewards; no Oracle trained)
 #     "anchor"          the log-probs of the first --anchor_models model (pi_t for INPO, pi_{t-1} for APO): (B,)
 #     "anchors"         of every --anchor_models model, newest first: (J, B) (MNPO's history of opponents)
+#     "policy_slow"     the policy's log-probs with its second LoRA module ("slow") in place of the first (OFS-DPO)
 #     "policy_sum", "policy_mean"   the policy's summed / averaged log-probs whatever average_logps says
 #                                   (combinations of entries: combine below)
 # `hparams` maps each keyword argument of the function to the train.py Config field that holds its value.
@@ -1598,6 +1641,10 @@ class LossInfo:
     @property
     def needs_gold(self):
         return "gold" in self.inputs
+
+    @property
+    def needs_slow_module(self):
+        return "policy_slow" in self.inputs
 
     @property
     def needs_anchors(self):
@@ -1882,6 +1929,10 @@ LOSSES = {
     "mnpo":      LossInfo(mnpo_loss, _REF + ("anchors",), False, {"eta": "nash_eta", "ratio": "mnpo_ratio"}),
     "apo_accel": LossInfo(accelerated_dpo_loss, _REF + ("anchor",), False, {"beta": "beta", "alpha": "apo_alpha"}),
     "online_ipo": LossInfo(online_ipo_loss, _REF + ("scores",), False, {"beta": "beta"}),
+    # OFS-DPO: two LoRA modules (train.py adds the second, "slow", at --lr / --ofs_lr_ratio); roles from the running
+    # mean of each module's DPO loss
+    "ofs_dpo":   LossInfo(ofs_dpo_loss, _REF + ("policy_slow",), False, {"beta": "beta", "alpha": "ofs_alpha"},
+                          running={"fast_dpo_mean": "fast_dpo", "slow_dpo_mean": "slow_dpo"}),
 }
 
 

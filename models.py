@@ -19,6 +19,7 @@ that trains it (Bradley-Terry, DRDO's distillation) sees only reward differences
 
 Shapes: N = rows of a batch (2B for a pair batch), T = tokens, V = vocabulary, d = hidden size.
 """
+import contextlib
 import functools
 import importlib.util
 import os
@@ -171,6 +172,44 @@ def load_lora(model, path):
 
 def is_lora(model):
     return hasattr(model, "disable_adapter")
+
+
+# OFS-DPO's second LoRA module: one frozen base, two adapters ("default" = the fast module A, "slow" = module B)
+SLOW = "slow"
+
+
+def add_slow_adapter(model, r, alpha=16.0, dropout=0.0, target_modules="all-linear", path=None):
+    """A second LoRA module on the same frozen base: new (zero-initialised like the first, so both start as the
+    base model) or, with `path`, the one saved beside a checkpoint (peft writes it to <checkpoint>/slow)."""
+    from peft import LoraConfig
+    if path:
+        model.load_adapter(os.path.join(path, SLOW), adapter_name=SLOW, is_trainable=True)
+    else:
+        targets = "all-linear" if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
+        model.add_adapter(SLOW, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                           task_type="CAUSAL_LM"))
+    adapters_trainable(model)
+    return model
+
+
+def adapters_trainable(model):
+    """Every LoRA module's weights trainable (peft's adapter switches, and disable_adapter, freeze all but one)."""
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def adapter(model, name):
+    """Forward passes inside run with LoRA module `name` in place of the default one (peft switches one adapter
+    on at a time and freezes the others; every adapter is made trainable again on the way out)."""
+    inner = unwrap(model)
+    inner.set_adapter(name)
+    try:
+        yield
+    finally:
+        inner.set_adapter("default")
+        adapters_trainable(inner)
 
 
 def enable_gradient_checkpointing(model):

@@ -12,7 +12,7 @@ import torch
 import distributed
 import tokenization
 from losses import completion_lengths, loss_entry, wpo_weights
-from models import autocast, batch_logps, pair_logps, to_device
+from models import SLOW, adapter, autocast, batch_logps, pair_logps, to_device
 from runlog import metric_sums
 
 SINGLE = distributed.Dist()          # one process: every distributed step is the identity
@@ -90,10 +90,17 @@ def loss_inputs(cfg, model, batch):
         "win_rates": lambda: (batch["chosen_win_rate"], batch["rejected_win_rate"]),         # (B,) online.py
         "anchor": lambda: (batch["anchor_chosen"][0], batch["anchor_rejected"][0]),          # (B,) cached
         "anchors": lambda: (batch["anchor_chosen"], batch["anchor_rejected"]),               # (J, B) cached
+        "policy_slow": lambda: slow_logps(model, batch),                                      # (B,) OFS-DPO
         "oracle_members": lambda: (batch["chosen_scores"], batch["rejected_scores"]),         # (K, B)
         "student": lambda: student_rewards(cfg, head_rewards, (c_sum, r_sum), (c_mean, r_mean)),
     }
     return [t for name in info.inputs for t in inputs[name]()], policy, out
+
+
+def slow_logps(model, batch):
+    """OFS-DPO: the policy's summed log-probs of (y_w, y_l) with its second LoRA module, one more forward."""
+    with adapter(model, SLOW):
+        return pair_logps(model, batch)["logps"]
 
 
 def gold_logps(model, batch):

@@ -19,7 +19,9 @@ LOG_NAMES = {"chosen_rewards": "rewards/chosen", "rejected_rewards": "rewards/re
              "pref_logit": "pref/logit", "forward_kl": "kl/forward", "nll_loss": "nll_loss",
              "log_odds_ratio": "log_odds_ratio", "reward_shift": "bco/delta", "reward_mean": "bco/reward_mean",
              "modulation": "discopop/modulation", "z_ref": "kto/z_ref", "wpo_weight": "wpo/weight",
-             "member": "edpo/member", "madpo_weight": "madpo/weight", "adpo_target": "adpo/target"}
+             "member": "edpo/member", "madpo_weight": "madpo/weight", "adpo_target": "adpo/target",
+             "fast_dpo": "ofs/fast_dpo", "slow_dpo": "ofs/slow_dpo", "fast_leads": "ofs/fast_leads",
+             "preference": "online_ipo/preference", "targets": "dno/target"}
 SINKS = ("tensorboard", "wandb")
 
 

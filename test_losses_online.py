@@ -4,10 +4,11 @@ elsewhere, and autograd against the gradient written above the function.
 """
 import math
 
+import pytest
 import torch
 
 from loss_test_helpers import LN2, t
-from losses import (accelerated_dpo_loss, dno_loss, dpo_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_hard_loss,
+from losses import (accelerated_dpo_loss, dno_loss, ofs_dpo_loss, dpo_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_hard_loss,
                     sppo_loss, win_rates)
 
 
@@ -181,3 +182,40 @@ def test_accelerated_dpo_sanity_value_reductions_and_gradient():
     same, _ = accelerated_dpo_loss(S[0], S[1], S[2], S[3], S[2], S[3], beta=0.2, alpha=0.7)
     torch.testing.assert_close(a0, dpo, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(same, dpo, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# OFS-DPO: two modules, the one ahead chased by the other
+# ------------------------------------------------------------------------------------------------------------
+def test_ofs_dpo_starts_at_two_ln2_and_has_the_written_gradients():
+    zero = t(0.0, 0.0)
+    losses, metrics = ofs_dpo_loss(zero, zero, zero, zero, zero, zero, beta=0.1, alpha=0.5)
+    torch.testing.assert_close(losses, t(2 * LN2, 2 * LN2), rtol=1e-12, atol=1e-12)
+    # Delta_A = 0.1 (S_w^A - S_l^A) etc. against a zero reference; A leads (no running means yet)
+    a_w, a_l, b_w, b_l = t(-3.0, 1.0, grad=True), t(-5.0, 2.0, grad=True), t(-4.0, 0.5, grad=True), t(-4.5, 1.0, grad=True)
+    losses, metrics = ofs_dpo_loss(a_w, a_l, t(0.0, 0.0), t(0.0, 0.0), b_w, b_l, beta=0.1, alpha=0.5)
+    d_a, d_b = 0.1 * (a_w - a_l).detach(), 0.1 * (b_w - b_l).detach()
+    sig = torch.sigmoid
+    # value: the two DPO losses (the chase bracket is 0 in value)
+    torch.testing.assert_close(losses, -torch.log(sig(d_a)) - torch.log(sig(d_b)), rtol=1e-12, atol=1e-12)
+    g_aw, g_bw = torch.autograd.grad(losses.sum(), (a_w, b_w))
+    # d loss / d Delta_F = -sigmoid(-Delta_F) - alpha sigmoid(-(Delta_F - Delta_S)); the same form for Delta_S
+    torch.testing.assert_close(g_aw, 0.1 * (-sig(-d_a) - 0.5 * sig(-(d_a - d_b))), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_bw, 0.1 * (-sig(-d_b) - 0.5 * sig(-(d_a - d_b))), rtol=1e-12, atol=1e-12)
+    assert metrics["fast_leads"].tolist() == [1.0, 1.0]
+
+
+def test_ofs_dpo_roles_follow_the_running_losses():
+    a_w, a_l, b_w, b_l = t(-3.0, grad=True), t(-5.0, grad=True), t(-4.0, grad=True), t(-4.5, grad=True)
+    z = t(0.0)
+    # B has the lower running DPO loss: B plays F, A plays S; the chase then uses Delta_B - Delta_A
+    losses, metrics = ofs_dpo_loss(a_w, a_l, z, z, b_w, b_l, beta=0.1, alpha=0.5, fast_dpo_mean=0.7, slow_dpo_mean=0.6)
+    d_a, d_b = 0.1 * 2.0, 0.1 * 0.5
+    g_aw, g_bw = torch.autograd.grad(losses.sum(), (a_w, b_w))
+    s = lambda x: 1 / (1 + math.exp(-x))                                          # noqa: E731
+    assert g_aw.item() == pytest.approx(0.1 * (-s(-d_a) - 0.5 * s(-(d_b - d_a))), abs=1e-12)
+    assert g_bw.item() == pytest.approx(0.1 * (-s(-d_b) - 0.5 * s(-(d_b - d_a))), abs=1e-12)
+    assert metrics["fast_leads"].item() == 0.0
+    # alpha = 0: two independent DPO losses
+    a0, _ = ofs_dpo_loss(a_w, a_l, z, z, b_w, b_l, beta=0.1, alpha=0.0)
+    torch.testing.assert_close(a0, dpo_loss(a_w, a_l, z, z, beta=0.1)[0] + dpo_loss(b_w, b_l, z, z, beta=0.1)[0])

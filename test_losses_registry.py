@@ -5,7 +5,7 @@ entry consumes, its keywords, and the fields of Config that fill them).
 import pytest
 import torch
 
-from losses import (LOSSES, accelerated_dpo_loss, adpo_loss, dno_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_loss, brain_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
+from losses import (LOSSES, accelerated_dpo_loss, ofs_dpo_loss, adpo_loss, dno_loss, inpo_loss, mnpo_loss, online_ipo_loss, sppo_loss, brain_loss, aot_loss, aot_unpaired_loss, apo_down_loss, apo_zero_loss, asft_loss,
                     bco_pair_loss, cdpo_loss, cpo_loss, discopop_loss, distill_loss, dpo_loss, drdo_loss, edpo_loss,
                     exo_loss, fdpo_loss, hinge_loss, ipo_loss, kto_loss, ld_dpo_loss, madpo_loss, modpo_loss,
                     nca_loss, orpo_loss, pdpo_loss, rdpo_loss, sft_loss, simpo_loss, sppo_hard_loss, tpo_l_loss,
@@ -141,6 +141,8 @@ def test_every_loss_against_a_fresh_rederivation():
         "apo_accel": (accelerated_dpo_loss(*four, c["uc"], c["ur"], beta=b, alpha=al)[0],
                       -torch.log(sig(b * ((c["pc"] - hat_w) - (c["pr"] - hat_l))))),
         "online_ipo": (online_ipo_loss(*four, c["Rw"], c["Rl"], beta=b)[0], (h - (sig(c["Rw"] - c["Rl"]) - 0.5) / b) ** 2),
+        "ofs_dpo": (ofs_dpo_loss(*four, c["tc"], c["tr"], beta=b, alpha=0.5)[0],
+                    -torch.log(sig(b * h)) - torch.log(sig(b * ((c["tc"] - c["rc"]) - (c["tr"] - c["rr"]))))),
     })
     assert set(cases) == set(LOSSES), "a registered loss has no re-derivation here"
     for name, (ours, fresh) in cases.items():
@@ -162,7 +164,8 @@ def _call(name, pc, pr, rc, rr, ac, ar, Rw, Rl, rw, rl, tc, tr, uc, ur, nc, nr):
              "group": (torch.stack([pc, pr, 0.5 * pc], -1), torch.stack([rc, rr, 0.5 * rc], -1)),   # (B, 3)
              "group_rewards": (torch.stack([Rw, Rl, 0.3 * Rw], -1), torch.stack([rc, rr, 0.5 * rc], -1)),
              "win_rates": (torch.sigmoid(Rw), torch.sigmoid(Rl)), "scores": (Rw, Rl),
-             "anchor": (uc, ur), "anchors": (torch.stack([uc, 0.5 * uc]), torch.stack([ur, 0.5 * ur]))}  # (2, B)
+             "anchor": (uc, ur), "anchors": (torch.stack([uc, 0.5 * uc]), torch.stack([ur, 0.5 * ur])),  # (2, B)
+             "policy_slow": (tc, tr)}
     return info.fn(*[x for n in info.inputs for x in pairs[n]])
 
 
@@ -234,7 +237,8 @@ def test_registry_metadata():
                                                                    "sigmoid_norm", "asft", "tpo_l"}
     assert {n for n, i in LOSSES.items() if i.needs_gold} == {"tpo", "tpo_l"}
     assert {n for n, i in LOSSES.items() if i.needs_guidance} == {"tgdpo"}
-    assert {n: i.running for n, i in LOSSES.items() if i.running} == {"bco_pair": {"delta": "reward_mean"}}
+    assert {n: i.running for n, i in LOSSES.items() if i.running} == {
+        "bco_pair": {"delta": "reward_mean"}, "ofs_dpo": {"fast_dpo_mean": "fast_dpo", "slow_dpo_mean": "slow_dpo"}}
     from losses import WindowArgmin
     assert {n: i.window for n, i in LOSSES.items() if i.window} == {
         "edpo": {"member": WindowArgmin("member_losses", ("aggregate", "batch_min"))}}
@@ -242,7 +246,7 @@ def test_registry_metadata():
     assert {n for n, i in LOSSES.items() if not i.wpo} == {"orpo", "cpo", "pdpo", "distill", "edpo", "drdo", "sft",
                                                             "aot", "aot_unpaired", "madpo", "adpo", "asft", "modpo",
                                                             "tpo", "tpo_l", "brain", "sppo", "dno", "inpo",
-                                                            "mnpo", "apo_accel", "online_ipo"}
+                                                            "mnpo", "apo_accel", "online_ipo", "ofs_dpo"}
     assert {n for n, i in LOSSES.items() if i.needs_anchors} == {"inpo", "mnpo", "apo_accel"}
 
 

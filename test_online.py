@@ -292,3 +292,48 @@ def test_torchrun_rounds_share_the_sampling_and_train_with_ddp(cache, tmp_path):
         assert all(gold_reward([x["chosen"]])[0] == x["chosen_score"] for x in rows)   # labelled, gathered
         assert metrics(out / f"round-{t}", "train")[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert result["rounds"][1]["ref_model"] == result["rounds"][0]["policy"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# OFS-DPO (a stream of offline pairs; train.py): two LoRA modules at two learning rates, resumable
+# ------------------------------------------------------------------------------------------------------------
+def _adapters(path):
+    from safetensors.torch import load_file
+    return (load_file(os.path.join(path, "adapter_model.safetensors")),
+            load_file(os.path.join(path, "slow", "adapter_model.safetensors")))
+
+
+def test_ofs_dpo_trains_two_modules_at_two_learning_rates(cache, tmp_path):
+    from train_test_helpers import run as train_run
+    import checkpoint
+    train_run(tmp_path, "--method", "ofs_dpo", "--lora_r", "4", "--lr", "1e-3", "--ofs_lr_ratio", "4", "--warmup", "0",
+              "--epochs", "1", "--save_every", "1", "--save_total_limit", "10", name="ofs")
+    assert metrics(tmp_path, "ofs")[0]["loss"] == pytest.approx(2 * math.log(2), abs=1e-6)   # both modules = base
+    first = checkpoint.complete(str(tmp_path / "ofs"))[0]
+    fast, slow = _adapters(first)
+    # Adam's first step moves every LoRA B entry (zero at init) by lr * sign(gradient): lr for the fast module,
+    # lr / 4 for the slow one
+    fb = max(v.abs().max().item() for k, v in fast.items() if "lora_B" in k)
+    sb = max(v.abs().max().item() for k, v in slow.items() if "lora_B" in k)
+    assert fb == pytest.approx(1e-3, rel=1e-3) and sb == pytest.approx(1e-3 / 4, rel=1e-3)
+
+
+def test_ofs_dpo_stopped_and_resumed_equals_uninterrupted(cache, tmp_path):
+    from train_test_helpers import run as train_run
+    import checkpoint
+    args = ["--method", "ofs_dpo", "--lora_r", "4", "--lr", "1e-3", "--epochs", "1", "--save_every", "1"]
+    train_run(tmp_path, *args, name="full")
+    train_run(tmp_path, *args, "--stop_after", "2", name="cut")
+    train_run(tmp_path, *args, "--resume", name="cut")
+    a, b = (_adapters(checkpoint.latest(str(tmp_path / n))) for n in ("full", "cut"))
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    la = [m["loss"] for m in metrics(tmp_path, "full")]
+    lb = [m["loss"] for m in metrics(tmp_path, "cut")]
+    assert la == lb
+
+
+def test_ofs_dpo_needs_lora(cache, tmp_path):
+    from train_test_helpers import run as train_run
+    with pytest.raises(SystemExit, match="two LoRA modules"):
+        train_run(tmp_path, "--method", "ofs_dpo")

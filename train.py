@@ -62,8 +62,9 @@ from cache import cache_root
 from common import cosine_schedule, parse_config, quiet_transformers
 from config import Config, resolve, resume_command
 from losses import loss_entry
-from models import (HEAD_FILE, add_lora, add_reward_head, autocast, check_available, enable_gradient_checkpointing,
-                    load_head, load_lora, load_model, save_model, to_device)
+from models import (HEAD_FILE, SLOW, adapters_trainable, add_lora, add_reward_head, add_slow_adapter, autocast,
+                    check_available, enable_gradient_checkpointing, load_head, load_lora, load_model, save_model,
+                    to_device)
 from objective import (collate, compute_loss, evaluate_pairs, running_means, term_grad_norms, uses_reward_head,
                        window_keywords)
 from reference import (fill_reference, group_reference_logps, guidance_logps, live_reference, reference_logps,
@@ -137,6 +138,8 @@ def prepare_policy(model, cfg, ckpt=None, device=None):
     if cfg.lora_r:
         model = (load_lora(model, ckpt) if ckpt else
                  add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
+    if loss_entry(cfg.method).needs_slow_module:      # OFS-DPO: the second LoRA module (new, or the checkpoint's)
+        add_slow_adapter(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, path=ckpt)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if uses_reward_head(cfg):
@@ -273,8 +276,13 @@ def run(cfg, d, log):
 
     # 4) optimizer, schedule, state
     plan = windows(len(train_ex), cfg)
+    if info.needs_slow_module:                # pi_ref's pass (adapters off) leaves only the default one trainable
+        adapters_trainable(net)
     trainable = [p for p in model.parameters() if p.requires_grad]          # LoRA: adapters (+ drdo's head)
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    slow = [p for n, p in model.named_parameters() if p.requires_grad and f".{SLOW}." in n]   # OFS-DPO's module B
+    groups = [{"params": [p for p in trainable if all(p is not q for q in slow)]}] + (
+        [{"params": slow, "lr": cfg.lr / cfg.ofs_lr_ratio}] if slow else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = cosine_schedule(opt, len(plan), cfg.warmup)
     step = 0
     running = {keyword: [0.0, 0] for keyword in info.running}   # registry `running`: [metric sum, pairs] so far
