@@ -36,8 +36,8 @@ Methods (--method; each loss is a pure function in losses.py with its paper's eq
     nash_mp   Nash-MP (arXiv 2505.19731): two INPO-style proximal steps per round (mirror prox) [reconstructed]
     drdo      online DRDO (arXiv 2410.08458): DRDO's Oracle distillation + focal term on the policy's own samples,
               the Oracle as teacher and annotator
-OFS-DPO (arXiv 2406.05534) is not a round of sampling at all (a stream of offline pairs, two LoRA modules): see the
-README, "Online and iterative", for why it is not here.
+OFS-DPO (arXiv 2406.05534) is not a round of sampling at all (a stream of offline pairs, two LoRA modules): it is
+train.py's `--method ofs_dpo --lora_r 8` (losses.ofs_dpo_loss).
 
 Extragradient rounds (egpo, nash_mp): from pi_t, a half round on pi_t's samples gives pi_{t+1/2}; then pi_{t+1/2}
 is sampled and labelled, and the full round trains FROM pi_t on those samples (the opponent moved, the start did
