@@ -211,20 +211,28 @@ STRENGTHS = {"sppo": ["--sppo_eta", "10"], "inpo": ["--nash_eta", "0.5", "--lr",
 def test_every_method_runs_rounds_and_lowers_its_objective(cache, tmp_path, method):
     # the gold annotator (rewards spread over [-1, 1]) for all but DRDO, whose teacher is the Oracle: the tiny
     # task's Oracle gives every sample nearly the same reward, so the regression losses (SPPO, INPO, ...) would
-    # start at their optimum (win rates ~ 1/2) and have nothing to lower
+    # start at their optimum (win rates ~ 1/2) and have nothing to lower. Two rounds where the history matters
+    # (MNPO's opponents, APO's pi_{t-1}), one elsewhere (the suite's time)
     annotator = "oracle" if method == "drdo" else "gold"
-    result = run(tmp_path, method, "--method", method, "--rounds", "2", "--annotator", annotator,
+    rounds = 2 if online.METHODS[method].anchors in ("history", "previous") else 1
+    result = run(tmp_path, method, "--method", method, "--rounds", str(rounds), "--annotator", annotator,
                  *STRENGTHS.get(method, []))
-    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    assert [r["round"] for r in result["rounds"]] == list(range(1, rounds + 1))
     for r in result["rounds"]:
         assert r["train_loss_end"] < r["train_loss_start"], (method, r)
         assert r["kl"] >= -0.5 and math.isfinite(r["gold_gain"]) and math.isfinite(r["annotator_gain"])
-    config = json.loads((tmp_path / method / "round-2" / "train" / "config.json").read_text())
-    assert config["method"] == online.METHODS[method].loss
-    if online.METHODS[method].extragradient:                         # extragradient: a half round, then the full one FROM pi_t
-        half = json.loads((tmp_path / method / "round-2" / "half" / "train" / "config.json").read_text())
-        assert half["model"] == config["model"] == result["rounds"][0]["policy"]
-        assert result["rounds"][1]["opponent"].startswith(str(tmp_path / method / "round-2" / "half"))
+    last = result["rounds"][-1]
+    config = json.loads((tmp_path / method / f"round-{rounds}" / "train" / "config.json").read_text())
+    assert config["method"] == online.METHODS[method].loss and config["model"] == last["start"]
+    if rounds == 2:          # round 2's anchors: MNPO plays (pi_2, pi_1), APO extrapolates from pi_1 towards pi_2
+        first = result["rounds"][0]["start"]
+        expected = [last["start"], first] if method == "mnpo" else [first]
+        assert config["anchor_models"].split(",") == expected
+        assert config["ref_model"] == (last["start"] if method == "apo" else first)
+    if online.METHODS[method].extragradient:              # a half round, then the full one FROM pi_t
+        half = json.loads((tmp_path / method / f"round-{rounds}" / "half" / "train" / "config.json").read_text())
+        assert half["model"] == config["model"] == last["start"]
+        assert last["opponent"].startswith(str(tmp_path / method / f"round-{rounds}" / "half"))
 
 
 def test_per_step_online_mode_is_one_step_per_round_on_new_prompts(cache, tmp_path):

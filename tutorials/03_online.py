@@ -28,8 +28,8 @@
 # * **Iterative**: 3 rounds, 512 new prompts per round (rounds 1-2 cover the 1,053 training prompts once, round 3
 #   starts over), K = 4 samples at temperature 1, one epoch per round; seeds 0-2 at the chosen strength.
 # * **Offline**: train.py's dpo and drdo (2 epochs on the offline pairs, the task's defaults), judged alike.
-# * **Per-step online DPO**: one optimizer step per round (8 prompts, 4 samples, best vs worst), 192 rounds, the same
-#   number of prompts as the 3 iterative rounds.
+# * **Per-step online DPO**: one optimizer step per round (16 prompts, 4 samples, best vs worst; 10% of a round's
+#   pairs are held out, as for any file), 96 rounds: the same number of prompts as the 3 iterative rounds.
 # * Every policy: 200 prompts x 4 samples at temperature 1 (the task's evaluation seed); gold and annotator rewards
 #   paired with the starting policy's samples; KL(pi || pi_ref) by Monte Carlo on the same samples.
 #
@@ -65,7 +65,8 @@ DATA = os.environ.get("ONLINE_DATA", "embedded")          # the tests use embedd
 OUT = os.environ.get("ONLINE_OUT", os.path.join("runs", "online_study" + ("_quick" if QUICK else "")))
 SEEDS = [0] if QUICK else [0, 1, 2]
 ROUNDS, PER_ROUND = (2, 128) if QUICK else (3, 512)
-PER_STEP_ROUNDS = int(os.environ.get("ONLINE_PER_STEP_ROUNDS", ROUNDS * PER_ROUND // 8))
+PER_STEP = 16                                             # prompts (and pairs) of a per-step round: one optimizer step
+PER_STEP_ROUNDS = int(os.environ.get("ONLINE_PER_STEP_ROUNDS", ROUNDS * PER_ROUND // PER_STEP))
 RESULTS = os.environ.get("ONLINE_RESULTS", "tutorials/results")
 FIGURES = os.environ.get("ONLINE_FIGURES", "tutorials/figures")
 # name -> (online method, the flag of its strength, the two strengths tried on the dev prompts). dno and apo take
@@ -167,8 +168,8 @@ def run_all():
         if "dpo" in chosen:
             runs["dpo per-step", seed] = online_run(
                 "dpo-perstep", "dpo", ["--beta", str(chosen["dpo"])], seed,
-                ["--rounds", str(PER_STEP_ROUNDS), "--prompts_per_round", "8", "--batch_size", "8",
-                 "--micro_batch_size", "8", "--judge_every", str(PER_STEP_ROUNDS)])
+                ["--rounds", str(PER_STEP_ROUNDS), "--prompts_per_round", str(PER_STEP), "--batch_size",
+                 str(PER_STEP), "--micro_batch_size", str(PER_STEP), "--judge_every", str(PER_STEP_ROUNDS)])
         for method in ("dpo", "drdo"):
             runs[f"offline {method}", seed] = offline_run(method, seed)
     return chosen, {k: v for k, v in runs.items() if v is not None}
