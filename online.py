@@ -42,6 +42,12 @@ train.py's `--method ofs_dpo --lora_r 8` (losses.ofs_dpo_loss).
 Extragradient rounds (egpo, nash_mp): from pi_t, a half round on pi_t's samples gives pi_{t+1/2}; then pi_{t+1/2}
 is sampled and labelled, and the full round trains FROM pi_t on those samples (the opponent moved, the start did
 not). Each half is an ordinary train.py run in <round>/half.
+NOTE (deviates from paper): EGPO's code takes its extragradient step per optimizer step (snapshot, half step on fresh
+samples, restore); here per round (README deviation 48). Nash-MP is reconstructed from its abstract as the same
+extragradient round with INPO's proximal loss (deviation 49). MNPO is TD-MNPO with equal weights over the last
+--mnpo_history iterates (deviation 50). Online DRDO's procedure is ours: the DRDO paper points to this use of its
+Oracle without describing one (deviation 51). SPPO's and DNO's win rates come from the annotator's Bradley-Terry
+probabilities (deviation 46).
 
 Layout (every stage is written atomically and skipped when present, so a stopped run continues where it was;
 inside a training stage, train.py's --resume continues from its last checkpoint):
