@@ -35,7 +35,9 @@ FLAGS = ["--beta", "0.123", "--label_smoothing", "0.07", "--kl_coef", "0.21", "-
          "--discopop_tau", "0.07", "--fdpo_divergence", "js_divergence", "--fdpo_alpha", "0.3", "--cpo_alpha", "0.8",
          "--kto_desirable_weight", "1.2", "--kto_undesirable_weight", "0.9", "--ld_alpha", "0.35",
          "--aot_label_smoothing", "0.04", "--madpo_c_min", "0.6", "--madpo_c_max", "1.8", "--adpo_temperature", "0.8",
-         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4", "--tgdpo_alpha", "0.7", "--brain_beta", "0.6"]
+         "--asft_lambda", "0.25", "--modpo_w0", "0.85", "--tpo_beta", "0.05", "--tpo_alpha", "0.4", "--tgdpo_alpha", "0.7", "--brain_beta", "0.6",
+         "--sppo_eta", "7.0", "--nash_eta", "0.4", "--nash_tau", "0.05", "--mnpo_ratio", "0.3", "--apo_alpha", "0.25",
+         "--ofs_alpha", "0.35"]
 # What each loss must receive from FLAGS, written out by hand (not read from the registry).
 EXPECTED_KWARGS = {
     "dpo": {"beta": 0.123}, "ipo": {"beta": 0.123}, "hinge": {"beta": 0.123}, "distill": {"beta": 0.123},
@@ -53,7 +55,27 @@ EXPECTED_KWARGS = {
     "asft": {"lam": 0.25}, "modpo": {"beta": 0.123, "w0": 0.85}, "tpo": {"beta": 0.05, "alpha": 0.4},
     "tpo_l": {"beta": 1.7, "gamma": 0.3, "alpha": 0.4}, "tgdpo": {"beta": 0.123, "alpha": 0.7},
     "brain": {"beta": 0.6},
+    "sppo": {"eta": 7.0}, "dno": {"eta": 0.123}, "inpo": {"eta": 0.4, "tau": 0.05}, "mnpo": {"eta": 0.4, "ratio": 0.3},
+    "apo_accel": {"beta": 0.123, "alpha": 0.25}, "online_ipo": {"beta": 0.123}, "ofs_dpo": {"beta": 0.123, "alpha": 0.35},
 }
+
+
+def online_inputs(method, tiny_task, tmp_path):
+    """What an online-family loss reads besides the pairs, as online.py would give it: the previous iterate
+    (--anchor_models; here pi_ref itself), per-pair win rates and annotator rewards in the records (here constants:
+    0.75 / 0.25 and 1 / 0), the second LoRA module of OFS-DPO. -> (extra flags, the data file or None)."""
+    info = LOSSES[method]
+    flags = ["--anchor_models", tiny_task["reference"]] if info.needs_anchors else []
+    flags += ["--lora_r", "4"] if info.needs_slow_module else []
+    if not {"win_rates", "scores"} & set(info.inputs):
+        return flags, None
+    path = tmp_path / "labelled.jsonl"
+    with open(path, "w") as f:
+        for r in tiny_task["train"]:
+            f.write(json.dumps({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                                "chosen_win_rate": 0.75, "rejected_win_rate": 0.25, "chosen_score": 1.0,
+                                "rejected_score": 0.0}) + "\n")
+    return flags + ["--data", str(path), "--model", tiny_task["reference"]], str(path)   # a file: pi_ref by path
 
 
 def test_every_registered_method_has_its_expected_keywords_written_here():
@@ -69,7 +91,8 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     calls = record_calls(monkeypatch, method)
     oracle = ["--oracle_epochs", "15", "--oracle_lr", "3e-3"] if LOSSES[method].needs_oracle else []
     oracle += ["--guidance_model", tiny_task["reference"]] if LOSSES[method].needs_guidance else []   # g = 0
-    s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *FLAGS, *oracle)
+    extra, labelled = online_inputs(method, tiny_task, tmp_path)
+    s = run(tmp_path, "--method", method, "--epochs", "3", "--lr", "1e-3", *FLAGS, *oracle, *extra)
     assert s["objective_end"] < s["objective_start"] - 1e-3, s
     # every call has exactly the expected keywords; on evaluation steps, a loss with named terms (drdo) is also
     # called once per term with that term's overrides (train.term_grad_norms); running-mean keywords (bco_pair's
@@ -85,7 +108,8 @@ def test_every_method_lowers_its_own_objective_with_the_given_hyperparameters(ca
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_task["reference"])
     pairs = (data.ranked_triples(tiny_task["train_ranked"]) if LOSSES[method].needs_gold else
-             data.ranked_groups(tiny_task["train_ranked"]) if LOSSES[method].needs_group else tiny_task["train"])
+             data.ranked_groups(tiny_task["train_ranked"]) if LOSSES[method].needs_group else
+             data.load_splits(labelled, log=lambda *_: None)[0] if labelled else tiny_task["train"])
     n = len(tokenization.tokenize_dataset(tok, pairs, 128, 64, log=lambda *_: None)[0])
     assert s["train_examples"] == n and s["steps"] == 3 * math.ceil(n / 8), (s["steps"], n)
 

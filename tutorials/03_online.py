@@ -37,6 +37,13 @@
 #     python tutorials/03_online.py --quick    # 1 seed, 2 rounds of 128 prompts: minutes
 #     python tutorials/03_online.py --report   # the tables and the figure from what has finished
 #
+# On 2 cores, two single-threaded processes on disjoint methods finish sooner than one using both (how the committed
+# results were made; the second skips the offline and per-step baselines; `--report` then reads everything):
+#
+#     OMP_NUM_THREADS=1 ONLINE_METHODS=dpo,sppo,inpo,mnpo,dno,apo python tutorials/03_online.py &
+#     OMP_NUM_THREADS=1 ONLINE_METHODS=egpo,drdo ONLINE_BASELINES=0 python tutorials/03_online.py &
+#     python tutorials/03_online.py --report
+#
 # It writes tutorials/results/online.json (every number, per-prompt rewards included), online.md and
 # tutorials/figures/online_overoptimization.png.
 
@@ -164,7 +171,7 @@ def run_all():
         print(f"{name}: dev gold gain by {flag}: {scores} -> {chosen[name]:g}", flush=True)
         for seed in SEEDS:
             runs[name, seed] = online_run(f"{name}-{flag[2:]}{chosen[name]:g}", method, [flag, str(chosen[name])], seed)
-    for seed in SEEDS:
+    for seed in SEEDS if os.environ.get("ONLINE_BASELINES", "1") == "1" else []:
         if "dpo" in chosen:
             runs["dpo per-step", seed] = online_run(
                 "dpo-perstep", "dpo", ["--beta", str(chosen["dpo"])], seed,
