@@ -28,8 +28,9 @@
 # * **Iterative**: 3 rounds, 512 new prompts per round (rounds 1-2 cover the 1,053 training prompts once, round 3
 #   starts over), K = 4 samples at temperature 1, one epoch per round; seeds 0-2 at the chosen strength.
 # * **Offline**: train.py's dpo and drdo (2 epochs on the offline pairs, the task's defaults), judged alike.
-# * **Per-step online DPO**: one optimizer step per round (16 prompts, 4 samples, best vs worst; 10% of a round's
-#   pairs are held out, as for any file), 96 rounds: the same number of prompts as the 3 iterative rounds.
+# * **Per-step online** DPO, SPPO, DNO, INPO and DRDO at their chosen strengths: one optimizer step per round (16
+#   prompts, 4 samples; 10% of a round's pairs are held out, as for any file; DNO's margin filter keeps more pairs,
+#   so about two steps), 96 rounds: the same number of prompts as the 3 iterative rounds.
 # * Every policy: 200 prompts x 4 samples at temperature 1 (the task's evaluation seed); gold and annotator rewards
 #   paired with the starting policy's samples; KL(pi || pi_ref) by Monte Carlo on the same samples.
 #
@@ -42,6 +43,9 @@
 #
 #     OMP_NUM_THREADS=1 ONLINE_METHODS=dpo,sppo,inpo,mnpo,dno,apo python tutorials/03_online.py &
 #     OMP_NUM_THREADS=1 ONLINE_METHODS=egpo,drdo ONLINE_BASELINES=0 python tutorials/03_online.py &
+#
+# (the committed results were made so, and their per-step runs of sppo, dno, inpo, drdo added afterwards by two more
+# such processes with ONLINE_METHODS=sppo,dno and inpo,drdo, ONLINE_BASELINES=0: finished runs are skipped)
 #     python tutorials/03_online.py --report
 #
 # It writes tutorials/results/online.json (every number, per-prompt rewards included), online.md and
@@ -73,6 +77,7 @@ OUT = os.environ.get("ONLINE_OUT", os.path.join("runs", "online_study" + ("_quic
 SEEDS = [0] if QUICK else [0, 1, 2]
 ROUNDS, PER_ROUND = (2, 128) if QUICK else (3, 512)
 PER_STEP = 16                                             # prompts (and pairs) of a per-step round: one optimizer step
+PER_STEP_METHODS = ("dpo", "sppo", "dno", "inpo", "drdo")  # also run per-step (DNO's margin pairs: ~2 steps a round)
 PER_STEP_ROUNDS = int(os.environ.get("ONLINE_PER_STEP_ROUNDS", ROUNDS * PER_ROUND // PER_STEP))
 RESULTS = os.environ.get("ONLINE_RESULTS", "tutorials/results")
 FIGURES = os.environ.get("ONLINE_FIGURES", "tutorials/figures")
@@ -171,13 +176,15 @@ def run_all():
         print(f"{name}: dev gold gain by {flag}: {scores} -> {chosen[name]:g}", flush=True)
         for seed in SEEDS:
             runs[name, seed] = online_run(f"{name}-{flag[2:]}{chosen[name]:g}", method, [flag, str(chosen[name])], seed)
-    for seed in SEEDS if os.environ.get("ONLINE_BASELINES", "1") == "1" else []:
-        if "dpo" in chosen:
-            runs["dpo per-step", seed] = online_run(
-                "dpo-perstep", "dpo", ["--beta", str(chosen["dpo"])], seed,
-                ["--rounds", str(PER_STEP_ROUNDS), "--prompts_per_round", str(PER_STEP), "--batch_size",
-                 str(PER_STEP), "--micro_batch_size", str(PER_STEP), "--judge_every", str(PER_STEP_ROUNDS)])
-        for method in ("dpo", "drdo"):
+    for seed in SEEDS:
+        for name in PER_STEP_METHODS:                    # per-step online: the same method, one step per round
+            if name in chosen:
+                method, flag, _ = METHODS[name]
+                runs[f"{name} per-step", seed] = online_run(
+                    f"{name}-perstep", method, [flag, str(chosen[name])], seed,
+                    ["--rounds", str(PER_STEP_ROUNDS), "--prompts_per_round", str(PER_STEP), "--batch_size",
+                     str(PER_STEP), "--micro_batch_size", str(PER_STEP), "--judge_every", str(PER_STEP_ROUNDS)])
+        for method in ("dpo", "drdo") if os.environ.get("ONLINE_BASELINES", "1") == "1" else ():
             runs[f"offline {method}", seed] = offline_run(method, seed)
     return chosen, {k: v for k, v in runs.items() if v is not None}
 
