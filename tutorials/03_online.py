@@ -45,7 +45,8 @@
 #     OMP_NUM_THREADS=1 ONLINE_METHODS=egpo,drdo ONLINE_BASELINES=0 python tutorials/03_online.py &
 #
 # (the committed results were made so, and their per-step runs of sppo, dno, inpo, drdo added afterwards by two more
-# such processes with ONLINE_METHODS=sppo,dno and inpo,drdo, ONLINE_BASELINES=0: finished runs are skipped)
+# such processes with ONLINE_METHODS=dpo,sppo / dpo,dno / inpo,drdo and ONLINE_BASELINES=0: finished runs are
+# skipped; dno and apo need dpo in the list, since they take its chosen beta)
 #     python tutorials/03_online.py --report
 #
 # It writes tutorials/results/online.json (every number, per-prompt rewards included), online.md and
