@@ -53,7 +53,7 @@ import oracle
 import tokenization
 from common import check_ranges, parse_config, quiet_transformers
 from embedded import REFERENCE_SAMPLES, gold_reward
-from models import batch_logps, load_model, pair_logps, sample_completions
+from models import batch_logps, load_model, pair_logps, sample_completions, to_device
 
 
 def paired_comparison(policy_reward, reference_reward, bootstrap=0, seed=0):
@@ -162,10 +162,44 @@ def check_config(cfg):
 
 @torch.no_grad()
 def completion_logps(model, pairs, pad_id, batch_size=64):
-    """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64."""
+    """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64 on the CPU (the
+    batches go to the model's device)."""
     model.eval()
-    return torch.cat([batch_logps(model, tokenization.collate_completions(pairs[i:i + batch_size], pad_id))["logps"].double()
+    return torch.cat([batch_logps(model, to_device(tokenization.collate_completions(pairs[i:i + batch_size], pad_id),
+                                                   model.device))["logps"].double().cpu()
                       for i in range(0, len(pairs), batch_size)])
+
+
+@torch.no_grad()
+def judge_policy(policy_path, ref_path, prompts, judge, samples, max_new_tokens, max_prompt_length, seed, gold=False,
+                 device=torch.device("cpu")):
+    """A policy's samples on held-out prompts, judged (online.py, after every round): temperature 1, so the mean
+    log-ratio to pi_ref on the same samples is a KL estimate. -> {"annotator": (P, n) judge rewards, "gold": (P, n)
+    gold rewards (embedded task) or None, "logratio": (P * n,) log pi - log pi_ref, distinct2, repetition}."""
+    model, tokenizer = load_model(policy_path)
+    ref = load_model(ref_path)[0].to(device) if ref_path != policy_path else model
+    model.to(device)
+    ids = tokenization.prompt_ids_for_sampling(tokenizer, prompts, max_prompt_length)
+    texts, sampled = sample_completions(model, tokenizer, ids, samples, 1.0, max_new_tokens, seed=seed,
+                                        desc="judging held-out prompts", return_ids=True)
+    flat = [(p, c) for p, comps in sampled for c in comps]
+    pad = tokenizer.pad_token_id
+    logratio = completion_logps(model, flat, pad) - completion_logps(ref, flat, pad)                    # (P * n,)
+    return {"annotator": judge.rewards(prompts, texts, flat), "gold": [gold_reward(c) for c in texts] if gold else None,
+            "logratio": logratio.tolist(), **repetition_stats([c for comps in texts for c in comps])}
+
+
+def compare_judged(now, start):
+    """Two judge_policy results on the same prompts and seeds (a policy's and its start's): KL, the paired gains of
+    both rewards (paired_comparison) and each prompt's mean reward (for paired tests later)."""
+    kl, kl_se = monte_carlo_kl(now["logratio"], [0.0] * len(now["logratio"]))
+    out = {"kl": kl, "kl_se": kl_se, "distinct2": now["distinct2"], "repetition": now["repetition"]}
+    for key in ("annotator", "gold"):
+        if now[key] is not None:
+            c = paired_comparison(now[key], start[key])
+            out |= {f"{key}_reward": c["policy_reward"], f"{key}_gain": c["gain"], f"{key}_gain_se": c["gain_se"],
+                    f"{key}_win_rate": c["win_rate"], f"{key}_per_prompt": [sum(r) / len(r) for r in now[key]]}
+    return out
 
 
 @torch.no_grad()

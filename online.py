@@ -94,8 +94,7 @@ from common import check_ranges, parse_config, quiet_transformers, write_json, w
 from config import LIMITS, Config, resolve
 from embedded import REFERENCE_SAMPLES
 from losses import win_rates
-from embedded import gold_reward
-from models import batch_logps, load_model, sample_completions, to_device
+from models import load_model, sample_completions
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")     # sampling and judging; train.py its own
 SINGLE = distributed.Dist()                                               # one process
@@ -357,56 +356,19 @@ def references(history, pi_ref, method, max_history):
 
 
 # ============================================================================================================
-# 5) Judge: annotator reward, gold reward and KL(pi || pi_ref) on held-out prompts
+# 5) Judge (evaluate.judge_policy: annotator reward, gold reward and KL(pi || pi_ref) on held-out prompts)
 # ============================================================================================================
-@torch.no_grad()
-def judge(cfg, policy_path, ref_path, prompts, annotator, task, max_new, log):
-    """-> {"annotator": (P, n) rewards, "gold": (P, n) or None, "kl": per-sample log-ratios} of the policy's samples
-    on the held-out prompts (temperature 1, the task's evaluation seed: every round is sampled alike)."""
-    model, tokenizer = load_model(policy_path)
-    ref = load_model(ref_path)[0].to(DEVICE) if ref_path != policy_path else model
-    model.to(DEVICE)
-    ids = tokenization.prompt_ids_for_sampling(tokenizer, prompts, cfg.max_prompt_length)
-    texts, sampled = sample_completions(model, tokenizer, ids, cfg.eval_samples, 1.0, max_new,
-                                        seed=REFERENCE_SAMPLES["seed"], desc="judging held-out prompts", return_ids=True)
-    flat = [(p, c) for p, comps in sampled for c in comps]
-    pad = tokenizer.pad_token_id
-    logratio = completion_logps(model, flat, pad) - completion_logps(ref, flat, pad)                    # (P * n,)
-    gold = [gold_reward(c) for c in texts] if task else None
-    return {"annotator": annotator.rewards(prompts, texts, flat), "gold": gold, "logratio": logratio.tolist(),
-            **evaluate.repetition_stats([c for comps in texts for c in comps])}
-
-
-@torch.no_grad()
-def completion_logps(model, pairs, pad_id, batch_size=64):
-    """Summed log pi(completion | prompt) of each (prompt_ids, completion_ids) -> (N,) float64, on the model's device."""
-    model.eval()
-    return torch.cat([batch_logps(model, to_device(tokenization.collate_completions(pairs[i:i + batch_size], pad_id),
-                                                   model.device))["logps"].double().cpu()
-                      for i in range(0, len(pairs), batch_size)])
-
-
-def judged(cfg, where, *args):
-    """judge() once per round: <where>/eval.json."""
+def judged(cfg, where, policy_path, ref_path, prompts, annotator, task, max_new, log=print):
+    """evaluate.judge_policy once per round, kept in <where>/eval.json: samples at temperature 1 with the task's
+    evaluation seed, so every round (and round 0, the start) is sampled alike and paired with the others."""
     path = os.path.join(where, "eval.json")
     if not os.path.exists(path):
-        write_json(judge(cfg, *args), path)
+        write_json(evaluate.judge_policy(policy_path, ref_path, prompts, annotator, cfg.eval_samples, max_new,
+                                         cfg.max_prompt_length, seed=REFERENCE_SAMPLES["seed"], gold=bool(task),
+                                         device=DEVICE), path)
     with open(path) as f:
         return json.load(f)
 
-
-def compare(now, start):
-    """A round's judgement against the starting policy's (round 0): paired by prompt and sample."""
-    out = {"kl": evaluate.monte_carlo_kl(now["logratio"], [0.0] * len(now["logratio"]))[0],
-           "kl_se": evaluate.monte_carlo_kl(now["logratio"], [0.0] * len(now["logratio"]))[1],
-           "distinct2": now["distinct2"], "repetition": now["repetition"]}
-    for key in ("annotator", "gold"):
-        if now[key] is not None:
-            c = evaluate.paired_comparison(now[key], start[key])
-            out |= {f"{key}_reward": c["policy_reward"], f"{key}_gain": c["gain"], f"{key}_gain_se": c["gain_se"],
-                    f"{key}_win_rate": c["win_rate"],
-                    f"{key}_per_prompt": [sum(r) / len(r) for r in now[key]]}
-    return out
 
 
 # ============================================================================================================
@@ -497,7 +459,7 @@ def rounds(cfg, base, d, log):
                                       "label": stats["label_seconds"] + sum(h["label_seconds"] for h in halves),
                                       "train": round(train_seconds, 1), "judge": round(time.time() - t_judge, 1),
                                       "round": round(time.time() - t0, 1)},
-                          **(compare(now, start) if now else {})}
+                          **(evaluate.compare_judged(now, start) if now else {})}
                 write_json(record, done)
             record = d.from_rank0(record)
             if now:
@@ -512,7 +474,7 @@ def rounds(cfg, base, d, log):
             for part in ("train", os.path.join("half", "train")):
                 shutil.rmtree(os.path.join(old, part), ignore_errors=True)
     result = {"method": cfg.method, "loss": loss, "annotator": cfg.annotator, "oracle_dir": oracle_dir, "rounds": records,
-              "start": compare(start, start) if start else None, "out": out}
+              "start": evaluate.compare_judged(start, start) if start else None, "out": out}
     if d.rank == 0:
         write_json(result, os.path.join(out, "online.json"))
     d.barrier()

@@ -66,6 +66,7 @@ os.chdir(ROOT)
 
 import torch  # noqa: E402
 
+import evaluate  # noqa: E402
 import online  # noqa: E402
 import train  # noqa: E402
 from common import parse_config, quiet_transformers  # noqa: E402
@@ -148,7 +149,8 @@ def offline_run(method, seed):
     max_new = task["stats"]["task"]["max_new_tokens"]
     first = online.judged(cfg, os.path.join(out, "round-0"), start, start, prompts, annotator, task, max_new, print)
     now = online.judged(cfg, out, summary["checkpoint"], start, prompts, annotator, task, max_new, print)
-    record = {"rounds": [online.compare(now, first) | {"round": 1}], "start": online.compare(first, first)}
+    record = {"rounds": [evaluate.compare_judged(now, first) | {"round": 1}],
+              "start": evaluate.compare_judged(first, first)}
     with open(judged_path, "w") as f:
         json.dump(record, f)
     return record
