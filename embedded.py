@@ -60,10 +60,13 @@ class EmbeddedTask:
 
 
 # A task small enough for tests (~10 s to build): 3,000 tweets, vocab 512, a 50k-parameter pi_ref.
+# `embedded-b1` ... `embedded-b5`: the same task built again with another seed (pi_ref's SFT, the split, the
+# tokenizer and the sampled pairs all change): the between-build spread a single build hides (tutorials/02_reproduction.py).
 EMBEDDED_PRESETS = {
     "embedded": EmbeddedTask(),
     "embedded-tiny": EmbeddedTask(max_tweets=3000, vocab_size=512, hidden=32, sft_steps=80, n_train_prompts=64,
                                   n_test_prompts=32, n_eval_prompts=16, n_ood_prompts=16),
+    **{f"embedded-b{k}": EmbeddedTask(seed=k) for k in range(1, 6)},
 }
 
 

@@ -92,6 +92,65 @@ def bootstrap_ci(per_prompt, resamples, seed, level=0.95):
     return torch.quantile(means, q).tolist()
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Studies over several training seeds (tutorials/02_reproduction.py, 03_online.py). A run's result varies with
+# its training seed AND with the prompts it is judged on; an interval over prompts alone (above) leaves out the
+# first, a mean +- std over seeds the second. The two-way bootstrap draws both: S seeds and P prompts with
+# replacement, independently, and the statistic is recomputed on the drawn (seed, prompt) table.
+# ------------------------------------------------------------------------------------------------------------
+def seed_prompt_draws(seeds, prompts, resamples=2000, seed=0):
+    """The resamples' indices -> (R, S) seed draws and (R, P) prompt draws, with replacement. One set of draws is
+    shared by every statistic of a study, so the differences between two methods are paired draw by draw."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(seeds, (resamples, seeds), generator=g), torch.randint(prompts, (resamples, prompts), generator=g)
+
+
+def bootstrap_seeds_prompts(tables, resamples=2000, seed=0, level=0.95):
+    """tables: (S, P) per-prompt values, one row per seed -> (mean, [lower, upper]): each resample averages the
+    table at S drawn seeds x P drawn prompts; the interval is its (1 -+ level) / 2 quantiles."""
+    x = torch.as_tensor(tables, dtype=torch.float64)                     # (S, P)
+    s, p = seed_prompt_draws(*x.shape, resamples, seed)                  # (R, S), (R, P)
+    drawn = torch.gather(x[s], 2, p[:, None, :].expand(-1, x.shape[0], -1))          # (R, S, P)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return x.mean().item(), torch.quantile(drawn.mean((1, 2)), q).tolist()
+
+
+def isotonic(x, y, w=None):
+    """Least-squares non-decreasing fit of y on x (pool adjacent violators) -> (xs, fitted) sorted by x.
+
+    Minimises sum_i w_i (f(x_i) - y_i)^2 over non-decreasing f. PAV: walk the points in x order keeping blocks
+    (weighted mean, weight); whenever a new block's mean is below the previous block's, merge the two (their
+    weighted mean) and check again. Each block's points get the block's mean. Ties in x are ordered by y so that
+    equal x never need to be split."""
+    order = sorted(range(len(x)), key=lambda i: (x[i], y[i]))
+    w = [1.0] * len(x) if w is None else w
+    blocks = []                                                          # [mean, weight, points]
+    for i in order:
+        blocks.append([float(y[i]), float(w[i]), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, w1, n1), (m2, w2, n2) = blocks.pop(-2), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    fitted = [m for m, _, n in blocks for _ in range(n)]
+    return [float(x[i]) for i in order], fitted
+
+
+def frontier_at(x, y, at):
+    """The isotonic fit of y on x read at `at` (linear between fitted points; NaN outside [min x, max x]): a
+    method's best gain within a KL budget, as a monotone curve through all its runs."""
+    xs, fs = isotonic(x, y)
+    out = []
+    for k in at:
+        if not xs or k < xs[0] or k > xs[-1]:
+            out.append(float("nan"))
+            continue
+        j = next(j for j in range(len(xs)) if xs[j] >= k)
+        if xs[j] == k or j == 0:
+            out.append(max(f for xj, f in zip(xs, fs) if xj == xs[j]))
+        else:
+            out.append(fs[j - 1] + (fs[j] - fs[j - 1]) * (k - xs[j - 1]) / (xs[j] - xs[j - 1]))
+    return out
+
+
 def repetition_stats(texts):
     """Reward-hacking watch on a flat list of completions -> {"distinct2": mean distinct-bigram share,
     "repetition": share of completions with a word trigram that occurs at least twice}."""
@@ -127,7 +186,8 @@ class EvalConfig:
     judge: str = ""                # gold | oracle (circular for DRDO) | dir or hub id of a seq-cls reward model; empty = gold if any, else oracle
     oracle: str = ""               # Oracle member directory for --judge oracle; empty = the default Oracle on --data (cached; pi_ref backbone)
     temperatures: str = "0,0.5,1.0"  # sampling temperatures (0 = greedy: one sample per prompt suffices)
-    ood_temperatures: str = ""     # temperatures for the out-of-distribution prompts (embedded task); empty = --temperatures
+    ood_temperatures: str = ""     # temperatures for the out-of-distribution prompts (embedded task); empty = --temperatures,
+                                   # none = skip the out-of-distribution prompts
     samples: int = 4               # samples per prompt and temperature (the win rate compares sample j with sample j)
     prompts: int = 200             # held-out prompts per set (in distribution, and out of distribution)
     max_new_tokens: int = 0        # tokens sampled per completion; 0 = the embedded task's (32), else 128
@@ -147,6 +207,8 @@ def check_config(cfg):
     check_ranges(cfg, LIMITS)
     for flag in ("temperatures", "ood_temperatures"):
         for t in filter(None, getattr(cfg, flag).split(",")):
+            if flag == "ood_temperatures" and t == "none":
+                continue
             try:
                 ok = float(t) >= 0 and float(t) == float(t)
             except ValueError:
@@ -307,7 +369,8 @@ def evaluate(cfg, log=print):
     max_new = cfg.max_new_tokens or (task["stats"]["task"]["max_new_tokens"] if task else 128)
     temps = [float(t) for t in cfg.temperatures.split(",")]
     if task:
-        ood_temps = [float(t) for t in (cfg.ood_temperatures or cfg.temperatures).split(",")]
+        ood_temps = [] if cfg.ood_temperatures == "none" else \
+            [float(t) for t in (cfg.ood_temperatures or cfg.temperatures).split(",")]
         sets = {"in_distribution": task["eval_prompts"], "out_of_distribution": task["ood_prompts"]}
         jobs = [("in_distribution", t) for t in temps] + [("out_of_distribution", t) for t in ood_temps]
     else:
@@ -325,14 +388,19 @@ def evaluate(cfg, log=print):
                                             return_ids=True)
             ids[name] = [(p, c) for p, comps in pid for c in comps]
             reward[name] = judge.rewards(prompts, texts, ids[name])                     # (P, n)
-            kl, kl_se = float("nan"), float("nan")
+            kl, kl_se, kl_per_prompt = float("nan"), float("nan"), None
             if temp == 1:       # only untempered samples are draws from pi, so only they estimate KL(pi||pi_ref)
-                kl, kl_se = monte_carlo_kl(completion_logps(model, ids[name], pad),
-                                           completion_logps(models["pi_ref"][0], ids[name], pad))
+                lp, lp_ref = completion_logps(model, ids[name], pad), completion_logps(models["pi_ref"][0], ids[name], pad)
+                kl, kl_se = monte_carlo_kl(lp, lp_ref)
+                # samples are prompt-major (sample j of prompt i at i * n + j): the estimate on each prompt alone,
+                # so a bootstrap over prompts can carry KL's own uncertainty (tutorials/02_reproduction.py)
+                kl_per_prompt = (torch.as_tensor(lp, dtype=torch.float64) - torch.as_tensor(lp_ref, dtype=torch.float64)
+                                 ).view(len(prompts), n).mean(1).tolist()
             stats = paired_comparison(reward[name], reward["pi_ref"], cfg.bootstrap, cfg.seed)
             stats.update(repetition_stats([t for comps in texts for t in comps]))
             stats["reward_per_prompt"] = [sum(r) / len(r) for r in reward[name]]     # for recomputing any statistic
-            stats.update(kl=kl, kl_se=kl_se, example=texts[0][0], rewards=reward[name], samples=texts)   # (P, n) each
+            stats.update(kl=kl, kl_se=kl_se, kl_per_prompt=kl_per_prompt, example=texts[0][0], rewards=reward[name],
+                         samples=texts)   # (P, n) each
             if extra is not None:
                 o = torch.tensor(extra.rewards(prompts, texts, ids[name]), dtype=torch.float64)   # (P, n)
                 stats.update(oracle_reward=o.mean().item(),

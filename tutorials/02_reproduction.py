@@ -11,46 +11,49 @@
 # ---
 
 # %% [markdown]
-# # DRDO's claims at matched KL, judged by a reward nothing was trained on
+# # Does DRDO beat DPO? A study built for a skeptical reader
 #
-# Nath et al. (arXiv 2410.08458) report that DRDO beats DPO and e-DPO in expected reward and is more robust
-# to noisy and non-deterministic preferences. A single run per method cannot test "beats": a method that moves
-# further from $\pi_{ref}$ gains more reward *and* pays more KL. The DPO paper's Figure 2 compares methods by
-# their **reward–KL frontier** instead: sweep each method's strength, plot one point per run (gold reward
-# against $\mathrm{KL}(\pi\|\pi_{ref})$), and compare the gold reward reached at the same KL.
+# Nath et al. (arXiv 2410.08458) report that DRDO beats DPO in expected reward and is more robust to noisy and
+# non-deterministic preferences. On the embedded task the gold reward (VADER sentiment) is known and nothing is
+# trained on it, so the claim can be tested. A test a reviewer accepts needs four things this study is built around:
 #
-# Here the judge is the embedded task's gold reward $r^*(y)$ = VADER sentiment of the completion; the Oracle
-# and every policy learn only from the preference *labels*. The study:
+# * **Tuning apart from testing.** The task's 200 held-out prompts are split: the first 100 (**dev**) choose every
+#   setting, the last 100 (**test**) give every reported number. Both methods get the same tuning budget: a grid of
+#   3 strengths x 3 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
+#   reaches below the smallest strengths of earlier sweeps (0.005), so an optimum inside it is bracketed, and
+#   where it is not the table says so.
+# * **Uncertainty from every source.** The reported runs use five fresh seeds (10-14), not the tuning seeds: each
+#   seed changes the training order, the initialisation of DRDO's Oracle (trained per seed), the flipped labels
+#   (flip conditions) and the evaluation's sampling seed (1234 + seed); one condition also rebuilds pi_ref and its
+#   pairs for every seed. Intervals are a bootstrap over seeds and prompts together (evaluate.bootstrap_seeds_prompts);
+#   method-vs-method claims are paired differences (same seed, same prompts, same sampling seed) with intervals.
+# * **A frontier, not two points.** Each method's gain is fitted as a non-decreasing function of KL (isotonic
+#   regression, evaluate.isotonic) over all its clean runs on the test prompts; comparisons at matched KL are read
+#   from the two fits, inside one bootstrap (so KL's own uncertainty enters), never from neighbouring points.
+# * **The conditions of the claim.** Labels flipped at 20% and 40%, the non-deterministic split (near-tie pairs),
+#   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (a 3-member ensemble).
 #
-# * **Frontier.** `dpo`, `ipo`, `simpo`, `distill`, `edpo` (3-member Oracle ensemble) and `drdo` (implicit
-#   summed-log-prob student reward), each at 4 strengths (β; SimPO's β with γ = β/2; DRDO's `beta_r`), under
-#   clean labels, 40% flipped labels and the non-deterministic split, seeds 0–2. Each run is evaluated at
-#   temperature 1 (200 prompts × 2 samples, gold gain over $\pi_{ref}$ and Monte-Carlo KL), greedy (gold and
-#   repetition: the lexicon judge can be hacked by loops) and on out-of-distribution prompts.
-# * **DRDO ablations** (clean labels, 3 seeds): distillation only ($\alpha$ = 0), preference term only;
-#   $\gamma \in \{0, 0.5, 1, 2, 5\}$; score ∈ {unlikelihood, likelihood, odds}; student reward ∈
-#   {implicit summed, implicit averaged, reward head}.
+#     python tutorials/02_reproduction.py            # the whole study (about 2 h 30 min of one core; resumable)
+#     python tutorials/02_reproduction.py --quick    # a minutes-long version (tests use it on the tiny task)
+#     python tutorials/02_reproduction.py --report   # the tables and figure from what is on disk; trains nothing
 #
-# Run from the repository root (finished runs are skipped, so an interrupted study continues):
+# Finished runs and evaluations are skipped, so an interrupted study continues where it stopped. The tuning stage
+# must finish before the test stage can start (the test stage runs the chosen settings). On 2 cores two
+# single-threaded processes on disjoint seeds finish sooner than one process using both:
 #
-#     python tutorials/02_reproduction.py            # the whole study (several hours on 2 CPU cores; README)
-#     python tutorials/02_reproduction.py --quick    # 2 strengths, 1 seed, clean labels, 100 prompts
-#     python tutorials/02_reproduction.py --report   # the tables from what is already evaluated (while it runs)
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=0 python tutorials/02_reproduction.py &      # tuning, seed 0
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=1 python tutorials/02_reproduction.py &      # tuning, seed 1
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=10,11,12 python tutorials/02_reproduction.py &    # then: test seeds
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=13,14 python tutorials/02_reproduction.py &
+#     python tutorials/02_reproduction.py --report
 #
-# On 2 cores, two single-threaded processes on disjoint parts finish sooner than one using both cores:
-#
-#     OMP_NUM_THREADS=1 REPRO_CONDITIONS="clean,flip 40%" python tutorials/02_reproduction.py &
-#     OMP_NUM_THREADS=1 REPRO_CONDITIONS="non-deterministic" REPRO_OUT=/tmp/x python tutorials/02_reproduction.py &
-#
-# (REPRO_SEEDS="2" splits by seed the same way; REPRO_OUT keeps the second process's partial tables apart;
-# `--report` then builds the tables of everything.)
-#
-# It writes `tutorials/results/reproduction.md` (or `reproduction_quick.md`), a JSON with every number and
-# `tutorials/figures/frontier.png`.
+# It writes tutorials/results/reproduction.json (every run's per-prompt rewards and KL, so any statistic can be
+# recomputed), reproduction.md and tutorials/figures/frontier.png.
 
 # %%
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -69,269 +72,417 @@ import train  # noqa: E402
 from common import parse_config, quiet_transformers  # noqa: E402
 
 QUICK = "--quick" in sys.argv or bool(os.environ.get("REPRO_QUICK"))
-DATA = os.environ.get("REPRO_DATA", "embedded")        # tests use embedded-tiny
-# name -> (method, the flag its strength sets, the strengths, fixed extra flags). The strength is each method's
-# own knob on how far it may move from pi_ref (larger beta = closer to pi_ref for the methods with a KL term).
-# DRDO has no KL term: beta_r scales the distillation targets, and since its gradients are clipped and Adam
-# is scale-invariant, every beta_r ends at about the same KL. Its strength knob is the step size, so DRDO
-# gets two sweeps: beta_r at the default lr, and lr at the default beta_r ("drdo (lr)").
-FRONTIER = {
-    "dpo": ("dpo", "--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "ipo": ("ipo", "--beta", [0.1, 0.3, 1.0, 3.0], []),
-    "simpo": ("simpo", "--simpo_beta", [0.5, 1.0, 2.0, 4.0], []),   # gamma = beta / 2 (SimPO's gamma/beta ratio)
-    "distill": ("distill", "--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "edpo": ("edpo", "--beta", [0.02, 0.05, 0.1, 0.3], []),
-    "drdo": ("drdo", "--beta_r", [0.005, 0.01, 0.02, 0.05], ["--student_reward", "implicit-sum"]),
-    "drdo (lr)": ("drdo", "--lr", [2e-5, 5e-5, 1e-4, 2e-4], ["--student_reward", "implicit-sum", "--beta_r", "0.02"]),
+REPORT_ONLY = "--report" in sys.argv
+DATA = os.environ.get("REPRO_DATA", "embedded")                 # tests use embedded-tiny
+# method -> (train.py method, the flag of its strength, strengths, fixed flags). DPO's beta and DRDO's beta_r are
+# both "how far from pi_ref": a smaller beta weakens DPO's KL anchor; a smaller beta_r asks DRDO's implicit reward
+# beta_r * log(pi / pi_ref) for larger log-ratio gaps to match the Oracle's reward gaps.
+METHODS = {
+    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02], []),
+    "drdo": ("drdo", "--beta_r", [0.001, 0.005, 0.02], ["--student_reward", "implicit-sum"]),
 }
-DRDO_BASE = ["--method", "drdo", "--beta_r", "0.02", "--student_reward", "implicit-sum"]
-ABLATIONS = {                                  # DRDO variants, clean labels; every flag not named is the default
-    "default (alpha 1 gamma 2 unlikelihood implicit-sum beta_r 0.02)": [],
-    "distillation only (alpha 0)": ["--alpha", "0"],
-    "preference term only (distill_weight 0)": ["--distill_weight", "0"],
-    **{f"gamma {g:g}": ["--gamma", str(g)] for g in (0, 0.5, 1, 5)},
-    "score likelihood": ["--score", "likelihood"],
-    "score odds": ["--score", "odds"],
-    "student implicit-mean (beta_r 1)": ["--student_reward", "implicit-mean", "--beta_r", "1.0"],
-    "student implicit-mean (beta_r 0.2)": ["--student_reward", "implicit-mean", "--beta_r", "0.2"],
-    "student head": ["--student_reward", "head"],
+LRS = [5e-5, 1e-4, 2e-4]
+TUNE_SEEDS, TEST_SEEDS = [0, 1], [10, 11, 12, 13, 14]
+# every condition runs each method's chosen setting at the test seeds; "clean" also runs the frontier's cross
+# (all strengths at the chosen lr, all lrs at the chosen strength) and DRDO's variants. "rebuilt" trains on another
+# build of the embedded task for every seed: pi_ref's SFT, the split, the tokenizer and the sampled pairs (embedded.py).
+CONDITIONS = {"clean": [], "flip 20%": ["--flip", "0.2"], "flip 40%": ["--flip", "0.4"],
+              "non-deterministic": ["--split", "nondeterministic"], "rebuilt pi_ref": []}
+VARIANTS = {                                   # DRDO at its chosen setting, clean labels, one flag changed
+    "no focal term (alpha 0)": ["--alpha", "0"],
+    "weaker Oracle (1 epoch)": ["--oracle_epochs", "1"],
+    "stronger Oracle (3-member ensemble)": ["--ensemble", "3"],
 }
-CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"], "non-deterministic": ["--split", "nondeterministic"]}
-SEEDS = [0, 1, 2]
 PROMPTS, SAMPLES = 200, 2
-REPORT_ONLY = "--report" in sys.argv     # build the tables from the evaluations already on disk; train nothing
 if QUICK:
-    FRONTIER = {m: (method, flag, values[1:3], extra) for m, (method, flag, values, extra) in FRONTIER.items()}
-    ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:3]}
-    CONDITIONS, SEEDS, PROMPTS = {"clean": []}, [0], 100
-if os.environ.get("REPRO_CONDITIONS") and not REPORT_ONLY:   # e.g. two processes on disjoint conditions
+    METHODS = {m: (method, flag, values[1:], extra) for m, (method, flag, values, extra) in METHODS.items()}
+    LRS, TUNE_SEEDS, TEST_SEEDS, PROMPTS = [1e-4], [0], [10, 11], 16
+    CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"]}
+    VARIANTS = dict(list(VARIANTS.items())[:1])
+if os.environ.get("REPRO_CONDITIONS"):
     CONDITIONS = {k: CONDITIONS[k] for k in os.environ["REPRO_CONDITIONS"].split(",")}
-if os.environ.get("REPRO_SEEDS") and not REPORT_ONLY:        # e.g. "2": one process per seed
-    SEEDS = [int(x) for x in os.environ["REPRO_SEEDS"].split(",")]
-if os.environ.get("REPRO_METHODS"):
-    FRONTIER = {k: FRONTIER[k] for k in os.environ["REPRO_METHODS"].split(",")}
-if os.environ.get("REPRO_ABLATIONS") is not None:
-    ABLATIONS = {k: ABLATIONS[k] for k in list(ABLATIONS)[:int(os.environ["REPRO_ABLATIONS"])]}
+RUN_SEEDS = [int(s) for s in os.environ["REPRO_SEEDS"].split(",")] if os.environ.get("REPRO_SEEDS") else None
 OUT = os.environ.get("REPRO_OUT", os.path.join(ROOT, "tutorials", "results"))
 FIGURES = os.environ.get("REPRO_FIGURES", os.path.join(ROOT, "tutorials", "figures"))
-RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction" + ("_quick" if QUICK else "")))
+RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction_v2" + ("_quick" if QUICK else "")))
+DEV, TEST = list(range(PROMPTS // 2)), list(range(PROMPTS // 2, PROMPTS))     # prompt indices: choose / report
 
 
-def run_args(method, flag, value, extra):
-    args = ["--method", method, flag, f"{value:g}", *extra]
-    if method == "simpo":
-        args += ["--simpo_gamma", str(value / 2)]
-    return args
+def config_name(method, strength, lr):
+    return f"{method} {METHODS[method][1].lstrip('-')}={strength:g} lr={lr:g}"
+
+
+def config_args(method, strength, lr):
+    train_method, flag, _, extra = METHODS[method]
+    return ["--method", train_method, flag, f"{strength:g}", "--lr", f"{lr:g}", *extra]
+
+
+def data_for(cond, seed):
+    """The task a run trains and is judged on: another build of the embedded task per seed for "rebuilt pi_ref"."""
+    return f"{DATA}-b{seed - TEST_SEEDS[0] + 1}" if cond == "rebuilt pi_ref" else DATA
 
 
 # %% [markdown]
-# ## Train every run, then evaluate all runs of a (condition, seed) together
-# Evaluating them together shares $\pi_{ref}$'s samples (every policy is sampled with the same prompts and
-# seeds) and gives head-to-head comparisons for free.
+# ## Train a group of runs, then evaluate the group together
+# A group is one (condition, seed): its runs are sampled on the same prompts with the same sampling seed as pi_ref,
+# so every difference inside a group is paired. Evaluations are saved beside the runs and reused only for the same
+# settings and the same trained runs.
 
 # %%
 quiet_transformers()
 t_start = time.time()
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-jobs = {}                                         # (condition, seed) -> {run name: args}
-for cond in CONDITIONS:
-    for seed in SEEDS:
-        runs = {f"{m}@{v:g}": run_args(method, flag, v, extra) for m, (method, flag, values, extra) in FRONTIER.items()
-                for v in values}
-        if cond == "clean":
-            runs.update({f"drdo[{name}]": DRDO_BASE + args for name, args in ABLATIONS.items()})
-        jobs[(cond, seed)] = runs
-results = {}
-for (cond, seed), runs in jobs.items():
-    paths = {}
+
+
+def run_dir(cond, seed, name):
+    return os.path.join(RUNS, cond.replace(" ", "_").replace("%", ""), f"s{seed}",
+                        name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "").replace(",", "").replace("[", "").replace("]", ""))
+
+
+def run_group(cond, seed, runs):
+    """Train the missing runs of the group, evaluate it (or read its saved evaluation) -> the evaluation, or None
+    under --report when it is not on disk."""
+    data = data_for(cond, seed)
+    paths = {name: run_dir(cond, seed, name) for name in runs}
     for name, args in runs.items():
-        out = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}",
-                           name.replace(" ", "_").replace("(", "").replace(")", "").replace(",", ""))
+        out = paths[name]
         if REPORT_ONLY:
-            paths[name] = out
             continue
         cfg = train.resolve(parse_config(train.Config, [
-            "--data", DATA, "--seed", str(seed), "--out", out, "--no-final_check", "--eval_every", "0",
+            "--data", data, "--seed", str(seed), "--out", out, "--no-final_check", "--eval_every", "0",
             *args, *CONDITIONS[cond]]))
-        if os.path.exists(os.path.join(out, "summary.json")):    # finished: reuse it, if it is this very run
+        if os.path.exists(os.path.join(out, "summary.json")):             # finished: reuse it, if it is this very run
             with open(os.path.join(out, "config.json")) as f:
                 stored = json.load(f)
             changed = {k: (stored.get(k), v) for k, v in asdict(cfg).items() if stored.get(k) != v}
             if changed:
                 raise SystemExit(f"{out} holds a finished run with other settings {changed} (stored, wanted); "
                                  "move it away to train this one")
-        else:
-            t0 = time.time()
-            train.train(cfg, log=lambda *a, **k: None)
-            print(f"trained {name:<60} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
-        paths[name] = out
-    # each evaluation is kept on disk beside its runs, so an interrupted study does not evaluate twice
-    eval_cfg = evaluate.EvalConfig(policies=",".join(paths.values()), names=",".join(paths), data=DATA,
-                                   temperatures="0,1", ood_temperatures="1", prompts=PROMPTS, samples=SAMPLES)
-    saved = os.path.join(RUNS, cond.replace(" ", "").replace("%", ""), f"s{seed}", "evaluation.json")
-    # reused only for the same settings AND the same runs (a run trained again must be evaluated again)
-    runs_hash = {name: hashlib.sha256(open(os.path.join(path, "summary.json"), "rb").read()).hexdigest()[:12]
-                 for name, path in paths.items() if os.path.exists(os.path.join(path, "summary.json"))}
+            continue
+        t0 = time.time()
+        train.train(cfg, log=lambda *a, **k: None)          # resumes from its last checkpoint if it was interrupted
+        print(f"trained {name:<45} {cond:<18} seed {seed} ({time.time() - t0:.0f} s)", flush=True)
+    eval_cfg = evaluate.EvalConfig(policies=",".join(paths.values()), names=",".join(paths), data=data,
+                                   temperatures="1", ood_temperatures="none", prompts=PROMPTS, samples=SAMPLES,
+                                   seed=1234 + seed)    # in distribution, temperature 1; the sampling seed follows the seed
+    saved = os.path.join(os.path.dirname(paths[next(iter(paths))]), "evaluation.json")
+    runs_hash = {name: hashlib.sha256(open(os.path.join(p, "summary.json"), "rb").read()).hexdigest()[:12]
+                 for name, p in paths.items() if os.path.exists(os.path.join(p, "summary.json"))}
     previous = json.load(open(saved)) if os.path.exists(saved) else None
-    # an option added to evaluate.py after the evaluation was saved counts at its default value
-    same_settings = previous and {**json.loads(json.dumps(asdict(evaluate.EvalConfig()))), **previous["config"]} \
-        == json.loads(json.dumps(asdict(eval_cfg)))
-    if same_settings and \
-            previous.get("runs_hash", runs_hash) == runs_hash:
-        res = previous
-    elif REPORT_ONLY:
-        continue
-    else:
-        res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
-        res["runs_hash"] = runs_hash
-        with open(saved + ".tmp", "w") as f:
-            json.dump(res, f)
-        os.replace(saved + ".tmp", saved)
-    results[f"{cond}|{seed}"] = res
-    print(f"evaluated {cond} seed {seed} ({(time.time() - t_start) / 60:.1f} min so far)", flush=True)
-wall = time.time() - t_start
+    if previous and previous["config"] == json.loads(json.dumps(asdict(eval_cfg))) \
+            and previous.get("runs_hash") == runs_hash:
+        return previous
+    if REPORT_ONLY:
+        return None
+    t0 = time.time()
+    res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
+    row = res["sets"]["in_distribution"]["T=1"]["policies"]
+    slim = {"config": res["config"], "runs_hash": runs_hash, "seconds": time.time() - t0,
+            "policies": {name: {"reward_per_prompt": s["reward_per_prompt"], "kl_per_prompt": s["kl_per_prompt"],
+                                "kl": s["kl"], "repetition": s["repetition"], "distinct2": s["distinct2"]}
+                         for name, s in row.items()}}
+    with open(saved + ".tmp", "w") as f:
+        json.dump(slim, f)
+    os.replace(saved + ".tmp", saved)
+    print(f"evaluated {cond} seed {seed}: {len(paths)} runs ({time.time() - t0:.0f} s; "
+          f"{(time.time() - t_start) / 60:.1f} min so far)", flush=True)
+    return slim
+
+
+def wanted(seed):
+    return RUN_SEEDS is None or seed in RUN_SEEDS
+
+
+# Stage 1: the tuning grid, clean labels, tuning seeds
+grid = {m: [(s, lr) for s in METHODS[m][2] for lr in LRS] for m in METHODS}
+tuning = {}
+for seed in TUNE_SEEDS:
+    if wanted(seed) or REPORT_ONLY:
+        res = run_group("clean", seed, {config_name(m, s, lr): config_args(m, s, lr) for m in METHODS for s, lr in grid[m]})
+    else:                                             # another process's tuning seed: its evaluation, once saved
+        saved = os.path.join(os.path.dirname(run_dir("clean", seed, "x")), "evaluation.json")
+        res = json.load(open(saved)) if os.path.exists(saved) else None
+    if res is not None:
+        tuning[seed] = res["policies"]
+
+
+def gains(policies, name, idx):
+    """Per-prompt gold gain of one run over pi_ref on the prompts idx (its evaluation's paired samples)."""
+    return [policies[name]["reward_per_prompt"][i] - policies["pi_ref"]["reward_per_prompt"][i] for i in idx]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
 
 
 # %% [markdown]
-# ## Reading the results
-# For every run: gold gain over $\pi_{ref}$ at temperature 1 (in distribution and out of distribution),
-# KL$(\pi\|\pi_{ref})$ in nats per completion (in distribution, temperature 1), greedy gold gain, the share
-# of completions with a repeated word trigram (greedy and at temperature 1) and distinct-2 at temperature 1. **Gold reward at matched KL**: within one seed, a
-# method's (KL, gain) points, sorted by KL, are interpolated linearly at KL = 2, 3, 4, 5 and 6 nats (no value when
-# the target lies outside the seed's KL range); then mean ± std over seeds. And each method's best strength:
-# the strength with the highest mean gain over seeds, with its mean KL.
+# ## The choice, on the dev prompts only
+# Each method's setting is the grid cell with the highest mean dev gain over the tuning seeds. The criterion is the
+# gain itself, not the gain at a KL: it is what a user tuning either method would pick.
 
 # %%
-DONE = {(c, s) for c in CONDITIONS for s in SEEDS if f"{c}|{s}" in results}     # (all of them unless --report)
+chosen, tuning_table = {}, {}
+if len(tuning) == len(TUNE_SEEDS):
+    for m in METHODS:
+        cells = {}
+        for s, lr in grid[m]:
+            name = config_name(m, s, lr)
+            cells[(s, lr)] = {"dev_gain": mean([mean(gains(tuning[t], name, DEV)) for t in TUNE_SEEDS]),
+                              "kl": mean([tuning[t][name]["kl"] for t in TUNE_SEEDS])}
+        best = max(cells, key=lambda c: cells[c]["dev_gain"])
+        chosen[m] = best
+        strengths, lrs = METHODS[m][2], LRS
+        tuning_table[m] = {"cells": {f"{s:g}|{lr:g}": v for (s, lr), v in cells.items()}, "chosen": list(best),
+                           "strength_bracketed": 0 < strengths.index(best[0]) < len(strengths) - 1,
+                           "lr_bracketed": 0 < lrs.index(best[1]) < len(lrs) - 1}
+elif RUN_SEEDS is not None and any(s in TEST_SEEDS for s in RUN_SEEDS):
+    raise SystemExit("the test seeds run the settings chosen on the tuning seeds: finish the tuning stage first "
+                     f"(seeds {TUNE_SEEDS}; evaluated so far: {sorted(tuning)})")
+
+# Stage 2: the test seeds, every condition
+test = {}                                             # (condition, seed) -> the group's evaluation
+if chosen:
+    for seed in TEST_SEEDS:
+        if not (wanted(seed) or REPORT_ONLY):
+            continue
+        for cond in CONDITIONS:
+            runs = {config_name(m, *chosen[m]): config_args(m, *chosen[m]) for m in METHODS}
+            if cond == "clean":
+                for m in METHODS:
+                    s0, lr0 = chosen[m]
+                    runs.update({config_name(m, s, lr0): config_args(m, s, lr0) for s in METHODS[m][2]})
+                    runs.update({config_name(m, s0, lr): config_args(m, s0, lr) for lr in LRS})
+                runs.update({f"drdo [{v}]": config_args("drdo", *chosen["drdo"]) + a for v, a in VARIANTS.items()})
+            res = run_group(cond, seed, runs)
+            if res is not None:
+                test[(cond, seed)] = res["policies"]
+wall = time.time() - t_start
+if RUN_SEEDS is not None and not REPORT_ONLY:
+    print(f"done with seeds {RUN_SEEDS} ({wall / 60:.1f} min); `--report` builds the tables of everything")
+    sys.exit(0)
 
 
-def point(cond, seed, name):
-    if (cond, seed) not in DONE:
-        nan = float("nan")
-        return {k: nan for k in ("kl", "gain", "gain_se", "ood_gain", "greedy_gain", "greedy_repetition",
-                                 "repetition", "distinct2")}
-    r = results[f"{cond}|{seed}"]["sets"]
-    t1, t0 = r["in_distribution"]["T=1"]["policies"][name], r["in_distribution"]["T=0"]["policies"][name]
-    ood = r["out_of_distribution"]["T=1"]["policies"][name]
-    return {"kl": t1["kl"], "gain": t1["gain"], "gain_se": t1["gain_se"], "ood_gain": ood["gain"],
-            "greedy_gain": t0["gain"], "greedy_repetition": t0["repetition"], "repetition": t1["repetition"],
-            "distinct2": t1["distinct2"]}
+# %% [markdown]
+# ## Statistics
+# * A setting's **test gain**: the mean over test seeds and test prompts of (policy reward - pi_ref reward), each
+#   prompt's reward the mean of its 2 samples; interval: 2,000 bootstrap draws of 5 seeds and 100 prompts.
+# * **Paired difference** of two runs of a group: the per-prompt difference of their gains, bootstrapped alike.
+# * **KL**: Monte Carlo on the policy's own samples, per prompt, bootstrapped alike (its own interval).
+# * **Frontier**: the isotonic fit of gain on KL over every clean run of a method (tuning grid at seeds 0-1 and the
+#   cross at seeds 10-14, all judged on the test prompts), read at matched KLs where both methods have runs. Its band:
+#   1,000 draws of seeds (within the tuning and the test seeds) and prompts, each draw refitting both methods on the
+#   drawn seeds' runs with gains and KLs recomputed on the drawn prompts; the difference of the two fits is taken
+#   inside each draw, so it is paired.
+
+# %%
+def table(cond, name, key="gain", other=None):
+    """(S, P) per-prompt values on the test prompts over the test seeds: gain, KL, or a paired gain difference."""
+    rows = []
+    for seed in TEST_SEEDS:
+        pol = test.get((cond, seed))
+        if pol is None or name not in pol or (other and other not in pol):
+            continue
+        if key == "kl":
+            rows.append([pol[name]["kl_per_prompt"][i] for i in TEST])
+        elif other:
+            rows.append([a - b for a, b in zip(gains(pol, name, TEST), gains(pol, other, TEST))])
+        else:
+            rows.append(gains(pol, name, TEST))
+    return rows
 
 
-def mean_std(values, fmt="{:+.3f}"):
-    v = torch.tensor([x for x in values if x == x], dtype=torch.float64)       # drop NaN
-    if len(v) == 0:
+def estimate(rows):
+    if not rows:
+        return None
+    m, ci = evaluate.bootstrap_seeds_prompts(rows)
+    return {"mean": m, "ci": ci, "seeds": len(rows)}
+
+
+def fmt(e, digits=3, sign=True):
+    if e is None:
         return "—"
-    if len(v) == 1:
-        return fmt.format(v.item()) + (" (1 seed)" if len(values) > 1 else "")
-    note = "" if len(v) == len(values) else f" ({len(v)} seeds)"
-    return (fmt + " ± " + fmt.replace("+", "")).format(v.mean().item(), v.std().item()) + note
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    seeds = "" if e["seeds"] == len(TEST_SEEDS) else f" ({e['seeds']} seeds)"
+    return f"{f.format(e['mean'])} [{f.format(e['ci'][0])}, {f.format(e['ci'][1])}]{seeds}"
 
 
-def interpolate(points, key, kl):
-    """Linear interpolation of points[key] at this KL along the points sorted by KL; NaN outside the range."""
-    pts = sorted((p["kl"], p[key]) for p in points)
-    for (k0, v0), (k1, v1) in zip(pts, pts[1:]):
-        if k0 <= kl <= k1:
-            return v0 + (v1 - v0) * (kl - k0) / (k1 - k0) if k1 > k0 else (v0 + v1) / 2
-    return float("nan")
+LOSS_DIFF = "drdo's loss - dpo's loss"
+results = {"chosen": {m: list(c) for m, c in chosen.items()}, "tuning": tuning_table, "conditions": {},
+           "variants": {}, "frontier": {}}
+for cond in CONDITIONS:
+    if not chosen:
+        break
+    names = {m: config_name(m, *chosen[m]) for m in METHODS}
+    row = {m: {"gain": estimate(table(cond, names[m])), "kl": estimate(table(cond, names[m], "kl"))} for m in METHODS}
+    row["drdo - dpo"] = estimate(table(cond, names["drdo"], other=names["dpo"]))
+    if cond != "clean":                               # the gain lost to the condition, per method, and its difference
+        for m in METHODS:
+            lost = [[c - n for c, n in zip(rc, rn)] for rc, rn in zip(table("clean", names[m]), table(cond, names[m]))]
+            row[m]["clean - this"] = estimate(lost)
+        both = [[(c1 - n1) - (c0 - n0) for c1, n1, c0, n0 in zip(*rs)] for rs in zip(
+            table("clean", names["drdo"]), table(cond, names["drdo"]), table("clean", names["dpo"]), table(cond, names["dpo"]))]
+        row[LOSS_DIFF] = estimate(both)
+    results["conditions"][cond] = row
+if chosen and "clean" in CONDITIONS:
+    base = config_name("drdo", *chosen["drdo"])
+    for v in VARIANTS:
+        results["variants"][v] = {"gain": estimate(table("clean", f"drdo [{v}]")),
+                                  "kl": estimate(table("clean", f"drdo [{v}]", "kl")),
+                                  "minus default": estimate(table("clean", f"drdo [{v}]", other=base))}
 
 
-MATCHED_KL = [2.0, 3.0, 4.0, 5.0, 6.0]     # where the methods' KL ranges overlap (6: DRDO's own range) (README)
-frontier = {c: {m: {s: [point(c, s, f"{m}@{v:g}") for v in FRONTIER[m][2]] for s in SEEDS} for m in FRONTIER}
-            for c in CONDITIONS}
+def clean_points(m, seed_pick=None, prompt_pick=None):
+    """Every clean run of method m as (KL, gain) on the test prompts (or the drawn ones), for the drawn seeds."""
+    pts = []
+    groups = [(tuning, TUNE_SEEDS, 0), ({s: test[("clean", s)] for s in TEST_SEEDS if ("clean", s) in test},
+                                        TEST_SEEDS, 1)]
+    for pols, seeds, k in groups:
+        picked = seeds if seed_pick is None else [seeds[i] for i in seed_pick[k]]
+        idx = [TEST[i] for i in (range(len(TEST)) if prompt_pick is None else prompt_pick)]
+        for seed in picked:
+            if seed not in pols:
+                continue
+            for name, p in pols[seed].items():
+                if name.startswith(m + " "):
+                    pts.append((mean([p["kl_per_prompt"][i] for i in idx]), mean(gains(pols[seed], name, idx))))
+    return pts
+
+
+if chosen and "clean" in CONDITIONS and test:
+    fits = {m: clean_points(m) for m in METHODS}
+    lo = max(min(k for k, _ in fits[m]) for m in METHODS)
+    hi = min(max(k for k, _ in fits[m]) for m in METHODS)
+    matched = [round(lo + (hi - lo) * f, 2) for f in (0.1, 0.3, 0.5, 0.7, 0.9)] if hi > lo else []
+    point = {m: evaluate.frontier_at(*zip(*[(k, g) for k, g in fits[m]]), matched) for m in METHODS}
+    R = 200 if QUICK else 1000
+    g = torch.Generator().manual_seed(0)
+    draws = {m: [] for m in METHODS}
+    for _ in range(R):
+        seed_pick = [torch.randint(len(TUNE_SEEDS), (len(TUNE_SEEDS),), generator=g).tolist(),
+                     torch.randint(len(TEST_SEEDS), (len(TEST_SEEDS),), generator=g).tolist()]
+        prompt_pick = torch.randint(len(TEST), (len(TEST),), generator=g).tolist()
+        for m in METHODS:
+            pts = clean_points(m, seed_pick, prompt_pick)
+            draws[m].append(evaluate.frontier_at([k for k, _ in pts], [v for _, v in pts], matched))
+    q = lambda xs: [float(v) for v in torch.tensor(xs, dtype=torch.float64).nanquantile(  # noqa: E731
+        torch.tensor([0.025, 0.975], dtype=torch.float64))] if any(x == x for x in xs) else [math.nan, math.nan]
+    results["frontier"] = {
+        "matched_kl": matched, "points": fits, "draws": R,
+        **{m: {"fit": point[m], "band": [q([d[j] for d in draws[m]]) for j in range(len(matched))],
+               "isotonic": evaluate.isotonic(*zip(*fits[m]))} for m in METHODS},
+        "drdo - dpo": {"fit": [a - b for a, b in zip(point["drdo"], point["dpo"])],
+                       "band": [q([a[j] - b[j] for a, b in zip(draws["drdo"], draws["dpo"])]) for j in range(len(matched))],
+                       "undefined_draws": [sum(1 for a, b in zip(draws["drdo"], draws["dpo"]) if a[j] != a[j] or b[j] != b[j])
+                                           for j in range(len(matched))]}}
+
+
+# %% [markdown]
+# ## Tables
+
+# %%
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-missing = [f"{c} seed {s}" for c in CONDITIONS for s in SEEDS if (c, s) not in DONE]
-lines = [f"# DRDO study{' (quick)' if QUICK else ''}: reward–KL frontier and ablations", "",
-         *([f"**Partial:** not yet evaluated: {', '.join(missing)} (cells average the seeds that are).", ""]
-           if missing else []),
-         f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}`  ",
-         f"Commit: `{commit}`; hardware: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-         f"({torch.get_num_threads()} threads), fp32; "
-         + ("tables rebuilt from the evaluations on disk (--report).  " if REPORT_ONLY else
-            f"wall time {wall / 60:.1f} min (runs already on disk are not re-trained).  "), f"Task: `{DATA}`; seeds {SEEDS}; {PROMPTS} prompts × {SAMPLES} samples at "
-         "temperature 1, 1 greedy sample per prompt.", ""]
-for key, title in (("gain", "gold gain over pi_ref at matched KL (in distribution, temperature 1)"),
-                   ("ood_gain", "out-of-distribution gold gain at matched in-distribution KL")):
-    lines += [f"### {title}", "", "| condition | method | " + " | ".join(f"KL = {k:g}" for k in MATCHED_KL)
-              + " | KL range (nats) | best strength: gain (KL) |", "|---|---|" + "---|" * (len(MATCHED_KL) + 2)]
-    for c in CONDITIONS:
-        for m in FRONTIER:
-            kls = [p["kl"] for s in SEEDS for p in frontier[c][m][s] if p["kl"] == p["kl"]] or [float("nan")]
-            cells = [mean_std([interpolate(frontier[c][m][s], key, k) for s in SEEDS]) for k in MATCHED_KL]
-            per_strength = [[frontier[c][m][s][i] for s in SEEDS] for i in range(len(FRONTIER[m][2]))]
-            mean = lambda xs: sum(x for x in xs if x == x) / max(1, sum(x == x for x in xs))      # noqa: E731
-            best_i = max(range(len(per_strength)), key=lambda i: mean([p[key] for p in per_strength[i]]))
-            best = (f"{FRONTIER[m][1].lstrip('-')}={FRONTIER[m][2][best_i]:g}: "
-                    f"{mean_std([p[key] for p in per_strength[best_i]])} ({mean([p['kl'] for p in per_strength[best_i]]):.1f})")
-            if kls[0] != kls[0]:                                  # no seed of this condition evaluated yet
-                best, kl_range = "—", "—"
-            else:
-                kl_range = f"{min(kls):.1f} – {max(kls):.1f}"
-            lines.append(f"| {c} | {m} | " + " | ".join(cells) + f" | {kl_range} | {best} |")
+lines = [f"# Does DRDO beat DPO? Tuned on dev prompts, reported on test prompts{' (quick)' if QUICK else ''}", "",
+         f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}` (then `--report`)  ",
+         f"Tables built at commit `{commit}`; {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, fp32.  ",
+         f"Task `{DATA}`; tuning seeds {TUNE_SEEDS}, test seeds {TEST_SEEDS}; {PROMPTS} held-out prompts x {SAMPLES} "
+         f"samples at temperature 1: dev = prompts 0-{len(DEV) - 1}, test = prompts {len(DEV)}-{PROMPTS - 1}. "
+         "Intervals: 95% bootstrap over test seeds and test prompts together.", ""]
+if tuning_table:
+    lines += ["## Tuning (dev prompts, mean over the tuning seeds): gold gain (KL)", ""]
+    for m in METHODS:
+        flag = METHODS[m][1].lstrip("-")
+        t = tuning_table[m]
+        lines += [f"**{m}** (chosen: {flag} = {t['chosen'][0]:g}, lr = {t['chosen'][1]:g}; strength "
+                  f"{'bracketed' if t['strength_bracketed'] else 'NOT bracketed (an edge of the grid)'}, lr "
+                  f"{'bracketed' if t['lr_bracketed'] else 'NOT bracketed (an edge of the grid)'})", "",
+                  f"| {flag} | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " |", "|---|" + "---|" * len(LRS)]
+        for s in METHODS[m][2]:
+            lines.append(f"| {s:g} | " + " | ".join(
+                f"{t['cells'][f'{s:g}|{lr:g}']['dev_gain']:+.3f} ({t['cells'][f'{s:g}|{lr:g}']['kl']:.1f})"
+                + (" ←" if [s, lr] == t["chosen"] else "") for lr in LRS) + " |")
+        lines.append("")
+if results["conditions"]:
+    lines += ["## Each method at its chosen setting (test prompts, test seeds)", "",
+              "| condition | DPO gain | DPO KL | DRDO gain | DRDO KL | DRDO − DPO (paired) |", "|---|---|---|---|---|---|"]
+    for cond, row in results["conditions"].items():
+        lines.append(f"| {cond} | {fmt(row['dpo']['gain'])} | {fmt(row['dpo']['kl'], 1, False)} | "
+                     f"{fmt(row['drdo']['gain'])} | {fmt(row['drdo']['kl'], 1, False)} | {fmt(row['drdo - dpo'])} |")
+    lines += ["", "### Gain lost to each condition (clean − condition, paired by seed and prompt)", "",
+              "| condition | DPO loses | DRDO loses | DRDO's loss − DPO's loss |", "|---|---|---|---|"]
+    for cond, row in results["conditions"].items():
+        if cond != "clean":
+            lines.append(f"| {cond} | {fmt(row['dpo']['clean - this'])} | {fmt(row['drdo']['clean - this'])} | "
+                         f"{fmt(row[LOSS_DIFF])} |")
     lines.append("")
-lines += ["### every frontier run (mean ± std over seeds)", "",
-          "| condition | run | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats | repeats (T=1) | distinct-2 (T=1) |",
-          "|---|---|---|---|---|---|---|---|---|"]
-for c in CONDITIONS:
-    for m, (_, flag, values, _) in FRONTIER.items():
-        for i, v in enumerate(values):
-            ps = [frontier[c][m][s][i] for s in SEEDS]
-            lines.append(f"| {c} | {m} {flag.lstrip('-')}={v:g} | {mean_std([p['gain'] for p in ps])} | "
-                         f"{mean_std([p['kl'] for p in ps], '{:.1f}')} | {mean_std([p['ood_gain'] for p in ps])} | "
-                         f"{mean_std([p['greedy_gain'] for p in ps])} | "
-                         f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} | "
-                         f"{mean_std([p['repetition'] for p in ps], '{:.2f}')} | "
-                         f"{mean_std([p['distinct2'] for p in ps], '{:.3f}')} |")
-lines += ["", "### DRDO ablations (clean labels; beta_r = 0.02, lr 1e-4 unless named)", "",
-          "| variant | gain (T=1) | KL | OOD gain | greedy gain | greedy repeats |", "|---|---|---|---|---|---|"]
-for name in ABLATIONS:
-    ps = [point("clean", s, f"drdo[{name}]") for s in SEEDS]
-    lines.append(f"| {name} | {mean_std([p['gain'] for p in ps])} | {mean_std([p['kl'] for p in ps], '{:.1f}')} | "
-                 f"{mean_std([p['ood_gain'] for p in ps])} | {mean_std([p['greedy_gain'] for p in ps])} | "
-                 f"{mean_std([p['greedy_repetition'] for p in ps], '{:.2f}')} |")
-lines.append("")
+if results["variants"]:
+    lines += ["## DRDO variants (clean, test seeds; one flag changed from the chosen setting)", "",
+              "| variant | gain | KL | minus the chosen DRDO (paired) |", "|---|---|---|---|"]
+    for v, r in results["variants"].items():
+        lines.append(f"| {v} | {fmt(r['gain'])} | {fmt(r['kl'], 1, False)} | {fmt(r['minus default'])} |")
+    lines.append("")
+if results["frontier"].get("matched_kl"):
+    fr = results["frontier"]
+    lines += ["## The frontier: isotonic fits of gain on KL over every clean run, read at matched KL", "",
+              f"Points: DPO {len(fr['points']['dpo'])} runs, DRDO {len(fr['points']['drdo'])} runs; band: "
+              f"{fr['draws']} draws of seeds and prompts.", "",
+              "| KL (nats) | DPO fit [band] | DRDO fit [band] | DRDO − DPO [band] | draws where a fit is undefined |",
+              "|---|---|---|---|---|"]
+    for j, k in enumerate(fr["matched_kl"]):
+        cell = lambda d: f"{d['fit'][j]:+.3f} [{d['band'][j][0]:+.3f}, {d['band'][j][1]:+.3f}]"  # noqa: E731
+        lines.append(f"| {k:.2f} | {cell(fr['dpo'])} | {cell(fr['drdo'])} | {cell(fr['drdo - dpo'])} | "
+                     f"{fr['drdo - dpo']['undefined_draws'][j]} of {fr['draws']} |")
+    lines.append("")
 os.makedirs(OUT, exist_ok=True)
 name = "reproduction_quick" if QUICK else "reproduction"
 with open(os.path.join(OUT, f"{name}.md"), "w") as f:
-    f.write("\n".join(lines))
+    f.write("\n".join(lines) + "\n")
+meta = {"command": "python tutorials/02_reproduction.py" + (" --quick" if QUICK else ""), "commit": commit,
+        "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}", "data": DATA,
+        "tune_seeds": TUNE_SEEDS, "test_seeds": TEST_SEEDS, "prompts": PROMPTS, "samples": SAMPLES,
+        "dev": [DEV[0], DEV[-1]], "test": [TEST[0], TEST[-1]], "lrs": LRS,
+        "strengths": {m: [flag, values] for m, (_, flag, values, _) in METHODS.items()},
+        "conditions": CONDITIONS, "variants": VARIANTS}
 with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-    json.dump({"frontier": frontier, "ablations": {a: [point("clean", s, f"drdo[{a}]") for s in SEEDS]
-                                                   for a in ABLATIONS},
-               "strengths": {m: [flag, values] for m, (_, flag, values, _) in FRONTIER.items()},
-               "evaluated": sorted(f"{c}|{s}" for c, s in DONE),
-               # every evaluation but its head-to-head tables (all pairs of ~40 policies: megabytes), which stay
-               # in each runs/.../evaluation.json
-               "evaluations": {k: {**r, "sets": {n: {t: {"policies": v["policies"]} for t, v in st.items()}
-                                                 for n, st in r["sets"].items()}} for k, r in results.items()}},
-              f, indent=1)
+    json.dump({"meta": meta, "results": results,
+               # every evaluation: per-prompt rewards (policy and pi_ref) and KL, so any statistic can be recomputed
+               "tuning": {str(s): p for s, p in tuning.items()},
+               "test": {f"{c}|{s}": p for (c, s), p in test.items()}}, f)
 print("\n".join(lines))
 
 # %% [markdown]
-# ## The frontier plot: one point per run
+# ## The frontier plot: every clean run with its KL and gain intervals (over prompts), and both fits with bands
 
 # %%
-import matplotlib  # noqa: E402
+if results["frontier"].get("matched_kl"):
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(5 * len(CONDITIONS), 4), sharey=True, squeeze=False)
-for ax, c in zip(axes[0], CONDITIONS):
-    for i, m in enumerate(FRONTIER):
-        pts = [p for s in SEEDS for p in frontier[c][m][s] if p["kl"] == p["kl"]]
-        if not pts:
-            continue
-        ax.scatter([p["kl"] for p in pts], [p["gain"] for p in pts], s=14, color=f"C{i}", label=m, alpha=0.8)
-        done = [s for s in SEEDS if (c, s) in DONE]
-        means = [(sum(p["kl"] for p in ps) / len(ps), sum(p["gain"] for p in ps) / len(ps))
-                 for ps in zip(*[frontier[c][m][s] for s in done])]
-        ax.plot(*zip(*sorted(means)), color=f"C{i}", lw=1)
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.set(xscale="log", xlabel="KL(pi || pi_ref), nats per completion (log scale)", title=c)
-axes[0][0].set_ylabel("gold gain over pi_ref (VADER)")
-axes[0][0].legend(fontsize=7)
-fig.tight_layout()
-os.makedirs(FIGURES, exist_ok=True)
-fig.savefig(os.path.join(FIGURES, "frontier_quick.png" if QUICK else "frontier.png"), dpi=110)
+    fr = results["frontier"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, m in enumerate(METHODS):
+        pts = fr["points"][m]
+        axes[0].scatter([k for k, _ in pts], [v for _, v in pts], s=12, color=f"C{i}", alpha=0.6, label=f"{m}: runs")
+        xs, fs = fr[m]["isotonic"]
+        axes[0].plot(xs, fs, color=f"C{i}", lw=1.5, label=f"{m}: isotonic fit")
+        axes[0].fill_between(fr["matched_kl"], [b[0] for b in fr[m]["band"]], [b[1] for b in fr[m]["band"]],
+                             color=f"C{i}", alpha=0.2)
+        # each chosen setting's KL and gain, with their bootstrap intervals (seeds and prompts)
+        c = results["conditions"]["clean"][m]
+        axes[0].errorbar([c["kl"]["mean"]], [c["gain"]["mean"]],
+                         xerr=[[c["kl"]["mean"] - c["kl"]["ci"][0]], [c["kl"]["ci"][1] - c["kl"]["mean"]]],
+                         yerr=[[c["gain"]["mean"] - c["gain"]["ci"][0]], [c["gain"]["ci"][1] - c["gain"]["mean"]]],
+                         color=f"C{i}", marker="D", ms=6, capsize=3, label=f"{m}: chosen setting")
+    axes[0].set(xlabel="KL(pi || pi_ref), nats per completion (test prompts)", ylabel="gold gain over pi_ref",
+                title="clean labels: every run, fits and 95% bands")
+    axes[0].legend(fontsize=7)
+    d = fr["drdo - dpo"]
+    axes[1].plot(fr["matched_kl"], d["fit"], color="k", marker="o")
+    axes[1].fill_between(fr["matched_kl"], [b[0] for b in d["band"]], [b[1] for b in d["band"]], color="grey", alpha=0.3)
+    axes[1].axhline(0, color="grey", lw=0.6)
+    axes[1].set(xlabel="matched KL (nats)", ylabel="DRDO fit − DPO fit", title="paired difference at matched KL")
+    fig.tight_layout()
+    os.makedirs(FIGURES, exist_ok=True)
+    fig.savefig(os.path.join(FIGURES, "frontier_quick.png" if QUICK else "frontier.png"), dpi=110)
