@@ -45,6 +45,68 @@ def test_bootstrap_interval_hand_cases():
     assert s["gain_ci"] == [-0.5, 0.5]                      # per-prompt gains 0.5, -0.5
 
 
+def test_two_way_bootstrap_against_its_exact_distribution():
+    # a (2 seeds, 2 prompts) table: every (seed draw, prompt draw) is one of 4 x 4 equally likely outcomes, so the
+    # resampled mean has an exact distribution; 20,000 resamples must reproduce its quantiles and its mean
+    import itertools
+    x = [[0.0, 1.0], [2.0, 5.0]]
+    exact = sorted(sum(x[s][p] for s in ss for p in pp) / 4
+                   for ss in itertools.product(range(2), repeat=2) for pp in itertools.product(range(2), repeat=2))
+    m, (lo, hi) = evaluate.bootstrap_seeds_prompts(x, resamples=20000, seed=3)
+    assert m == 2.0
+    # the exact 2.5% / 97.5% quantiles of 16 equally likely values: 0.0 (1 of 16 = 6%) and 5.0 (1 of 16)
+    assert exact[0] == 0.0 and exact[-1] == 5.0 and lo == 0.0 and hi == 5.0
+    # the seed draws alone: constant rows give the seed-resampled mean its 3 values, 1 and 3 each 1 / 4
+    m, (lo, hi) = evaluate.bootstrap_seeds_prompts([[1.0] * 5, [3.0] * 5], resamples=4000)
+    assert (m, lo, hi) == (2.0, 1.0, 3.0)
+    # the prompt draws alone: identical rows, so only the prompts vary; the interval is the prompt bootstrap's
+    row = [0.0, 0.0, 1.0, 4.0]
+    _, ci = evaluate.bootstrap_seeds_prompts([row, row, row], resamples=3000, seed=1)
+    draws = evaluate.seed_prompt_draws(3, 4, 3000, 1)[1]                               # the same prompt draws
+    means = torch.tensor(row, dtype=torch.float64)[draws].mean(1)
+    assert ci == torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+
+
+def test_isotonic_fit_hand_cases_and_brute_force():
+    import itertools
+    import random
+    xs, f = evaluate.isotonic([1, 2, 3], [1, 3, 2])
+    assert xs == [1, 2, 3] and f == [1, 2.5, 2.5]                                  # the violating pair pooled
+    assert evaluate.isotonic([1, 2, 3], [1, 3, 2], w=[1, 1, 3])[1] == [1, 2.25, 2.25]  # (3 + 3 * 2) / 4
+    assert evaluate.isotonic([3, 1, 2], [2, 1, 3])[1] == [1, 2.5, 2.5]             # unsorted input: sorted by x
+    # brute force: the least-squares non-decreasing fit is constant on blocks of consecutive points; among all
+    # partitions into blocks whose means do not decrease, it is the one of smallest squared error
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 7)
+        y = [rng.choice([-2.0, -1.0, 0.0, 0.5, 1.0, 3.0]) for _ in range(n)]
+        best = None
+        for cuts in itertools.product([0, 1], repeat=n - 1):
+            blocks, cur = [], [y[0]]
+            for c, v in zip(cuts, y[1:]):
+                if c:
+                    blocks.append(cur)
+                    cur = [v]
+                else:
+                    cur.append(v)
+            blocks.append(cur)
+            means = [sum(b) / len(b) for b in blocks]
+            if any(a > b + 1e-12 for a, b in zip(means, means[1:])):
+                continue
+            sse = sum((v - mu) ** 2 for b, mu in zip(blocks, means) for v in b)
+            if best is None or sse < best[0] - 1e-12:
+                best = (sse, [mu for b, mu in zip(blocks, means) for _ in b])
+        fitted = evaluate.isotonic(list(range(n)), y)[1]
+        assert fitted == pytest.approx(best[1], abs=1e-12)
+
+
+def test_frontier_reads_the_fit_between_points_and_nothing_outside():
+    kl, gain = [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]                            # fit: (1, 1), (2, 2.5), (3, 2.5)
+    at = evaluate.frontier_at(kl, gain, [0.5, 1.0, 1.5, 2.0, 3.0, 3.5])
+    assert math.isnan(at[0]) and math.isnan(at[-1])                          # outside the runs' KL: no value
+    assert at[1:5] == [1.0, 1.75, 2.5, 2.5]
+
+
 def test_identical_samples_give_half_win_rate_and_all_ties():
     g = torch.randn(5, 3).tolist()
     s = evaluate.paired_comparison(g, g)
@@ -120,6 +182,9 @@ def test_end_to_end_reference_against_itself_and_a_trained_policy(task, tmp_path
         se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
         assert len(d) == 16 and dpo["gain"] == pytest.approx(mean, abs=1e-12)
         assert dpo["gain_se"] == pytest.approx(se, rel=1e-9)
+        # KL per prompt (4 samples each): their mean is the KL over all samples; pi_ref against itself: all 0
+        assert sum(dpo["kl_per_prompt"]) / 16 == pytest.approx(dpo["kl"], rel=1e-9)
+        assert res["sets"][set_name]["T=1"]["policies"]["same"]["kl_per_prompt"] == [0.0] * 16
     assert json.loads((out / "results.json").read_text())["config"]["names"] == "same,dpo"
     assert (out / "in_distribution.png").stat().st_size > 1000
 

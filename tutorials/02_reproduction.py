@@ -332,7 +332,7 @@ if chosen and "clean" in CONDITIONS:
 
 def clean_points(m, seed_pick=None, prompt_pick=None):
     """Every clean run of method m as (KL, gain) on the test prompts (or the drawn ones), for the drawn seeds."""
-    pts = []
+    pts, configs = [], {config_name(m, s, lr) for s in METHODS[m][2] for lr in LRS}
     groups = [(tuning, TUNE_SEEDS, 0), ({s: test[("clean", s)] for s in TEST_SEEDS if ("clean", s) in test},
                                         TEST_SEEDS, 1)]
     for pols, seeds, k in groups:
@@ -342,7 +342,7 @@ def clean_points(m, seed_pick=None, prompt_pick=None):
             if seed not in pols:
                 continue
             for name, p in pols[seed].items():
-                if name.startswith(m + " "):
+                if name in configs:                   # the method's grid and cross runs (not DRDO's variants)
                     pts.append((mean([p["kl_per_prompt"][i] for i in idx]), mean(gains(pols[seed], name, idx))))
     return pts
 

@@ -204,19 +204,6 @@ def per_prompt_gain(record, start, key, idx):
     return [record[f"{key}_per_prompt"][i] - start[f"{key}_per_prompt"][i] for i in idx]
 
 
-def bootstrap(tables, resamples=2000, seed=0):
-    """tables: one list of per-prompt values per seed (all of one length) -> (mean, [2.5%, 97.5%]): each resample
-    draws S seeds and P prompts with replacement and averages over both."""
-    x = torch.tensor(tables, dtype=torch.float64)                               # (S, P)
-    S, P = x.shape
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randint(S, (resamples, S), generator=g)                           # (R, S)
-    p = torch.randint(P, (resamples, P), generator=g)                           # (R, P)
-    drawn = torch.gather(x[s], 2, p[:, None, :].expand(-1, S, -1))              # (R, S, P)
-    q = torch.quantile(drawn.mean((1, 2)), torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return x.mean().item(), q.tolist()
-
-
 def summarise(chosen, runs):
     names = list(dict.fromkeys(name for name, _ in runs))
     any_run = next(iter(runs.values()))
@@ -233,7 +220,7 @@ def summarise(chosen, runs):
                      "kl": [j["kl"] for j in judged], "kl_mean": sum(j["kl"] for j in judged) / len(judged)}
             for key in ("gold", "annotator"):
                 tables = [per_prompt_gain(j, r["start"], key, test) for j, r in zip(judged, seeds)]
-                point[f"{key}_gain"], point[f"{key}_ci"] = bootstrap(tables)
+                point[f"{key}_gain"], point[f"{key}_ci"] = evaluate.bootstrap_seeds_prompts(tables)
             point["repetition"] = sum(j["repetition"] for j in judged) / len(judged)
             curve.append(point)
         rows[name] = {"curve": curve, "seeds": len(seeds), "strength": chosen.get(name.split()[0]),
@@ -249,7 +236,7 @@ def summarise(chosen, runs):
         diffs = [[a - b for a, b in zip(per_prompt_gain(runs[name, s]["rounds"][-1], runs[name, s]["start"], "gold", test),
                                         per_prompt_gain(d["rounds"][-1], d["start"], "gold", test))]
                  for s, d in zip(SEEDS, base)]
-        rows[name]["vs_dpo_gold"] = bootstrap(diffs)
+        rows[name]["vs_dpo_gold"] = evaluate.bootstrap_seeds_prompts(diffs)
     return rows
 
 
