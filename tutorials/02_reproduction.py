@@ -19,9 +19,9 @@
 #
 # * **Tuning apart from testing.** The task's 200 held-out prompts are split: the first 100 (**dev**) choose every
 #   setting, the last 100 (**test**) give every reported number. Both methods get the same tuning budget: a grid of
-#   3 strengths x 3 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
-#   reaches below the smallest strengths of earlier sweeps (0.005), so an optimum inside it is bracketed, and
-#   where it is not the table says so.
+#   4 strengths x 5 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
+#   was extended until DPO's optimum was inside it (see the NOTE below); where an optimum sits on an edge, the
+#   table says so.
 # * **Uncertainty from every source.** The reported runs use five fresh seeds (10-14), not the tuning seeds: each
 #   seed changes the training order, the initialisation of DRDO's Oracle (trained per seed), the flipped labels
 #   (flip conditions) and the evaluation's sampling seed (1234 + seed); one condition also rebuilds pi_ref and its
@@ -59,7 +59,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -78,13 +78,16 @@ DATA = os.environ.get("REPRO_DATA", "embedded")                 # tests use embe
 # both "how far from pi_ref": a smaller beta weakens DPO's KL anchor; a smaller beta_r asks DRDO's implicit reward
 # beta_r * log(pi / pi_ref) for larger log-ratio gaps to match the Oracle's reward gaps.
 METHODS = {
-    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02], []),
-    "drdo": ("drdo", "--beta_r", [0.001, 0.005, 0.02], ["--student_reward", "implicit-sum"]),
+    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02, 0.1], []),
+    "drdo": ("drdo", "--beta_r", [0.0002, 0.001, 0.005, 0.02], ["--student_reward", "implicit-sum"]),
 }
-LRS = [5e-5, 1e-4, 2e-4]
+LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4]
+# NOTE: the grid began as 3 x 3 (beta / beta_r 0.001-0.02, lr 5e-5-2e-4); DPO's optimum sat at its corner (beta 0.02,
+# lr 2e-4) and DRDO's at its smallest beta_r, so each axis was extended by one value (beta 0.1, beta_r 0.0002, lr 4e-4),
+# then DPO's optimum sat at lr 4e-4, the lr axis's edge, so it was extended again (8e-4): the same grid for both methods.
 TUNE_SEEDS, TEST_SEEDS = [0, 1], [10, 11, 12, 13, 14]
 # every condition runs each method's chosen setting at the test seeds; "clean" also runs the frontier's cross
-# (all strengths at the chosen lr, all lrs at the chosen strength) and DRDO's variants. "rebuilt" trains on another
+# (all strengths at the chosen lr, the chosen strength at the lrs either side) and DRDO's variants. "rebuilt" trains on another
 # build of the embedded task for every seed: pi_ref's SFT, the split, the tokenizer and the sampled pairs (embedded.py).
 CONDITIONS = {"clean": [], "flip 20%": ["--flip", "0.2"], "flip 40%": ["--flip", "0.4"],
               "non-deterministic": ["--split", "nondeterministic"], "rebuilt pi_ref": []}
@@ -95,7 +98,7 @@ VARIANTS = {                                   # DRDO at its chosen setting, cle
 }
 PROMPTS, SAMPLES = 200, 2
 if QUICK:
-    METHODS = {m: (method, flag, values[1:], extra) for m, (method, flag, values, extra) in METHODS.items()}
+    METHODS = {m: (method, flag, values[1:3], extra) for m, (method, flag, values, extra) in METHODS.items()}
     LRS, TUNE_SEEDS, TEST_SEEDS, PROMPTS = [1e-4], [0], [10, 11], 16
     CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"]}
     VARIANTS = dict(list(VARIANTS.items())[:1])
@@ -168,18 +171,28 @@ def run_group(cond, seed, runs):
     runs_hash = {name: hashlib.sha256(open(os.path.join(p, "summary.json"), "rb").read()).hexdigest()[:12]
                  for name, p in paths.items() if os.path.exists(os.path.join(p, "summary.json"))}
     previous = json.load(open(saved)) if os.path.exists(saved) else None
-    if previous and previous["config"] == json.loads(json.dumps(asdict(eval_cfg))) \
-            and previous.get("runs_hash") == runs_hash:
+    # a policy's samples depend on its weights and the sampling seed only (sample_completions reseeds for every
+    # policy), so the runs already evaluated with these settings are kept and only new or retrained ones evaluated
+    done = {n: h for n, h in previous["runs_hash"].items() if runs_hash.get(n) == h} \
+        if previous and {k: v for k, v in previous["config"].items() if k not in ("policies", "names")} == \
+        {k: v for k, v in json.loads(json.dumps(asdict(eval_cfg))).items() if k not in ("policies", "names")} else {}
+    if set(done) == set(paths):
         return previous
     if REPORT_ONLY:
         return None
     t0 = time.time()
-    res = evaluate.evaluate(eval_cfg, log=lambda *a, **k: None)
+    todo = [n for n in paths if n not in done]
+    res = evaluate.evaluate(replace(eval_cfg, policies=",".join(paths[n] for n in todo), names=",".join(todo)),
+                            log=lambda *a, **k: None)
     row = res["sets"]["in_distribution"]["T=1"]["policies"]
-    slim = {"config": res["config"], "runs_hash": runs_hash, "seconds": time.time() - t0,
-            "policies": {name: {"reward_per_prompt": s["reward_per_prompt"], "kl_per_prompt": s["kl_per_prompt"],
-                                "kl": s["kl"], "repetition": s["repetition"], "distinct2": s["distinct2"]}
-                         for name, s in row.items()}}
+    new = {name: {"reward_per_prompt": s["reward_per_prompt"], "kl_per_prompt": s["kl_per_prompt"],
+                  "kl": s["kl"], "repetition": s["repetition"], "distinct2": s["distinct2"]} for name, s in row.items()}
+    if done:            # pi_ref sampled again with the same seed: the very same rewards, or nothing can be merged
+        assert new["pi_ref"]["reward_per_prompt"] == previous["policies"]["pi_ref"]["reward_per_prompt"], saved
+    kept = {n: previous["policies"][n] for n in done} if done else {}
+    slim = {"config": json.loads(json.dumps(asdict(eval_cfg))), "runs_hash": runs_hash,
+            "seconds": time.time() - t0 + (previous or {}).get("seconds", 0) * bool(done),
+            "policies": {"pi_ref": new["pi_ref"], **{n: kept.get(n) or new[n] for n in paths}}}
     with open(saved + ".tmp", "w") as f:
         json.dump(slim, f)
     os.replace(saved + ".tmp", saved)
@@ -196,11 +209,13 @@ def wanted(seed):
 grid = {m: [(s, lr) for s in METHODS[m][2] for lr in LRS] for m in METHODS}
 tuning = {}
 for seed in TUNE_SEEDS:
+    runs = {config_name(m, s, lr): config_args(m, s, lr) for m in METHODS for s, lr in grid[m]}
     if wanted(seed) or REPORT_ONLY:
-        res = run_group("clean", seed, {config_name(m, s, lr): config_args(m, s, lr) for m in METHODS for s, lr in grid[m]})
-    else:                                             # another process's tuning seed: its evaluation, once saved
+        res = run_group("clean", seed, runs)
+    else:                                     # another process's tuning seed: its evaluation, once it holds every run
         saved = os.path.join(os.path.dirname(run_dir("clean", seed, "x")), "evaluation.json")
         res = json.load(open(saved)) if os.path.exists(saved) else None
+        res = res if res and set(runs) <= set(res["policies"]) else None
     if res is not None:
         tuning[seed] = res["policies"]
 
@@ -250,7 +265,8 @@ if chosen:
                 for m in METHODS:
                     s0, lr0 = chosen[m]
                     runs.update({config_name(m, s, lr0): config_args(m, s, lr0) for s in METHODS[m][2]})
-                    runs.update({config_name(m, s0, lr): config_args(m, s0, lr) for lr in LRS})
+                    i = LRS.index(lr0)
+                    runs.update({config_name(m, s0, lr): config_args(m, s0, lr) for lr in LRS[max(0, i - 1):i + 2]})
                 runs.update({f"drdo [{v}]": config_args("drdo", *chosen["drdo"]) + a for v, a in VARIANTS.items()})
             res = run_group(cond, seed, runs)
             if res is not None:

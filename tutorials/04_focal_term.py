@@ -105,7 +105,7 @@ SETTINGS = {
 }
 rows = {}
 for name, args in SETTINGS.items():
-    out = os.path.join(RUNS, name.split(" ")[0].replace("(", "") + ("-lora" if "LoRA" in name else "-full"))
+    out = os.path.join(RUNS, name.split(" ")[0].rstrip(",") + ("-lora" if "LoRA" in name else "-full"))
     metrics = os.path.join(out, "metrics.jsonl")
     if not os.path.exists(metrics) or sum(1 for _ in open(metrics)) < STEPS:
         cfg = train.resolve(parse_config(train.Config, [
