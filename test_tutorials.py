@@ -268,3 +268,32 @@ def test_online_study_runs_and_its_numbers_are_its_runs(tmp_path, tiny_task):
     table = (tmp_path / "res" / "online_quick.md").read_text()
     assert f"| dpo | {res['meta']['chosen']['dpo']} | {last['round']} | {point['kl_mean']:.1f} | {point['gold_gain']:+.3f}" in table
     assert (tmp_path / "fig" / "online_overoptimization_quick.png").stat().st_size > 10_000
+
+
+def test_focal_term_measurement_reads_its_runs_logs(tmp_path, tiny_task):
+    # tutorials/04_focal_term.py on the tiny task, embedded model only (SmolLM2 is the full run's): every number of
+    # its table is the mean over the logged steps of the run's metrics.jsonl, and the pass-through factor is
+    # p/(1 - p) at p = exp(mean S-bar)
+    import json
+    import subprocess
+    import sys
+    env = dict(os.environ, FOCAL_DATA="embedded-tiny", FOCAL_MODEL="none", FOCAL_OUT=str(tmp_path / "out"),
+               FOCAL_RUNS=str(tmp_path / "runs"), HF_HUB_OFFLINE="1")
+    script = str(Path(__file__).parent / "tutorials" / "04_focal_term.py")
+    r = subprocess.run([sys.executable, script, "--quick"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "focal_term_quick.json").read_text())
+    assert set(res["rows"]) == {"embedded pi_ref (0.94M), full fine-tuning", "embedded pi_ref (0.94M), LoRA r 8"}
+    for key, name in (("embedded-full", "embedded pi_ref (0.94M), full fine-tuning"),
+                      ("embedded-lora", "embedded pi_ref (0.94M), LoRA r 8")):
+        steps = [json.loads(line) for line in open(tmp_path / "runs" / key / "metrics.jsonl")][:res["meta"]["steps"]]
+        assert [s["step"] for s in steps] == list(range(1, res["meta"]["steps"] + 1))   # every step logged both terms
+        row = res["rows"][name]
+        sbar = sum(s["logps/chosen"] for s in steps) / len(steps)
+        assert row["sbar_chosen"] == pytest.approx(sbar, abs=1e-12)
+        assert row["factor_chosen"] == pytest.approx(math.exp(sbar) / (1 - math.exp(sbar)), rel=1e-6)
+        g_pref = sum(s["grad_norm/pref"] for s in steps) / len(steps)
+        g_dist = sum(s["grad_norm/distill"] for s in steps) / len(steps)
+        assert row["ratio_pref_to_distill"] == pytest.approx(g_pref / g_dist, rel=1e-12) and g_pref > 0 and g_dist > 0
+    table = (tmp_path / "out" / "focal_term_quick.md").read_text()
+    assert f"| {row['sbar_chosen']:.2f} |" in table

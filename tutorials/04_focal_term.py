@@ -56,7 +56,7 @@ from models import load_model, sample_completions  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 DATA = os.environ.get("FOCAL_DATA", "embedded")                  # tests: embedded-tiny
-BIG = os.environ.get("FOCAL_MODEL", "smollm2-135m")              # tests: tiny
+BIG = os.environ.get("FOCAL_MODEL", "smollm2-135m")              # tests: none (the embedded model only)
 OUT = os.environ.get("FOCAL_OUT", os.path.join(ROOT, "tutorials", "results"))
 RUNS = os.environ.get("FOCAL_RUNS", os.path.join(ROOT, "runs", "focal_term"))
 PROMPTS, K, STEPS = (16, 4, 2) if QUICK else (96, 4, 5)
@@ -73,7 +73,7 @@ task = embedded.embedded_task(embedded.EMBEDDED_PRESETS[DATA], log=lambda *a, **
 # %%
 os.makedirs(RUNS, exist_ok=True)
 pairs_file = os.path.join(RUNS, f"own_pairs_{BIG}.jsonl")
-if not os.path.exists(pairs_file):
+if BIG != "none" and not os.path.exists(pairs_file):
     model, tok = load_model(BIG, task["reference"])
     openings = [r["prompt"] for r in task["train"].select(range(PROMPTS))]
     chats = [[{"role": "user", "content": f"Continue this tweet: {p}"}] for p in openings]
@@ -108,6 +108,8 @@ SETTINGS = {                                  # run directory -> (label, flags)
     f"{BIG}-lora-oracle1e-5": (f"{BIG}, LoRA r 8, Oracle lr 1e-5", SMOL + ["--oracle_lr", "1e-5"]),
     f"{BIG}-lora-oracle1e-4": (f"{BIG}, LoRA r 8, Oracle lr 1e-4", SMOL + ["--oracle_lr", "1e-4"]),
 }
+if BIG == "none":
+    SETTINGS = {k: v for k, v in SETTINGS.items() if k.startswith("embedded")}
 rows = {}
 for key, (name, args) in SETTINGS.items():
     out = os.path.join(RUNS, key)
