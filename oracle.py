@@ -182,9 +182,14 @@ def evaluate_oracle(model, examples, gold=None):
     """Held-out preference accuracy (R(y_w) > R(y_l); ties count half) and reward-margin statistics; with
     gold margins, also their Pearson correlation with the Oracle's margins."""
     c, r = score_examples(model, examples)
-    margin = (c - r).double()                                                   # (N,)
+    return margin_stats((c - r).double(), gold)
+
+
+def margin_stats(margin, gold=None):
+    """(N,) reward margins R(y_w) - R(y_l) on held-out pairs (one Oracle's, or an ensemble's mean) -> accuracy
+    (ties count half) with its SE, margin mean / std / median, and the Pearson correlation with the gold margins."""
     acc = ((margin > 0).double() + 0.5 * (margin == 0).double())
-    out = {"pairs": len(examples), "accuracy": acc.mean().item(),
+    out = {"pairs": len(margin), "accuracy": acc.mean().item(),
            "accuracy_se": (acc.std() / math.sqrt(len(acc))).item() if len(acc) > 1 else float("nan"),
            "margin_mean": margin.mean().item(), "margin_std": margin.std().item() if len(margin) > 1 else 0.0,
            "margin_median": margin.median().item()}
@@ -361,6 +366,14 @@ def main(argv=None):
     accs = [m["accuracy"] for m in report["held_out"]]
     print(f"held-out preference accuracy: {', '.join(f'{a:.3f}' for a in accs)} (members); "
           f"chance is 0.5; saved in {os.path.dirname(members[0])}")
+    if len(members) > 1:             # what drdo and distill read: the members' mean reward
+        held = score_dataset(members, test_ds, cfg.max_length, cfg.max_prompt_length)
+        margin = (torch.tensor(held["chosen_score"]) - torch.tensor(held["rejected_score"])).double().mean(1)   # (N,)
+        gold = (torch.tensor(held["chosen_gold"]) - torch.tensor(held["rejected_gold"])).tolist() \
+            if "chosen_gold" in held.column_names else None
+        stats = margin_stats(margin, gold)
+        print(f"ensemble mean: held-out accuracy {stats['accuracy']:.3f} +- {stats['accuracy_se']:.3f}"
+              + (f", corr. with gold margin {stats['gold_margin_corr']:.2f}" if gold else ""))
     if cfg.score:
         score_dataset(members, train_ds, cfg.max_length, cfg.max_prompt_length)
 

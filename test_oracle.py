@@ -80,3 +80,28 @@ def test_a_given_oracle_is_used_frozen_and_a_bad_one_is_refused_before_anything_
     with pytest.raises(SystemExit, match="--method dpo reads none"):
         train.main(["--data", "embedded-tiny", "--method", "dpo", "--oracle_dir", str(tmp_path / "oracle"),
                     "--out", str(tmp_path / "refused")])
+
+
+def test_an_ensemble_prints_the_held_out_accuracy_of_its_mean_reward(cache, tmp_path, capsys):
+    # drdo and distill read the members' MEAN reward: oracle.py reports that Oracle's held-out accuracy, recomputed
+    # here from each member's held-out scores (ties count half) and the gold margins' correlation
+    from transformers import AutoTokenizer
+
+    import data
+    import tokenization
+    oracle.main(["--data", "embedded-tiny", "--out", str(tmp_path / "ens"), "--epochs", "1", "--ensemble", "2",
+                 "--no-score", "--no-seqcls"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ensemble mean:"))
+    _, test_ds, _ = data.load_splits("embedded-tiny", log=lambda *a, **k: None)
+    members = oracle.saved_members(str(tmp_path / "ens"))
+    margins = []
+    for d in members:                                   # each member alone, as evaluate_oracle scores it
+        model = oracle.load_reward_model(d)
+        ex, _ = tokenization.tokenize_dataset(AutoTokenizer.from_pretrained(d), test_ds, 128, 64, log=lambda *a: None)
+        c, r = oracle.score_examples(model.eval(), ex)
+        margins.append((c - r).double())
+    m = torch.stack(margins).mean(0)
+    acc = ((m > 0).double() + 0.5 * (m == 0).double()).mean().item()
+    gold = torch.tensor([test_ds[e["row"]]["chosen_gold"] - test_ds[e["row"]]["rejected_gold"] for e in ex]).double()
+    corr = torch.corrcoef(torch.stack([m, gold]))[0, 1].item()
+    assert len(members) == 2 and f"held-out accuracy {acc:.3f} +- " in line and f"corr. with gold margin {corr:.2f}" in line
