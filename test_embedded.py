@@ -181,3 +181,12 @@ def test_parse_config_flags_and_help_from_comments(capsys):
     with pytest.raises(SystemExit):
         common.parse_config(train.Config, ["--help"])
     assert "KL strength of the DPO family" in capsys.readouterr().out
+
+
+def test_rebuilt_presets_are_the_default_task_with_another_seed():
+    # embedded-b1 ... b5 (tutorials/02_reproduction.py's "rebuilt pi_ref"): every field as the default task's but the
+    # seed, which is k, so each is a different build (pi_ref's SFT, split, tokenizer, pairs) of the same task
+    from dataclasses import replace
+    for k in range(1, 6):
+        preset = embedded.EMBEDDED_PRESETS[f"embedded-b{k}"]
+        assert preset.seed == k and replace(preset, seed=0) == embedded.EMBEDDED_PRESETS["embedded"]
