@@ -370,7 +370,7 @@ if chosen and "clean" in CONDITIONS and test:
     lo = max(min(k for k, _ in fits[m]) for m in METHODS)
     hi = min(max(k for k, _ in fits[m]) for m in METHODS)
     # fixed KLs (nats) inside both methods' ranges, denser where pi stays near pi_ref
-    matched = [k for k in ([0.5, 1, 2] if QUICK else []) + [3, 5, 8, 12, 20, 30, 50] if lo <= k <= hi]
+    matched = [k for k in ([0.005, 0.01, 0.02, 0.5, 1, 2] if QUICK else []) + [3, 5, 8, 12, 20, 30, 50] if lo <= k <= hi]
     point = {m: evaluate.frontier_at(*zip(*[(k, g) for k, g in fits[m]]), matched) for m in METHODS}
     R = 200 if QUICK else 1000
     g = torch.Generator().manual_seed(0)
@@ -473,7 +473,7 @@ print("\n".join(lines))
 # ## The frontier plot: every clean run with its KL and gain intervals (over prompts), and both fits with bands
 
 # %%
-if results["frontier"].get("matched_kl"):
+if results["frontier"]:
     import matplotlib
 
     matplotlib.use("Agg")
