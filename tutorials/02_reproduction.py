@@ -401,12 +401,21 @@ if chosen and "clean" in CONDITIONS and test:
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+# the compute it took, from what the runs and evaluations recorded (one process each; a wall time depends on how
+# many processes shared the machine, and is given in the README)
+evals = [os.path.join(RUNS, d, s, "evaluation.json") for d in sorted(os.listdir(RUNS)) if os.path.isdir(os.path.join(RUNS, d))
+         for s in sorted(os.listdir(os.path.join(RUNS, d)))] if os.path.isdir(RUNS) else []
+eval_seconds = sum(json.load(open(e)).get("seconds", 0) for e in evals if os.path.exists(e))
+summaries = [os.path.join(os.path.dirname(e), r, "summary.json") for e in evals for r in os.listdir(os.path.dirname(e))]
+train_seconds = [json.load(open(x)).get("train_seconds", 0) for x in summaries if os.path.exists(x)]
 lines = [f"# Does DRDO beat DPO? Tuned on dev prompts, reported on test prompts{' (quick)' if QUICK else ''}", "",
          f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}` (then `--report`)  ",
          f"Tables built at commit `{commit}`; {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, fp32.  ",
          f"Task `{DATA}`; tuning seeds {TUNE_SEEDS}, test seeds {TEST_SEEDS}; {PROMPTS} held-out prompts x {SAMPLES} "
          f"samples at temperature 1: dev = prompts 0-{len(DEV) - 1}, test = prompts {len(DEV)}-{PROMPTS - 1}. "
-         "Intervals: 95% bootstrap over test seeds and test prompts together.", ""]
+         "Intervals: 95% bootstrap over test seeds and test prompts together.  ",
+         f"Compute: {len(train_seconds)} runs, {sum(train_seconds) / 60:.0f} process-minutes of training (train.py's "
+         f"loops; task builds and Oracles not counted) and {eval_seconds / 60:.0f} of evaluation.", ""]
 if tuning_table:
     lines += ["## Tuning (dev prompts, mean over the tuning seeds): gold gain (KL)", ""]
     for m in METHODS:
