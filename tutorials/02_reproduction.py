@@ -33,7 +33,7 @@
 # * **The conditions of the claim.** Labels flipped at 20% and 40%, the non-deterministic split (near-tie pairs),
 #   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (a 3-member ensemble).
 #
-#     python tutorials/02_reproduction.py            # the whole study (about 2 h 30 min of one core; resumable)
+#     python tutorials/02_reproduction.py            # the whole study (about 3 h 30 min of one core; resumable)
 #     python tutorials/02_reproduction.py --quick    # a minutes-long version (tests use it on the tiny task)
 #     python tutorials/02_reproduction.py --report   # the tables and figure from what is on disk; trains nothing
 #
@@ -43,8 +43,10 @@
 #
 #     OMP_NUM_THREADS=1 REPRO_SEEDS=0 python tutorials/02_reproduction.py &      # tuning, seed 0
 #     OMP_NUM_THREADS=1 REPRO_SEEDS=1 python tutorials/02_reproduction.py &      # tuning, seed 1
-#     OMP_NUM_THREADS=1 REPRO_SEEDS=10,11,12 python tutorials/02_reproduction.py &    # then: test seeds
-#     OMP_NUM_THREADS=1 REPRO_SEEDS=13,14 python tutorials/02_reproduction.py &
+#     # then the test seeds, split by condition (how the committed results were made):
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=10,11,12,13,14 REPRO_CONDITIONS=clean python tutorials/02_reproduction.py &
+#     OMP_NUM_THREADS=1 REPRO_SEEDS=10,11,12,13,14 \
+#         REPRO_CONDITIONS="flip 20%,flip 40%,non-deterministic,rebuilt pi_ref" python tutorials/02_reproduction.py &
 #     python tutorials/02_reproduction.py --report
 #
 # It writes tutorials/results/reproduction.json (every run's per-prompt rewards and KL, so any statistic can be
