@@ -13,13 +13,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import evaluate  # noqa: E402
+import stats  # noqa: E402
 import oracle  # noqa: E402
 import tokenization  # noqa: E402
 
 
 def test_paired_comparison_hand_computed():
     # prompt 1: policy samples (1, 0), reference (0, 0) -> win, tie;  prompt 2: (0, 0) vs (0, 1) -> tie, loss
-    s = evaluate.paired_comparison([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]])
+    s = stats.paired_comparison([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]])
     assert (s["win"], s["tie"], s["loss"]) == (0.25, 0.5, 0.25)
     # per-prompt win rates (1 + 1/2) / 2 = 0.75 and (1/2 + 0) / 2 = 0.25 -> 0.5
     assert s["win_rate"] == pytest.approx(0.5)
@@ -32,15 +33,15 @@ def test_bootstrap_interval_hand_cases():
     # two prompts with per-prompt values 0.75 and 0.25: a resample of 2 prompts has mean 0.25 (both the second),
     # 0.5 or 0.75 with probabilities 1/4, 1/2, 1/4; with 2000 resamples the 2.5% and 97.5% quantiles are the
     # two extremes (each holds ~500 draws, far more than the 50 below / above those quantiles)
-    assert evaluate.bootstrap_ci([0.75, 0.25], 2000, seed=0) == [0.25, 0.75]
-    assert evaluate.bootstrap_ci([0.3] * 7, 100, seed=0) == pytest.approx([0.3, 0.3])       # no spread
-    assert evaluate.bootstrap_ci([1.0, 2.0, 4.0], 50, seed=5) == evaluate.bootstrap_ci([1.0, 2.0, 4.0], 50, seed=5)
+    assert stats.bootstrap_ci([0.75, 0.25], 2000, seed=0) == [0.25, 0.75]
+    assert stats.bootstrap_ci([0.3] * 7, 100, seed=0) == pytest.approx([0.3, 0.3])       # no spread
+    assert stats.bootstrap_ci([1.0, 2.0, 4.0], 50, seed=5) == stats.bootstrap_ci([1.0, 2.0, 4.0], 50, seed=5)
     # many prompts: the interval's half-width is close to 1.96 standard errors of the mean
     x = torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    lo, hi = evaluate.bootstrap_ci(x, 4000, seed=2)
+    lo, hi = stats.bootstrap_ci(x, 4000, seed=2)
     se = (x.std() / math.sqrt(400)).item()
     assert (hi - lo) / 2 == pytest.approx(1.96 * se, rel=0.08)
-    s = evaluate.paired_comparison([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]], bootstrap=2000)
+    s = stats.paired_comparison([[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]], bootstrap=2000)
     assert s["win_rate_ci"] == [0.25, 0.75]                 # per-prompt win rates 0.75, 0.25 (see above)
     assert s["gain_ci"] == [-0.5, 0.5]                      # per-prompt gains 0.5, -0.5
 
@@ -52,17 +53,17 @@ def test_two_way_bootstrap_against_its_exact_distribution():
     x = [[0.0, 1.0], [2.0, 5.0]]
     exact = sorted(sum(x[s][p] for s in ss for p in pp) / 4
                    for ss in itertools.product(range(2), repeat=2) for pp in itertools.product(range(2), repeat=2))
-    m, (lo, hi) = evaluate.bootstrap_seeds_prompts(x, resamples=20000, seed=3)
+    m, (lo, hi) = stats.bootstrap_seeds_prompts(x, resamples=20000, seed=3)
     assert m == 2.0
     # the exact 2.5% / 97.5% quantiles of 16 equally likely values: 0.0 (1 of 16 = 6%) and 5.0 (1 of 16)
     assert exact[0] == 0.0 and exact[-1] == 5.0 and lo == 0.0 and hi == 5.0
     # the seed draws alone: constant rows give the seed-resampled mean its 3 values, 1 and 3 each 1 / 4
-    m, (lo, hi) = evaluate.bootstrap_seeds_prompts([[1.0] * 5, [3.0] * 5], resamples=4000)
+    m, (lo, hi) = stats.bootstrap_seeds_prompts([[1.0] * 5, [3.0] * 5], resamples=4000)
     assert (m, lo, hi) == (2.0, 1.0, 3.0)
     # the prompt draws alone: identical rows, so only the prompts vary; the interval is the prompt bootstrap's
     row = [0.0, 0.0, 1.0, 4.0]
-    _, ci = evaluate.bootstrap_seeds_prompts([row, row, row], resamples=3000, seed=1)
-    draws = evaluate.seed_prompt_draws(3, 4, 3000, 1)[1]                               # the same prompt draws
+    _, ci = stats.bootstrap_seeds_prompts([row, row, row], resamples=3000, seed=1)
+    draws = stats.seed_prompt_draws(3, 4, 3000, 1)[1]                               # the same prompt draws
     means = torch.tensor(row, dtype=torch.float64)[draws].mean(1)
     assert ci == torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
 
@@ -70,10 +71,10 @@ def test_two_way_bootstrap_against_its_exact_distribution():
 def test_isotonic_fit_hand_cases_and_brute_force():
     import itertools
     import random
-    xs, f = evaluate.isotonic([1, 2, 3], [1, 3, 2])
+    xs, f = stats.isotonic([1, 2, 3], [1, 3, 2])
     assert xs == [1, 2, 3] and f == [1, 2.5, 2.5]                                  # the violating pair pooled
-    assert evaluate.isotonic([1, 2, 3], [1, 3, 2], w=[1, 1, 3])[1] == [1, 2.25, 2.25]  # (3 + 3 * 2) / 4
-    assert evaluate.isotonic([3, 1, 2], [2, 1, 3])[1] == [1, 2.5, 2.5]             # unsorted input: sorted by x
+    assert stats.isotonic([1, 2, 3], [1, 3, 2], w=[1, 1, 3])[1] == [1, 2.25, 2.25]  # (3 + 3 * 2) / 4
+    assert stats.isotonic([3, 1, 2], [2, 1, 3])[1] == [1, 2.5, 2.5]             # unsorted input: sorted by x
     # brute force: the least-squares non-decreasing fit is constant on blocks of consecutive points; among all
     # partitions into blocks whose means do not decrease, it is the one of smallest squared error
     rng = random.Random(0)
@@ -96,26 +97,26 @@ def test_isotonic_fit_hand_cases_and_brute_force():
             sse = sum((v - mu) ** 2 for b, mu in zip(blocks, means) for v in b)
             if best is None or sse < best[0] - 1e-12:
                 best = (sse, [mu for b, mu in zip(blocks, means) for _ in b])
-        fitted = evaluate.isotonic(list(range(n)), y)[1]
+        fitted = stats.isotonic(list(range(n)), y)[1]
         assert fitted == pytest.approx(best[1], abs=1e-12)
 
 
 def test_frontier_reads_the_fit_between_points_and_nothing_outside():
     kl, gain = [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]                            # fit: (1, 1), (2, 2.5), (3, 2.5)
-    at = evaluate.frontier_at(kl, gain, [0.5, 1.0, 1.5, 2.0, 3.0, 3.5])
+    at = stats.frontier_at(kl, gain, [0.5, 1.0, 1.5, 2.0, 3.0, 3.5])
     assert math.isnan(at[0]) and math.isnan(at[-1])                          # outside the runs' KL: no value
     assert at[1:5] == [1.0, 1.75, 2.5, 2.5]
 
 
 def test_identical_samples_give_half_win_rate_and_all_ties():
     g = torch.randn(5, 3).tolist()
-    s = evaluate.paired_comparison(g, g)
+    s = stats.paired_comparison(g, g)
     assert s["win_rate"] == 0.5 and s["tie"] == 1.0 and s["gain"] == 0.0
 
 
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="one shape"):
-        evaluate.paired_comparison([[1.0, 2.0]], [[1.0]])
+        stats.paired_comparison([[1.0, 2.0]], [[1.0]])
 
 
 def test_monte_carlo_kl_matches_closed_form():
@@ -124,15 +125,15 @@ def test_monte_carlo_kl_matches_closed_form():
     exact = (p * (p / q).log()).sum().item()                    # = 0.7 ln 3.5 + 0.2 ln(2/3) + 0.1 ln 0.2 = 0.6349
     assert exact == pytest.approx(0.7 * math.log(3.5) + 0.2 * math.log(2 / 3) + 0.1 * math.log(0.2))
     y = torch.multinomial(p, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
-    est, se = evaluate.monte_carlo_kl(p.log()[y], q.log()[y])
+    est, se = stats.monte_carlo_kl(p.log()[y], q.log()[y])
     assert abs(est - exact) < 4 * se and se < 0.02
-    assert evaluate.monte_carlo_kl(p.log()[y], p.log()[y]) == (0.0, 0.0)
+    assert stats.monte_carlo_kl(p.log()[y], p.log()[y]) == (0.0, 0.0)
 
 
 def test_repetition_stats_hand_computed():
     # "a b a b a": bigrams ab, ba, ab, ba -> 2 distinct of 4 = 0.5; trigrams aba, bab, aba -> "aba" repeats
     # "x y z": bigrams xy, yz -> 1.0; trigrams xyz once -> no repeat;  "w": no bigram -> counted as 1.0, no repeat
-    s = evaluate.repetition_stats(["a b a b a", "x y z", "w"])
+    s = stats.repetition_stats(["a b a b a", "x y z", "w"])
     assert s["distinct2"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
     assert s["repetition"] == pytest.approx(1 / 3)
 

@@ -25,10 +25,10 @@
 # * **Uncertainty from every source.** The reported runs use five fresh seeds (10-14), not the tuning seeds: each
 #   seed changes the training order, the initialisation of DRDO's Oracle (trained per seed), the flipped labels
 #   (flip conditions) and the evaluation's sampling seed (1234 + seed); one condition also rebuilds pi_ref and its
-#   pairs for every seed. Intervals are a bootstrap over seeds and prompts together (evaluate.bootstrap_seeds_prompts);
+#   pairs for every seed. Intervals are a bootstrap over seeds and prompts together (stats.bootstrap_seeds_prompts);
 #   method-vs-method claims are paired differences (same seed, same prompts, same sampling seed) with intervals.
 # * **A frontier, not two points.** Each method's gain is fitted as a non-decreasing function of KL (isotonic
-#   regression, evaluate.isotonic) over all its clean runs on the test prompts; comparisons at matched KL are read
+#   regression, stats.isotonic) over all its clean runs on the test prompts; comparisons at matched KL are read
 #   from the two fits, inside one bootstrap (so KL's own uncertainty enters), never from neighbouring points.
 # * **The conditions of the claim.** Labels flipped at 20% and 40%, the non-deterministic split (near-tie pairs),
 #   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (a 3-member ensemble).
@@ -70,6 +70,7 @@ os.chdir(ROOT)
 import torch  # noqa: E402
 
 import evaluate  # noqa: E402
+import stats  # noqa: E402
 import train  # noqa: E402
 from common import parse_config, quiet_transformers  # noqa: E402
 
@@ -193,7 +194,7 @@ def run_group(cond, seed, runs):
         assert new["pi_ref"]["reward_per_prompt"] == previous["policies"]["pi_ref"]["reward_per_prompt"], saved
     kept = {n: previous["policies"][n] for n in done} if done else {}
     slim = {"config": json.loads(json.dumps(asdict(eval_cfg))), "runs_hash": runs_hash,
-            "seconds": time.time() - t0 + (previous or {}).get("seconds", 0) * bool(done),
+            "seconds": time.time() - t0 + (previous["seconds"] if done else 0),      # this call's and the kept runs'
             "policies": {"pi_ref": new["pi_ref"], **{n: kept.get(n) or new[n] for n in paths}}}
     with open(saved + ".tmp", "w") as f:
         json.dump(slim, f)
@@ -313,7 +314,7 @@ def table(cond, name, key="gain", other=None):
 def estimate(rows):
     if not rows:
         return None
-    m, ci = evaluate.bootstrap_seeds_prompts(rows)
+    m, ci = stats.bootstrap_seeds_prompts(rows)
     return {"mean": m, "ci": ci, "seeds": len(rows)}
 
 
@@ -373,7 +374,7 @@ if chosen and "clean" in CONDITIONS and test:
     hi = min(max(k for k, _ in fits[m]) for m in METHODS)
     # fixed KLs (nats) inside both methods' ranges, denser where pi stays near pi_ref
     matched = [k for k in ([0.005, 0.01, 0.02, 0.5, 1, 2] if QUICK else []) + [3, 5, 8, 12, 20, 30, 50] if lo <= k <= hi]
-    point = {m: evaluate.frontier_at(*zip(*[(k, g) for k, g in fits[m]]), matched) for m in METHODS}
+    point = {m: stats.frontier_at(*zip(*[(k, g) for k, g in fits[m]]), matched) for m in METHODS}
     R = 200 if QUICK else 1000
     g = torch.Generator().manual_seed(0)
     draws = {m: [] for m in METHODS}
@@ -383,13 +384,13 @@ if chosen and "clean" in CONDITIONS and test:
         prompt_pick = torch.randint(len(TEST), (len(TEST),), generator=g).tolist()
         for m in METHODS:
             pts = clean_points(m, seed_pick, prompt_pick)
-            draws[m].append(evaluate.frontier_at([k for k, _ in pts], [v for _, v in pts], matched))
+            draws[m].append(stats.frontier_at([k for k, _ in pts], [v for _, v in pts], matched))
     q = lambda xs: [float(v) for v in torch.tensor(xs, dtype=torch.float64).nanquantile(  # noqa: E731
         torch.tensor([0.025, 0.975], dtype=torch.float64))] if any(x == x for x in xs) else [math.nan, math.nan]
     results["frontier"] = {
         "matched_kl": matched, "points": fits, "draws": R,
         **{m: {"fit": point[m], "band": [q([d[j] for d in draws[m]]) for j in range(len(matched))],
-               "isotonic": evaluate.isotonic(*zip(*fits[m]))} for m in METHODS},
+               "isotonic": stats.isotonic(*zip(*fits[m]))} for m in METHODS},
         "drdo - dpo": {"fit": [a - b for a, b in zip(point["drdo"], point["dpo"])],
                        "band": [q([a[j] - b[j] for a, b in zip(draws["drdo"], draws["dpo"])]) for j in range(len(matched))],
                        "undefined_draws": [sum(1 for a, b in zip(draws["drdo"], draws["dpo"]) if a[j] != a[j] or b[j] != b[j])

@@ -67,6 +67,7 @@ os.chdir(ROOT)
 import torch  # noqa: E402
 
 import evaluate  # noqa: E402
+import stats  # noqa: E402
 import online  # noqa: E402
 import train  # noqa: E402
 from common import parse_config, quiet_transformers  # noqa: E402
@@ -220,7 +221,7 @@ def summarise(chosen, runs):
                      "kl": [j["kl"] for j in judged], "kl_mean": sum(j["kl"] for j in judged) / len(judged)}
             for key in ("gold", "annotator"):
                 tables = [per_prompt_gain(j, r["start"], key, test) for j, r in zip(judged, seeds)]
-                point[f"{key}_gain"], point[f"{key}_ci"] = evaluate.bootstrap_seeds_prompts(tables)
+                point[f"{key}_gain"], point[f"{key}_ci"] = stats.bootstrap_seeds_prompts(tables)
             point["repetition"] = sum(j["repetition"] for j in judged) / len(judged)
             curve.append(point)
         rows[name] = {"curve": curve, "seeds": len(seeds), "strength": chosen.get(name.split()[0]),
@@ -236,7 +237,7 @@ def summarise(chosen, runs):
         diffs = [[a - b for a, b in zip(per_prompt_gain(runs[name, s]["rounds"][-1], runs[name, s]["start"], "gold", test),
                                         per_prompt_gain(d["rounds"][-1], d["start"], "gold", test))]
                  for s, d in zip(SEEDS, base)]
-        rows[name]["vs_dpo_gold"] = evaluate.bootstrap_seeds_prompts(diffs)
+        rows[name]["vs_dpo_gold"] = stats.bootstrap_seeds_prompts(diffs)
     return rows
 
 
