@@ -107,6 +107,7 @@ class Config:
     oracle_alpha: float = 0.1      # Oracle: weight of NLL(y_w) in its loss (Eq. 6; 0.01-0.1)
     oracle_epochs: int = 3         # Oracle: passes over the training pairs
     oracle_lr: float = 5e-4        # Oracle: AdamW learning rate (~1e-5 for 100M+ backbones)
+    oracle_pairs: str = "best-worst"  # Oracle's training pairs: best-worst (the policy's) | all (embedded: every pair of its K samples)
     # --- optimisation ----------------------------------------------------------------------------------------
     lr: float = 0.0                # AdamW learning rate; 0 = 1e-4 for embedded/tiny models, 1e-6 for pretrained ones
     batch_size: int = 8            # pairs per optimizer step
@@ -208,6 +209,11 @@ def resolve(cfg, limits=LIMITS):
         raise ValueError(f"--anchor_models gives the previous iterates' log-probs; --method {cfg.method} reads none")
     if cfg.oracle_dir and not info.needs_oracle:
         raise ValueError(f"--oracle_dir gives Oracle rewards; --method {cfg.method} reads none")
+    if cfg.oracle_pairs not in ("best-worst", "all"):
+        raise ValueError(f"--oracle_pairs must be best-worst or all; got {cfg.oracle_pairs!r}")
+    if cfg.oracle_pairs != "best-worst" and (not info.needs_oracle or cfg.oracle_dir):
+        raise ValueError(f"--oracle_pairs chooses what a trained Oracle learns from; --method {cfg.method} "
+                         + ("reads no Oracle" if not info.needs_oracle else "is given a trained one by --oracle_dir"))
     if cfg.resume_from and not os.path.isdir(cfg.resume_from):
         raise ValueError(f"--resume_from {cfg.resume_from}: no such directory")
     small = cfg.model in ("embedded", "tiny")

@@ -258,6 +258,27 @@ def ranked_pairs(ranked, stage):
     return datasets.Dataset.from_list(rows)
 
 
+def ranked_all_pairs(ranked):
+    """Every pair of each prompt's K ranked responses whose scores differ, the higher-scored one chosen: up to
+    K(K-1)/2 pairs per prompt where best-vs-worst keeps one (with K = 4 about 5x the comparisons, from the same
+    samples). Pairs with an empty response are dropped. -> a Dataset of pairs (+ chosen_gold, rejected_gold).
+    oracle.py --pairs all trains a stronger Oracle on these; the policy still trains on best-vs-worst."""
+    import datasets
+    rows = []
+    for r in ranked:
+        s, texts = r["scores"], r["responses"]
+        for i in range(len(s)):
+            for j in range(i + 1, len(s)):
+                if s[i] == s[j] or not (texts[i].strip() and texts[j].strip()):
+                    continue
+                w, l = (i, j) if s[i] > s[j] else (j, i)
+                rows.append({"prompt": r["prompt"], "chosen": texts[w], "rejected": texts[l],
+                             "chosen_gold": s[w], "rejected_gold": s[l]})
+    if not rows:
+        raise ValueError("no prompt has two responses with different scores")
+    return datasets.Dataset.from_list(rows)
+
+
 def ranked_groups(ranked):
     """BRAIn's groups: each prompt's K responses (`responses`), with the pair machinery's chosen / rejected the
     best and the worst by score (what the Oracle trains on; chosen_gold / rejected_gold their scores). Prompts

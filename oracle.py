@@ -14,6 +14,7 @@ member's export as a Hugging Face sequence-classification checkpoint (`save_seqc
 
     python oracle.py                                  # one Oracle on the embedded task, scores the pairs
     python oracle.py --ensemble 4 --alpha 0.1         # e-DPO's ensemble
+    python oracle.py --pairs all                      # a stronger Oracle: every pair of the task's K samples
     python oracle.py --model opt-350m --data ultrafeedback   # with internet
 """
 import json
@@ -123,6 +124,7 @@ class OracleConfig:
     alpha: float = 0.1             # weight of NLL(y_w) in the Oracle loss (DRDO Eq. 6; ~0.01-0.1)
     ensemble: int = 1              # K members; K > 1 trains on bootstrap resamples with seeds 0..K-1 (e-DPO: 2-8)
     epochs: int = 3                # passes over the training pairs (1-5; reward models overfit quickly)
+    pairs: str = "best-worst"      # best-worst: the data's pairs; all: every pair of the embedded task's K samples (training_pairs)
     batch_size: int = 16           # pairs per step
     lr: float = 5e-4               # AdamW learning rate (1e-5 for 100M+ backbones, ~5e-4 for the 1M embedded one)
     warmup: float = 0.1            # share of steps with linear warmup, then cosine decay to 0
@@ -139,6 +141,25 @@ class OracleConfig:
 LIMITS = {"alpha": "[0, inf)", "ensemble": "[1, inf)", "epochs": "[1, inf)", "batch_size": "[1, inf)",
           "lr": "(0, inf)", "warmup": "[0, 1]", "max_length": "[2, inf)", "max_prompt_length": "[1, inf)",
           "held_out": "(0, 1)", "seed": "[0, inf)"}                   # common.check_ranges
+
+
+PAIRS = ("best-worst", "all")
+
+
+def training_pairs(pairs, train_ds, task):
+    """The pairs the Oracle trains on. `best-worst`: the data's own pairs (train_ds), the paper's setting, where the
+    Oracle and the policy see the same comparisons. `all`: every pair of the embedded task's K ranked samples per
+    training prompt whose gold differs (data.ranked_all_pairs; ~5x the comparisons with K = 4): an Oracle given
+    more labelled comparisons than the policy, a stronger one, for asking how much of DRDO's gain is the Oracle's.
+    Held-out accuracy is measured on the same held-out best-vs-worst pairs either way."""
+    if pairs not in PAIRS:
+        raise ValueError(f"the Oracle's pairs must be one of {', '.join(PAIRS)}; got {pairs!r}")
+    if pairs == "best-worst":
+        return train_ds
+    if not task:
+        raise ValueError("--oracle_pairs all reads every sampled response of a prompt, which only the embedded task "
+                         "keeps (--data embedded...); other data has its pairs only: use best-worst")
+    return data.ranked_all_pairs(task["train_ranked"])
 
 
 def train_oracle(model, examples, cfg, seed, log=print):
@@ -201,8 +222,9 @@ def margin_stats(margin, gold=None):
 def ensure_oracles(cfg, train_ds, test_ds, task_reference=None, log=print):
     """Train the K members once; later calls with the same config and data return the cached directories.
     -> (list of member directories, report dict). The report holds each member's held-out statistics."""
-    # the key: what changes the members (data_config / data_split / seqcls do not: the data's content is hashed)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("data_config", "data_split", "seqcls", "packing")}
+    # the key: what changes the members (data_config / data_split / pairs / seqcls do not: the data's content is hashed)
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("data_config", "data_split", "pairs", "seqcls", "packing")}
     key = stable_hash([settings | {"out": "", "score": None}, data.fingerprint(train_ds),
                        data.fingerprint(test_ds), task_reference and os.path.basename(task_reference),
                        *models.packing_key()])
@@ -360,7 +382,8 @@ def main(argv=None):
         check_available(cfg.model)
         train_ds, test_ds, task = data.load_splits(cfg.data, cfg.held_out, cfg.seed, config=cfg.data_config,
                                                    split=cfg.data_split)
-        members, report = ensure_oracles(cfg, train_ds, test_ds, task and task["reference"])
+        members, report = ensure_oracles(cfg, training_pairs(cfg.pairs, train_ds, task), test_ds,
+                                         task and task["reference"])
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
         sys.exit(f"error: {e}")
     accs = [m["accuracy"] for m in report["held_out"]]

@@ -1,5 +1,6 @@
 """Tests of oracle.py on a tiny random OPT (seconds): the first loss against an independent computation, BT
 training separates chosen from rejected, and the command line's bad inputs (one clear error, nothing cached)."""
+import json
 import math
 import os
 
@@ -105,3 +106,37 @@ def test_an_ensemble_prints_the_held_out_accuracy_of_its_mean_reward(cache, tmp_
     gold = torch.tensor([test_ds[e["row"]]["chosen_gold"] - test_ds[e["row"]]["rejected_gold"] for e in ex]).double()
     corr = torch.corrcoef(torch.stack([m, gold]))[0, 1].item()
     assert len(members) == 2 and f"held-out accuracy {acc:.3f} +- " in line and f"corr. with gold margin {corr:.2f}" in line
+
+
+def test_a_stronger_oracle_trains_on_every_pair_of_the_k_samples_under_the_run_condition(cache, tmp_path,
+                                                                                        monkeypatch, capsys):
+    # --oracle_pairs all: the Oracle learns from data.ranked_all_pairs of the task's K samples per training prompt,
+    # flipped like the policy's pairs; the policy still trains on (and the Oracle scores) the best-vs-worst pairs
+    import conditions
+    import data
+    from train_test_helpers import run
+    seen = []
+    real = oracle.ensure_oracles
+    monkeypatch.setattr(oracle, "ensure_oracles", lambda cfg, ds, *a, **k: seen.append((cfg, ds)) or real(cfg, ds, *a, **k))
+    s = run(tmp_path, "--method", "drdo", "--epochs", "0.3", "--oracle_epochs", "1", "--oracle_pairs", "all",
+            "--flip", "0.2", "--seed", "3")
+    train_ds, _, task = data.load_splits("embedded-tiny", log=lambda *a, **k: None)
+    expected = conditions.apply_condition(data.ranked_all_pairs(task["train_ranked"]), flip=0.2, seed=3)
+    (cfg, ds), = seen
+    assert cfg.pairs == "all" and data.fingerprint(ds) == data.fingerprint(expected)
+    assert len(ds) > 2 * len(train_ds) and s["steps"] > 0
+    # the same Oracle from oracle.py --pairs all: its report counts those pairs (unflipped here)
+    oracle.main(["--data", "embedded-tiny", "--out", str(tmp_path / "all"), "--epochs", "1", "--pairs", "all",
+                 "--no-score", "--no-seqcls"])
+    with open(tmp_path / "all" / "report.json") as f:
+        assert json.load(f)["train_pairs"] == len(data.ranked_all_pairs(task["train_ranked"]))
+    # refused before anything is written: a method without an Oracle, a given Oracle, data without K samples
+    import train
+    for args, said in ((["--method", "dpo"], "--method dpo reads no Oracle"),
+                       (["--method", "drdo", "--oracle_dir", str(tmp_path / "all")], "given a trained one"),
+                       (["--method", "drdo", "--oracle_pairs", "most"], "must be best-worst or all; got 'most'")):
+        with pytest.raises(SystemExit, match=said):
+            train.main(["--data", "embedded-tiny", "--oracle_pairs", "all", *args, "--out", str(tmp_path / "no")])
+        assert not (tmp_path / "no").exists()
+    with pytest.raises(ValueError, match="only the embedded task keeps"):
+        oracle.training_pairs("all", train_ds, None)

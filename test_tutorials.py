@@ -225,6 +225,15 @@ def test_reproduction_study_chooses_on_dev_reports_on_test_and_its_tables_are_it
         assert xs == sorted(xs) and all(a <= b + 1e-12 for a, b in zip(fitted, fitted[1:]))
         n_grid, n_cross = len(meta["strengths"][m][1]) * len(meta["lrs"]), len(meta["strengths"][m][1]) + len(meta["lrs"]) - 1
         assert len(xs) == len(fr["points"][m]) == n_grid * len(meta["tune_seeds"]) + n_cross * len(meta["test_seeds"])
+    # each variant's Oracle accuracy is that of the Oracle its runs name (alpha 0 changes no Oracle: the chosen one's)
+    accs = []
+    for s in meta["test_seeds"]:
+        run = tmp_path / "runs" / "clean" / f"s{s}" / names["drdo"].replace(" ", "_").replace("=", "")
+        members = json.loads((run / "summary.json").read_text())["oracle"]
+        report = json.loads((Path(members[0]).parent / "report.json").read_text())
+        accs.append(sum(h["accuracy"] for h in report["held_out"]) / len(report["held_out"]))
+    assert out["chosen_drdo_oracle_accuracy"] == pytest.approx(accs) and len(accs) == 2
+    assert all(v["oracle_accuracy"] == pytest.approx(accs) for v in out["variants"].values())
     # the tables print the JSON's numbers
     table = (tmp_path / "out" / "reproduction_quick.md").read_text()
     c = out["conditions"]["clean"]

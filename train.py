@@ -93,8 +93,12 @@ def prepare_data(cfg, log=print):
         ocfg = oracle.OracleConfig(model=cfg.oracle_model or cfg.model, data=cfg.data, data_config=cfg.data_config,
                                    data_split=cfg.data_split, alpha=cfg.oracle_alpha,
                                    ensemble=cfg.ensemble, epochs=cfg.oracle_epochs, lr=cfg.oracle_lr,
-                                   max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, seed=cfg.seed)
-        members, _ = oracle.ensure_oracles(ocfg, train_ds, test_ds, task and task["reference"], log=log)
+                                   pairs=cfg.oracle_pairs, max_length=cfg.max_length,
+                                   max_prompt_length=cfg.max_prompt_length, seed=cfg.seed)
+        # the Oracle's pairs: the policy's (best-worst), or all pairs of the K samples under the same condition
+        oracle_ds = train_ds if cfg.oracle_pairs == "best-worst" else conditions.apply_condition(
+            oracle.training_pairs(cfg.oracle_pairs, train_ds, task), cfg.split, cfg.flip, seed=cfg.seed)
+        members, _ = oracle.ensure_oracles(ocfg, oracle_ds, test_ds, task and task["reference"], log=log)
     if members:
         train_ds = oracle.score_dataset(members, train_ds, cfg.max_length, cfg.max_prompt_length, log=log)
         test_ds = oracle.score_dataset(members, test_ds, cfg.max_length, cfg.max_prompt_length, log=log)
