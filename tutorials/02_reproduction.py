@@ -19,7 +19,7 @@
 #
 # * **Tuning apart from testing.** The task's 200 held-out prompts are split: the first 100 (**dev**) choose every
 #   setting, the last 100 (**test**) give every reported number. Both methods get the same tuning budget: a grid of
-#   4 strengths x 5 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
+#   5 strengths x 6 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
 #   was extended until DPO's optimum was inside it (see the NOTE below); where an optimum sits on an edge, the
 #   table says so.
 # * **Uncertainty from every source.** The reported runs use five fresh seeds (10-14), not the tuning seeds: each
@@ -31,7 +31,8 @@
 #   regression, stats.isotonic) over all its clean runs on the test prompts; comparisons at matched KL are read
 #   from the two fits, inside one bootstrap (so KL's own uncertainty enters), never from neighbouring points.
 # * **The conditions of the claim.** Labels flipped at 20% and 40%, the non-deterministic split (near-tie pairs),
-#   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (a 3-member ensemble).
+#   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (trained on every pair of
+#   the task's 4 samples per prompt, ~4.5x the comparisons: `--oracle_pairs all`), or a 3-member ensemble.
 #
 #     python tutorials/02_reproduction.py            # the whole study (about 3 h 30 min of one core; resumable)
 #     python tutorials/02_reproduction.py --quick    # a minutes-long version (tests use it on the tiny task)
@@ -81,13 +82,14 @@ DATA = os.environ.get("REPRO_DATA", "embedded")                 # tests use embe
 # both "how far from pi_ref": a smaller beta weakens DPO's KL anchor; a smaller beta_r asks DRDO's implicit reward
 # beta_r * log(pi / pi_ref) for larger log-ratio gaps to match the Oracle's reward gaps.
 METHODS = {
-    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02, 0.1], []),
-    "drdo": ("drdo", "--beta_r", [0.0002, 0.001, 0.005, 0.02], ["--student_reward", "implicit-sum"]),
+    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02, 0.1, 0.5], []),
+    "drdo": ("drdo", "--beta_r", [0.0002, 0.001, 0.005, 0.02, 0.1], ["--student_reward", "implicit-sum"]),
 }
-LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4]
+LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2]
 # NOTE: the grid began as 3 x 3 (beta / beta_r 0.001-0.02, lr 5e-5-2e-4); DPO's optimum sat at its corner (beta 0.02,
 # lr 2e-4) and DRDO's at its smallest beta_r, so each axis was extended by one value (beta 0.1, beta_r 0.0002, lr 4e-4),
-# then DPO's optimum sat at lr 4e-4, the lr axis's edge, so it was extended again (8e-4): the same grid for both methods.
+# then DPO's optimum sat at lr 4e-4, the lr axis's edge, so it was extended again (8e-4); both methods' optima then sat
+# at lr 8e-4 and at their largest strength, so lr 1.6e-3, beta 0.5 and beta_r 0.1 were added: the same grid for both.
 TUNE_SEEDS, TEST_SEEDS = [0, 1], [10, 11, 12, 13, 14]
 # every condition runs each method's chosen setting at the test seeds; "clean" also runs the frontier's cross
 # (all strengths at the chosen lr, the chosen strength at the lrs either side) and DRDO's variants. "rebuilt" trains on another
@@ -97,7 +99,8 @@ CONDITIONS = {"clean": [], "flip 20%": ["--flip", "0.2"], "flip 40%": ["--flip",
 VARIANTS = {                                   # DRDO at its chosen setting, clean labels, one flag changed
     "no focal term (alpha 0)": ["--alpha", "0"],
     "weaker Oracle (1 epoch)": ["--oracle_epochs", "1"],
-    "stronger Oracle (3-member ensemble)": ["--ensemble", "3"],
+    "3-member ensemble Oracle": ["--ensemble", "3"],
+    "stronger Oracle (all pairs of the 4 samples)": ["--oracle_pairs", "all"],
 }
 PROMPTS, SAMPLES = 200, 2
 if QUICK:
@@ -159,7 +162,9 @@ def run_group(cond, seed, runs):
         if os.path.exists(os.path.join(out, "summary.json")):             # finished: reuse it, if it is this very run
             with open(os.path.join(out, "config.json")) as f:
                 stored = json.load(f)
-            changed = {k: (stored.get(k), v) for k, v in asdict(cfg).items() if stored.get(k) != v}
+            default = asdict(train.Config())                 # an option added since the run: it ran with its default
+            changed = {k: (stored.get(k, default[k]), v) for k, v in asdict(cfg).items()
+                       if stored.get(k, default[k]) != v}
             if changed:
                 raise SystemExit(f"{out} holds a finished run with other settings {changed} (stored, wanted); "
                                  "move it away to train this one")
@@ -343,12 +348,29 @@ for cond in CONDITIONS:
             table("clean", names["drdo"]), table(cond, names["drdo"]), table("clean", names["dpo"]), table(cond, names["dpo"]))]
         row[LOSS_DIFF] = estimate(both)
     results["conditions"][cond] = row
+
+
+def oracle_accuracy(name):
+    """The held-out accuracy of the Oracle each clean test run of `name` distilled from, one per test seed (its
+    members' mean for an ensemble: oracle.py's report.json, on the task's held-out best-vs-worst pairs)."""
+    accs = []
+    for seed in TEST_SEEDS:
+        summary = os.path.join(run_dir("clean", seed, name), "summary.json")
+        members = json.load(open(summary)).get("oracle") if os.path.exists(summary) else None
+        report = members and os.path.join(os.path.dirname(members[0]), "report.json")
+        if report and os.path.exists(report):
+            accs.append(mean([h["accuracy"] for h in json.load(open(report))["held_out"]]))
+    return accs
+
+
 if chosen and "clean" in CONDITIONS:
     base = config_name("drdo", *chosen["drdo"])
+    results["chosen_drdo_oracle_accuracy"] = oracle_accuracy(base)
     for v in VARIANTS:
         results["variants"][v] = {"gain": estimate(table("clean", f"drdo [{v}]")),
                                   "kl": estimate(table("clean", f"drdo [{v}]", "kl")),
-                                  "minus default": estimate(table("clean", f"drdo [{v}]", other=base))}
+                                  "minus default": estimate(table("clean", f"drdo [{v}]", other=base)),
+                                  "oracle_accuracy": oracle_accuracy(f"drdo [{v}]")}
 
 
 def clean_points(m, seed_pick=None, prompt_pick=None):
@@ -447,10 +469,18 @@ if results["conditions"]:
                          f"{fmt(row[LOSS_DIFF])} |")
     lines.append("")
 if results["variants"]:
+    def accuracy(accs):
+        return f"{mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f})" if accs else "—"
     lines += ["## DRDO variants (clean, test seeds; one flag changed from the chosen setting)", "",
-              "| variant | gain | KL | minus the chosen DRDO (paired) |", "|---|---|---|---|"]
+              "Oracle accuracy: its held-out preference accuracy (the task's held-out best-vs-worst pairs), mean "
+              "(range) over the test seeds' Oracles; an ensemble's members, not their mean.", "",
+              "| variant | gain | KL | minus the chosen DRDO (paired) | Oracle accuracy |", "|---|---|---|---|---|",
+              f"| the chosen DRDO | {fmt(results['conditions']['clean']['drdo']['gain'])} | "
+              f"{fmt(results['conditions']['clean']['drdo']['kl'], 1, False)} | | "
+              f"{accuracy(results['chosen_drdo_oracle_accuracy'])} |"]
     for v, r in results["variants"].items():
-        lines.append(f"| {v} | {fmt(r['gain'])} | {fmt(r['kl'], 1, False)} | {fmt(r['minus default'])} |")
+        lines.append(f"| {v} | {fmt(r['gain'])} | {fmt(r['kl'], 1, False)} | {fmt(r['minus default'])} | "
+                     f"{accuracy(r['oracle_accuracy'])} |")
     lines.append("")
 if results["frontier"].get("matched_kl"):
     fr = results["frontier"]
