@@ -85,7 +85,7 @@ METHODS = {
     "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02, 0.1, 0.5], []),
     "drdo": ("drdo", "--beta_r", [0.0002, 0.001, 0.005, 0.02, 0.1], ["--student_reward", "implicit-sum"]),
 }
-LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2]
+LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2]
 # NOTE: the grid began as 3 x 3 (beta / beta_r 0.001-0.02, lr 5e-5-2e-4); DPO's optimum sat at its corner (beta 0.02,
 # lr 2e-4) and DRDO's at its smallest beta_r, so each axis was extended by one value (beta 0.1, beta_r 0.0002, lr 4e-4),
 # then DPO's optimum sat at lr 4e-4, the lr axis's edge, so it was extended again (8e-4); both methods' optima then sat
@@ -395,7 +395,7 @@ if chosen and "clean" in CONDITIONS and test:
     lo = max(min(k for k, _ in fits[m]) for m in METHODS)
     hi = min(max(k for k, _ in fits[m]) for m in METHODS)
     # fixed KLs (nats) inside both methods' ranges, denser where pi stays near pi_ref
-    matched = [k for k in ([0.005, 0.01, 0.02, 0.5, 1, 2] if QUICK else []) + [3, 5, 8, 12, 20, 30, 50] if lo <= k <= hi]
+    matched = [k for k in ([0.005, 0.01, 0.02, 0.5, 1, 2] if QUICK else []) + [3, 5, 8, 12, 20, 30, 50, 80] if lo <= k <= hi]
     point = {m: stats.frontier_at(*zip(*[(k, g) for k, g in fits[m]]), matched) for m in METHODS}
     R = 200 if QUICK else 1000
     g = torch.Generator().manual_seed(0)
