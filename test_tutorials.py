@@ -242,6 +242,19 @@ def test_reproduction_study_chooses_on_dev_reports_on_test_and_its_tables_are_it
     # resumable: a second run finds every run and evaluation on disk and trains nothing
     r = subprocess.run([sys.executable, script, "--quick"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "trained " not in r.stdout and "evaluated " not in r.stdout
+    # REPRO_KL_BUDGET: the choice is the best dev gain among the cells within the budget (read from the same tuning
+    # runs; --report trains nothing), its tables under their own name
+    cells = out["tuning"]
+    budget = max(min(c["kl"] for c in cells[m]["cells"].values()) for m in ("dpo", "drdo"))
+    r = subprocess.run([sys.executable, script, "--quick", "--report"], env=dict(env, REPRO_KL_BUDGET=repr(budget)),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    budgeted = json.loads((tmp_path / "out" / f"reproduction_quick_kl{budget:g}.json").read_text())
+    for m in ("dpo", "drdo"):
+        ok = {k: c["dev_gain"] for k, c in cells[m]["cells"].items() if c["kl"] <= budget}
+        s, lr = max(ok, key=ok.get).split("|")
+        assert budgeted["results"]["chosen"][m] == [float(s), float(lr)]
+    assert budgeted["meta"]["kl_budget"] == budget and "trained " not in r.stdout
 
 
 def test_online_study_runs_and_its_numbers_are_its_runs(tmp_path, tiny_task):

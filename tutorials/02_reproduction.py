@@ -111,9 +111,15 @@ if QUICK:
 if os.environ.get("REPRO_CONDITIONS"):
     CONDITIONS = {k: CONDITIONS[k] for k in os.environ["REPRO_CONDITIONS"].split(",")}
 RUN_SEEDS = [int(s) for s in os.environ["REPRO_SEEDS"].split(",")] if os.environ.get("REPRO_SEEDS") else None
+# REPRO_KL_BUDGET=20: choose each method's cell among those whose mean KL (tuning seeds) is at most 20 nats. The test
+# stage of a budgeted choice is a study of its own (its runs, tables and figure carry the suffix _kl20); the tuning
+# runs are shared. Without it the choice is the highest dev gain at any KL.
+KL_BUDGET = float(os.environ.get("REPRO_KL_BUDGET") or 0)
+SUFFIX = f"_kl{KL_BUDGET:g}" if KL_BUDGET else ""
 OUT = os.environ.get("REPRO_OUT", os.path.join(ROOT, "tutorials", "results"))
 FIGURES = os.environ.get("REPRO_FIGURES", os.path.join(ROOT, "tutorials", "figures"))
 RUNS = os.environ.get("REPRO_RUNS", os.path.join(ROOT, "runs", "reproduction_v2" + ("_quick" if QUICK else "")))
+TEST_RUNS = RUNS + SUFFIX                 # the test stage's runs (the tuning runs are always under RUNS)
 DEV, TEST = list(range(PROMPTS // 2)), list(range(PROMPTS // 2, PROMPTS))     # prompt indices: choose / report
 
 
@@ -143,7 +149,7 @@ t_start = time.time()
 
 
 def run_dir(cond, seed, name):
-    return os.path.join(RUNS, cond.replace(" ", "_").replace("%", ""), f"s{seed}",
+    return os.path.join(TEST_RUNS if seed in TEST_SEEDS else RUNS, cond.replace(" ", "_").replace("%", ""), f"s{seed}",
                         name.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "").replace(",", "").replace("[", "").replace("]", ""))
 
 
@@ -251,7 +257,10 @@ if len(tuning) == len(TUNE_SEEDS):
             name = config_name(m, s, lr)
             cells[(s, lr)] = {"dev_gain": mean([mean(gains(tuning[t], name, DEV)) for t in TUNE_SEEDS]),
                               "kl": mean([tuning[t][name]["kl"] for t in TUNE_SEEDS])}
-        best = max(cells, key=lambda c: cells[c]["dev_gain"])
+        eligible = [c for c in cells if not KL_BUDGET or cells[c]["kl"] <= KL_BUDGET]
+        if not eligible:
+            raise SystemExit(f"no {m} cell has a mean KL within REPRO_KL_BUDGET={KL_BUDGET:g} nats: raise it")
+        best = max(eligible, key=lambda c: cells[c]["dev_gain"])
         chosen[m] = best
         strengths, lrs = METHODS[m][2], LRS
         tuning_table[m] = {"cells": {f"{s:g}|{lr:g}": v for (s, lr), v in cells.items()}, "chosen": list(best),
@@ -269,12 +278,13 @@ if chosen:
             continue
         for cond in CONDITIONS:
             runs = {config_name(m, *chosen[m]): config_args(m, *chosen[m]) for m in METHODS}
-            if cond == "clean":
+            if cond == "clean" and not KL_BUDGET:     # the frontier's cross (a budgeted study reuses the grid's)
                 for m in METHODS:
                     s0, lr0 = chosen[m]
                     runs.update({config_name(m, s, lr0): config_args(m, s, lr0) for s in METHODS[m][2]})
                     i = LRS.index(lr0)
                     runs.update({config_name(m, s0, lr): config_args(m, s0, lr) for lr in LRS[max(0, i - 1):i + 2]})
+            if cond == "clean":
                 runs.update({f"drdo [{v}]": config_args("drdo", *chosen["drdo"]) + a for v, a in VARIANTS.items()})
             res = run_group(cond, seed, runs)
             if res is not None:
@@ -428,13 +438,18 @@ cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if l
            platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
 # the compute it took, from what the runs and evaluations recorded (one process each; a wall time depends on how
 # many processes shared the machine, and is given in the README)
-evals = [os.path.join(RUNS, d, s, "evaluation.json") for d in sorted(os.listdir(RUNS)) if os.path.isdir(os.path.join(RUNS, d))
-         for s in sorted(os.listdir(os.path.join(RUNS, d)))] if os.path.isdir(RUNS) else []
+evals = [os.path.dirname(run_dir("clean", t, "x")) for t in TUNE_SEEDS] + [
+    os.path.dirname(run_dir(c, t, "x")) for c in CONDITIONS for t in TEST_SEEDS]
+evals = [os.path.join(e, "evaluation.json") for e in evals if os.path.isdir(e)]
 eval_seconds = sum(json.load(open(e)).get("seconds", 0) for e in evals if os.path.exists(e))
 summaries = [os.path.join(os.path.dirname(e), r, "summary.json") for e in evals for r in os.listdir(os.path.dirname(e))]
 train_seconds = [json.load(open(x)).get("train_seconds", 0) for x in summaries if os.path.exists(x)]
+budget_env = f"REPRO_KL_BUDGET={KL_BUDGET:g} " if KL_BUDGET else ""
 lines = [f"# Does DRDO beat DPO? Tuned on dev prompts, reported on test prompts{' (quick)' if QUICK else ''}", "",
-         f"Command: `python tutorials/02_reproduction.py{' --quick' if QUICK else ''}` (then `--report`)  ",
+         f"Command: `{budget_env}python tutorials/02_reproduction.py{' --quick' if QUICK else ''}` (then `--report`)  ",
+         "Choice: the grid cell with the highest mean dev gain" + (
+             f" among the cells whose mean KL over the tuning seeds is at most {KL_BUDGET:g} nats" if KL_BUDGET
+             else ", at any KL") + ".  ",
          f"Tables built at commit `{commit}`; {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, fp32.  ",
          f"Task `{DATA}`; tuning seeds {TUNE_SEEDS}, test seeds {TEST_SEEDS}; {PROMPTS} held-out prompts x {SAMPLES} "
          f"samples at temperature 1: dev = prompts 0-{len(DEV) - 1}, test = prompts {len(DEV)}-{PROMPTS - 1}. "
@@ -495,10 +510,11 @@ if results["frontier"].get("matched_kl"):
                      f"{fr['drdo - dpo']['undefined_draws'][j]} of {fr['draws']} |")
     lines.append("")
 os.makedirs(OUT, exist_ok=True)
-name = "reproduction_quick" if QUICK else "reproduction"
+name = ("reproduction_quick" if QUICK else "reproduction") + SUFFIX
 with open(os.path.join(OUT, f"{name}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-meta = {"command": "python tutorials/02_reproduction.py" + (" --quick" if QUICK else ""), "commit": commit,
+meta = {"command": budget_env + "python tutorials/02_reproduction.py" + (" --quick" if QUICK else ""), "commit": commit,
+        "kl_budget": KL_BUDGET or None,
         "machine": f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}", "data": DATA,
         "tune_seeds": TUNE_SEEDS, "test_seeds": TEST_SEEDS, "prompts": PROMPTS, "samples": SAMPLES,
         "dev": [DEV[0], DEV[-1]], "test": [TEST[0], TEST[-1]], "lrs": LRS,
@@ -546,4 +562,4 @@ if results["frontier"]:
     axes[1].set(xlabel="matched KL (nats)", ylabel="DRDO fit − DPO fit", title="paired difference at matched KL")
     fig.tight_layout()
     os.makedirs(FIGURES, exist_ok=True)
-    fig.savefig(os.path.join(FIGURES, "frontier_quick.png" if QUICK else "frontier.png"), dpi=110)
+    fig.savefig(os.path.join(FIGURES, ("frontier_quick" if QUICK else "frontier") + SUFFIX + ".png"), dpi=110)
