@@ -466,7 +466,7 @@ lines = [f"# Does DRDO beat DPO? Tuned on dev prompts, reported on test prompts{
 watched = [(name, p) for pols in [*tuning.values(), *test.values()] for name, p in pols.items() if name != "pi_ref"]
 if watched:
     looping = [(n, p["repetition"]) for n, p in watched if p["repetition"] > 0.1]
-    lines += [f"Repetition watch ({len(watched)} evaluated runs, temperature 1): distinct-2 "
+    lines += [f"Repetition watch ({len(watched)} runs judged, temperature 1): distinct-2 "
               f"{min(p['distinct2'] for _, p in watched):.3f}-{max(p['distinct2'] for _, p in watched):.3f}; "
               f"{sum(p['repetition'] > 0 for _, p in watched)} runs have a sample with a repeated word trigram, "
               f"{len(looping)} in more than 10% of their samples (at most {max(p['repetition'] for _, p in watched):.0%})"
