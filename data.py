@@ -52,6 +52,7 @@ import re
 
 from common import go_offline, hub_reachable
 from embedded import EMBEDDED_PRESETS, embedded_task
+from ranked import ranked_groups, ranked_pairs, ranked_triples
 
 REQUIRED = ("prompt", "chosen", "rejected")
 SCHEMA_HELP = ("expected columns: prompt, chosen, rejected (strings or lists of chat messages; without a prompt, "
@@ -214,87 +215,6 @@ def load_splits(source, held_out=0.1, seed=0, log=print, config="", split="", tr
         raise ValueError(f"this method trains on a third, gold response per pair: {source} has no 'gold_response' "
                          "column (TPO's triples: gold_response > chosen > rejected); add one, or use --data embedded")
     return train, test, task
-
-
-def ranked_triples(ranked):
-    """K samples per prompt with their scores -> TPO's triples, as the TPO authors build them from UltraFeedback:
-    gold_response = the best, chosen = the second best, rejected = the worst (chosen_gold / rejected_gold: their
-    scores). Prompts whose second-best and worst tie, or with an empty response among the three, are dropped."""
-    import datasets
-    rows = []
-    for r in ranked:
-        order = sorted(range(len(r["scores"])), key=lambda i: -r["scores"][i])
-        if len(order) < 3:
-            raise ValueError(f"TPO's triples need at least 3 responses per prompt; got {len(order)}")
-        best, second, worst = order[0], order[1], order[-1]
-        texts = [r["responses"][i] for i in (best, second, worst)]
-        if r["scores"][second] > r["scores"][worst] and all(t.strip() for t in texts):
-            rows.append({"prompt": r["prompt"], "gold_response": texts[0], "chosen": texts[1], "rejected": texts[2],
-                         "chosen_gold": r["scores"][second], "rejected_gold": r["scores"][worst]})
-    if not rows:
-        raise ValueError("no prompt has three ranked responses with second-best > worst")
-    return datasets.Dataset.from_list(rows)
-
-
-def ranked_pairs(ranked, stage):
-    """Curry-DPO's stage `stage` of K ranked responses per prompt: the best against the stage-th worst, so stage
-    1 (best vs worst, the largest gap) is the easiest and stage K-1 (best vs second best) the hardest. Pairs
-    whose two responses tie, or with an empty one, are dropped. -> a Dataset of pairs (+ chosen_gold,
-    rejected_gold: their scores)."""
-    import datasets
-    rows = []
-    for r in ranked:
-        K = len(r["scores"])
-        if not 1 <= stage <= K - 1:
-            raise ValueError(f"--curriculum_stage {stage}: with K = {K} responses per prompt the stages are 1..{K - 1}")
-        order = sorted(range(K), key=lambda i: -r["scores"][i])
-        best, other = order[0], order[K - stage]
-        texts = r["responses"][best], r["responses"][other]
-        if r["scores"][best] > r["scores"][other] and all(t.strip() for t in texts):
-            rows.append({"prompt": r["prompt"], "chosen": texts[0], "rejected": texts[1],
-                         "chosen_gold": r["scores"][best], "rejected_gold": r["scores"][other]})
-    if not rows:
-        raise ValueError(f"curriculum stage {stage}: no prompt has a best response above its stage-{stage} one")
-    return datasets.Dataset.from_list(rows)
-
-
-def ranked_all_pairs(ranked):
-    """Every pair of each prompt's K ranked responses whose scores differ, the higher-scored one chosen: up to
-    K(K-1)/2 pairs per prompt where best-vs-worst keeps one (with K = 4 about 5x the comparisons, from the same
-    samples). Pairs with an empty response are dropped. -> a Dataset of pairs (+ chosen_gold, rejected_gold).
-    oracle.py --pairs all trains a stronger Oracle on these; the policy still trains on best-vs-worst."""
-    import datasets
-    rows = []
-    for r in ranked:
-        s, texts = r["scores"], r["responses"]
-        for i in range(len(s)):
-            for j in range(i + 1, len(s)):
-                if s[i] == s[j] or not (texts[i].strip() and texts[j].strip()):
-                    continue
-                w, l = (i, j) if s[i] > s[j] else (j, i)
-                rows.append({"prompt": r["prompt"], "chosen": texts[w], "rejected": texts[l],
-                             "chosen_gold": s[w], "rejected_gold": s[l]})
-    if not rows:
-        raise ValueError("no prompt has two responses with different scores")
-    return datasets.Dataset.from_list(rows)
-
-
-def ranked_groups(ranked):
-    """BRAIn's groups: each prompt's K responses (`responses`), with the pair machinery's chosen / rejected the
-    best and the worst by score (what the Oracle trains on; chosen_gold / rejected_gold their scores). Prompts
-    whose best and worst tie, or with an empty response, are dropped."""
-    import datasets
-    rows = []
-    for r in ranked:
-        order = sorted(range(len(r["scores"])), key=lambda i: -r["scores"][i])
-        best, worst = order[0], order[-1]
-        if r["scores"][best] > r["scores"][worst] and all(t.strip() for t in r["responses"]):
-            rows.append({"prompt": r["prompt"], "chosen": r["responses"][best], "rejected": r["responses"][worst],
-                         "responses": list(r["responses"]), "chosen_gold": r["scores"][best],
-                         "rejected_gold": r["scores"][worst]})
-    if not rows:
-        raise ValueError("no prompt has K non-empty responses whose best is above its worst")
-    return datasets.Dataset.from_list(rows)
 
 
 def load_pair_splits(source, held_out, seed, log, config, split, local):

@@ -33,6 +33,7 @@ import cache
 import data
 import models
 import packing
+import ranked
 import tokenization
 from common import (check_ranges, cosine_schedule, parse_config, quiet_transformers, read_jsonl, stable_hash,
                     weights_hash, write_json, write_jsonl)
@@ -149,7 +150,7 @@ PAIRS = ("best-worst", "all")
 def training_pairs(pairs, train_ds, task):
     """The pairs the Oracle trains on. `best-worst`: the data's own pairs (train_ds), the paper's setting, where the
     Oracle and the policy see the same comparisons. `all`: every pair of the embedded task's K ranked samples per
-    training prompt whose gold differs (data.ranked_all_pairs; ~5x the comparisons with K = 4): an Oracle given
+    training prompt whose gold differs (ranked.ranked_all_pairs; ~5x the comparisons with K = 4): an Oracle given
     more labelled comparisons than the policy, a stronger one, for asking how much of DRDO's gain is the Oracle's.
     Held-out accuracy is measured on the same held-out best-vs-worst pairs either way."""
     if pairs not in PAIRS:
@@ -159,7 +160,7 @@ def training_pairs(pairs, train_ds, task):
     if not task:
         raise ValueError("--oracle_pairs all reads every sampled response of a prompt, which only the embedded task "
                          "keeps (--data embedded...); other data has its pairs only: use best-worst")
-    return data.ranked_all_pairs(task["train_ranked"])
+    return ranked.ranked_all_pairs(task["train_ranked"])
 
 
 def train_oracle(model, examples, cfg, seed, log=print):

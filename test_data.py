@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 
 import conditions  # noqa: E402
 import data  # noqa: E402
+from ranked import ranked_all_pairs  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------------
 # Loaders on local files in each source's own schema
@@ -348,7 +349,7 @@ def test_ranked_all_pairs_keep_every_pair_whose_scores_differ_the_higher_one_cho
               {"prompt": "q", "responses": ["w", "x", "y", "z"], "scores": [0.0, 0.0, 0.3, 0.0]},    # ties: out
               {"prompt": "r", "responses": ["u", " ", "v"], "scores": [0.1, 0.5, 0.0]}]             # empty: out
     rows = [(r["prompt"], r["chosen"], r["rejected"], r["chosen_gold"], r["rejected_gold"])
-            for r in data.ranked_all_pairs(ranked)]
+            for r in ranked_all_pairs(ranked)]
     # p: all C(4, 2) = 6 pairs; q: only y against each of the three tied ones; r: only u vs v
     assert rows == [("p", "b", "a", 0.9, 0.2), ("p", "a", "c", 0.2, -0.5), ("p", "d", "a", 0.4, 0.2),
                     ("p", "b", "c", 0.9, -0.5), ("p", "b", "d", 0.9, 0.4), ("p", "d", "c", 0.4, -0.5),
@@ -358,7 +359,7 @@ def test_ranked_all_pairs_keep_every_pair_whose_scores_differ_the_higher_one_cho
     for r in data.ranked_pairs(ranked[:2], 1):
         assert (r["prompt"], r["chosen"], r["rejected"]) in [x[:3] for x in rows]
     with pytest.raises(ValueError, match="no prompt has two responses with different scores"):
-        data.ranked_all_pairs([ranked[1] | {"scores": [0.0] * 4}])
+        ranked_all_pairs([ranked[1] | {"scores": [0.0] * 4}])
 
 
 def test_ranked_groups_keep_every_response_and_pair_the_best_with_the_worst():

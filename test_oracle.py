@@ -110,10 +110,11 @@ def test_an_ensemble_prints_the_held_out_accuracy_of_its_mean_reward(cache, tmp_
 
 def test_a_stronger_oracle_trains_on_every_pair_of_the_k_samples_under_the_run_condition(cache, tmp_path,
                                                                                         monkeypatch, capsys):
-    # --oracle_pairs all: the Oracle learns from data.ranked_all_pairs of the task's K samples per training prompt,
+    # --oracle_pairs all: the Oracle learns from ranked.ranked_all_pairs of the task's K samples per training prompt,
     # flipped like the policy's pairs; the policy still trains on (and the Oracle scores) the best-vs-worst pairs
     import conditions
     import data
+    import ranked
     from train_test_helpers import run
     seen = []
     real = oracle.ensure_oracles
@@ -121,7 +122,7 @@ def test_a_stronger_oracle_trains_on_every_pair_of_the_k_samples_under_the_run_c
     s = run(tmp_path, "--method", "drdo", "--epochs", "0.3", "--oracle_epochs", "1", "--oracle_pairs", "all",
             "--flip", "0.2", "--seed", "3")
     train_ds, _, task = data.load_splits("embedded-tiny", log=lambda *a, **k: None)
-    expected = conditions.apply_condition(data.ranked_all_pairs(task["train_ranked"]), flip=0.2, seed=3)
+    expected = conditions.apply_condition(ranked.ranked_all_pairs(task["train_ranked"]), flip=0.2, seed=3)
     (cfg, ds), = seen
     assert cfg.pairs == "all" and data.fingerprint(ds) == data.fingerprint(expected)
     assert len(ds) > 2 * len(train_ds) and s["steps"] > 0
@@ -129,7 +130,7 @@ def test_a_stronger_oracle_trains_on_every_pair_of_the_k_samples_under_the_run_c
     oracle.main(["--data", "embedded-tiny", "--out", str(tmp_path / "all"), "--epochs", "1", "--pairs", "all",
                  "--no-score", "--no-seqcls"])
     with open(tmp_path / "all" / "report.json") as f:
-        assert json.load(f)["train_pairs"] == len(data.ranked_all_pairs(task["train_ranked"]))
+        assert json.load(f)["train_pairs"] == len(ranked.ranked_all_pairs(task["train_ranked"]))
     # refused before anything is written: a method without an Oracle, a given Oracle, data without K samples
     import train
     for args, said in ((["--method", "dpo"], "--method dpo reads no Oracle"),
