@@ -2,10 +2,11 @@
 task and the `tiny` model, each compared with one in-process run that accumulates the same global batch.
 
 What is checked, each against a value derived here or a run made without torchrun:
- * DDP equals single-process accumulation for dpo (cached reference log-probs), drdo with its reward-head student
-   (the head is inside the DDP wrapper) and edpo (the pessimistic member chosen on the global batch): every
-   logged loss to 1e-6, gradient norms to 1e-5 relative, every other logged value, and the final weights;
-   the last window of each run is short (1 pair), so one rank runs a padding micro-batch that must count 0;
+ * DDP equals single-process accumulation for dpo (cached reference log-probs), drdo with its reward-head student on
+   packed rows (the head is inside the DDP wrapper; each rank packs its own micro-batches) and edpo (the pessimistic
+   member chosen on the global batch): every logged loss to 1e-6, gradient norms to 1e-5 relative, every other logged
+   value, and the final weights; the last window of each run is short (1 pair), so one rank runs a padding micro-batch
+   that must count 0;
  * a SIGTERM to ONE rank stops both after the same step, rank 0 alone writes the checkpoint, and torchrun
    --resume reproduces the uninterrupted torchrun run bit for bit;
  * before the loop nothing is computed whole by each rank: with an empty cache, rank 0 alone trains the Oracle
@@ -16,7 +17,7 @@ What is checked, each against a value derived here or a run made without torchru
    its checkpoints are plain Hugging Face checkpoints with the same tensors;
  * one process: e-DPO's member is the argmin over the whole optimizer batch (recomputed here), whatever the
    micro-batch split; bad combinations give one clear error; `Dist.share` on hand-written cases.
-Seven torchrun runs of ~15-20 s each (3 Python processes, mostly importing transformers): 2 min 45 s measured with
+Six torchrun runs of ~15-20 s each (3 Python processes, mostly importing transformers): 2 min 45 s measured with
 another job on one of the two cores (~170 CPU-seconds in all).
 """
 import json
@@ -162,29 +163,22 @@ def test_ddp_dpo_equals_accumulation_and_a_sigterm_to_one_rank_resumes_exactly(c
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_ddp_drdo_with_its_reward_head_equals_accumulation(cache, tmp_path):
+def test_ddp_drdo_with_its_reward_head_and_packed_rows_equals_accumulation(cache, tmp_path):
     # the head student is a submodule of the wrapped policy: its gradient is all-reduced with the rest, and
-    # the per-term gradient norms (rank 0's replica, evaluation steps) are logged as in one process
-    args = ["--method", "drdo", "--student_reward", "head", *STEPS, "--eval_every", "2"]
-    run(tmp_path, *args, name="single")
-    r = torchrun(tmp_path, *args, name="ddp")
-    assert r.returncode == 0, said(r)
-    assert_same_run("single", "ddp", tmp_path)
-    assert "grad_norm/distill" in metrics(tmp_path, "ddp")[1]
-    heads = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("single", "ddp")]
-    assert heads[0]["weight"].abs().max() > 0
-    torch.testing.assert_close(heads[1]["weight"], heads[0]["weight"], atol=1e-6, rtol=0)
-
-
-def test_ddp_with_packed_rows_equals_accumulation(cache, tmp_path):
-    # --packing both under torchrun: each rank packs its own micro-batches (a pair's prompt once, no padding);
-    # the run equals one process accumulating the same packed micro-batches
-    args = ["--method", "dpo", *STEPS, "--packing", "both", "--eval_every", "2"]
+    # the per-term gradient norms (rank 0's replica, evaluation steps) are logged as in one process. With
+    # --packing both, each rank packs its own micro-batches (a pair's prompt once, no padding), the head read at
+    # each response's last token of the packed row; the run equals one process accumulating the same packed
+    # micro-batches (one torchrun launch for both properties: each costs ~15 s of imports)
+    args = ["--method", "drdo", "--student_reward", "head", *STEPS, "--packing", "both", "--eval_every", "2"]
     run(tmp_path, *args, name="single")
     r = torchrun(tmp_path, *args, name="ddp")
     assert r.returncode == 0, said(r)
     assert "packing both" in r.stdout
     assert_same_run("single", "ddp", tmp_path)
+    assert "grad_norm/distill" in metrics(tmp_path, "ddp")[1]
+    heads = [torch.load(os.path.join(checkpoint.latest(str(tmp_path / n)), "reward_head.pt")) for n in ("single", "ddp")]
+    assert heads[0]["weight"].abs().max() > 0
+    torch.testing.assert_close(heads[1]["weight"], heads[0]["weight"], atol=1e-6, rtol=0)
 
 
 def test_ddp_edpo_chooses_the_member_on_the_global_batch_and_builds_everything_once(cache, tmp_path):

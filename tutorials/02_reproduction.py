@@ -87,8 +87,8 @@ DATA = os.environ.get("REPRO_DATA", "embedded")                 # tests use embe
 # both "how far from pi_ref": a smaller beta weakens DPO's KL anchor; a smaller beta_r asks DRDO's implicit reward
 # beta_r * log(pi / pi_ref) for larger log-ratio gaps to match the Oracle's reward gaps.
 METHODS = {
-    "dpo": ("dpo", "--beta", [0.001, 0.005, 0.02, 0.1, 0.5], []),
-    "drdo": ("drdo", "--beta_r", [0.0002, 0.001, 0.005, 0.02, 0.1], ["--student_reward", "implicit-sum"]),
+    "dpo": ("dpo", "--beta", [0.0002, 0.001, 0.005, 0.02, 0.1, 0.5, 2.5], []),
+    "drdo": ("drdo", "--beta_r", [0.00004, 0.0002, 0.001, 0.005, 0.02, 0.1, 0.5], ["--student_reward", "implicit-sum"]),
 }
 LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2]
 # NOTE: the grid began as 3 x 3 (beta / beta_r 0.001-0.02, lr 5e-5-2e-4); DPO's optimum sat at its corner (beta 0.02,
@@ -111,7 +111,7 @@ VARIANTS = {                                   # DRDO at its chosen setting, cle
 }
 PROMPTS, SAMPLES = 200, 2
 if QUICK:
-    METHODS = {m: (method, flag, values[1:3], extra) for m, (method, flag, values, extra) in METHODS.items()}
+    METHODS = {m: (method, flag, values[2:4], extra) for m, (method, flag, values, extra) in METHODS.items()}
     LRS, TUNE_SEEDS, TEST_SEEDS, PROMPTS = [1e-4], [0], [10, 11], 16
     CONDITIONS = {"clean": [], "flip 40%": ["--flip", "0.4"]}
     VARIANTS = dict(list(VARIANTS.items())[:1])
