@@ -19,9 +19,9 @@
 #
 # * **Tuning apart from testing.** The task's 200 held-out prompts are split: the first 100 (**dev**) choose every
 #   setting, the last 100 (**test**) give every reported number. Both methods get the same tuning budget: a grid of
-#   5 strengths x 6 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
-#   was extended until DPO's optimum was inside it (see the NOTE below); where an optimum sits on an edge, the
-#   table says so.
+#   7 strengths x 10 learning rates (DPO's beta, DRDO's beta_r) at two tuning seeds (0, 1), read on dev. The grid
+#   was extended until the optima were inside it or, at any KL, on a plateau no further value can move (see the
+#   NOTE below); where an optimum sits on an edge, the table says so.
 # * **Uncertainty from every source.** The reported runs use five fresh seeds (10-14), not the tuning seeds: each
 #   seed changes the training order, the initialisation of DRDO's Oracle (trained per seed), the flipped labels
 #   (flip conditions) and the evaluation's sampling seed (1234 + seed); one condition also rebuilds pi_ref and its
@@ -96,7 +96,11 @@ LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2]
 # then DPO's optimum sat at lr 4e-4, the lr axis's edge, so it was extended again (8e-4); both methods' optima then sat
 # at lr 8e-4 and at their largest strength, so lr 1.6e-3, beta 0.5 and beta_r 0.1 were added; the lr axis was then
 # doubled three more times (to 2.56e-2) as the chosen cells kept to its edge, until the gold gain neared its ceiling
-# (~+0.95) where the samples game the lexicon (README, Results): the same grid for both methods.
+# (~+0.95) where the samples game the lexicon (README, Results): the same grid for both methods. Last, one more
+# strength at each end for both (beta 0.0002 and 2.5, beta_r 4e-5 and 0.5), as DRDO's KL-budgeted cell sat on the
+# largest beta_r and both any-KL cells on the smallest strength. Below beta ~0.001 DPO's step no longer depends on
+# beta (Adam divides out the common factor beta * sigmoid(-beta h) ~ beta / 2; test_train checks it), so a smaller
+# beta than 0.0002 would repeat the last row up to noise.
 TUNE_SEEDS, TEST_SEEDS = [0, 1], [10, 11, 12, 13, 14]
 # every condition runs each method's chosen setting at the test seeds; "clean" also runs the frontier's cross
 # (all strengths at the chosen lr, the chosen strength at the lrs either side) and DRDO's variants. "rebuilt" trains on another
