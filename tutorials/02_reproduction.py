@@ -34,7 +34,7 @@
 #   pi_ref rebuilt, and the Oracle DRDO distils from made weaker (1 epoch) or stronger (trained on every pair of
 #   the task's 4 samples per prompt, ~4.5x the comparisons: `--oracle_pairs all`), or a 3-member ensemble.
 #
-#     python tutorials/02_reproduction.py            # the whole study (about 5 h of one core; resumable)
+#     python tutorials/02_reproduction.py            # the whole study (about 6 h of one core; resumable)
 #     REPRO_KL_BUDGET=20 python tutorials/02_reproduction.py   # then the same test stage for cells within 20 nats
 #     python tutorials/02_reproduction.py --quick    # a minutes-long version (tests use it on the tiny task)
 #     python tutorials/02_reproduction.py --report   # the tables and figure from what is on disk; trains nothing
