@@ -69,17 +69,36 @@ def test_train_oracle_and_evaluate_from_an_empty_checkout(checkout):
     assert record["pairs"] > 0 and math.isfinite(record["kl"]) and math.isfinite(record["annotator_gain"])
 
 
-@pytest.mark.parametrize("args", [
+OFFLINE_COMMANDS = [
     ["train.py", "--method", "dpo", "--model", "opt-125m"],
     ["train.py", "--method", "dpo", "--data", "ultrafeedback"],
     ["oracle.py", "--model", "opt-125m"],
     ["train.py", "--method", "dpo", "--data", "hh", "--data_config", "helpful-base"],
     ["oracle.py", "--data", "tldr", "--data_split", "train,validation"],
-])
-def test_no_network_and_no_offline_variable_gives_the_clear_message_fast(checkout, args):
+]
+
+
+@pytest.fixture(scope="module")
+def offline_runs(checkout):
+    """Each command of OFFLINE_COMMANDS started at once (they are independent; most of each is importing torch),
+    -> {command: (finished process, seconds from its start to its end)}."""
+    root, env = checkout
+    t0 = time.time()
+    procs = {tuple(a): subprocess.Popen([sys.executable, *a], cwd=root, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True) for a in OFFLINE_COMMANDS}
+    done = {}
+    for args, p in procs.items():
+        out, err = p.communicate(timeout=900)
+        done[args] = (subprocess.CompletedProcess(p.args, p.returncode, out, err), time.time() - t0)
+    return done
+
+
+@pytest.mark.parametrize("args", OFFLINE_COMMANDS)
+def test_no_network_and_no_offline_variable_gives_the_clear_message_fast(offline_runs, args):
     # transformers / datasets alone would retry for about a minute; models.load_model and data.load_preferences
-    # check once whether the hub is reachable (common.hub_reachable) and go straight to the local cache
-    r, seconds = cli(checkout, *args)
+    # check once whether the hub is reachable (common.hub_reachable) and go straight to the local cache. The five
+    # commands run side by side, so each one's time includes waiting for the CPU (an upper bound on its own).
+    r, seconds = offline_runs[tuple(args)]
     assert r.returncode != 0
     assert "Without internet, use" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
