@@ -91,7 +91,7 @@ def test_killed_while_saving_resumes_from_the_previous_checkpoint(cache, tmp_pat
 def test_sigterm_saves_prints_the_resume_command_and_resumes_exactly(cache, tmp_path):
     # a real SIGTERM to a training process: it finishes its step, saves, prints the command that resumes, and
     # exits 128 + 15; running that command gives the uninterrupted run's metrics and weights
-    args = ["--method", "drdo", "--student_reward", "head", "--epochs", "40", "--lr", "1e-4", "--save_every", "1000",
+    args = ["--method", "drdo", "--student_reward", "head", "--epochs", "10", "--lr", "1e-4", "--save_every", "1000",
             "--eval_every", "0", "--batch_size", "4", "--micro_batch_size", "4"]
     p = trainer_subprocess([*args, "--out", str(tmp_path / "term")])
     log = tmp_path / "term" / "metrics.jsonl"
