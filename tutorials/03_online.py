@@ -98,8 +98,9 @@ METHODS = {
 }
 if os.environ.get("ONLINE_METHODS"):                     # e.g. the test: ONLINE_METHODS=dpo,sppo
     METHODS = {k: v for k, v in METHODS.items() if k in os.environ["ONLINE_METHODS"].split(",")}
+EVAL_PROMPTS = 64 if QUICK else 200                       # judged prompts (half dev, half test) x 4 samples
 COMMON = ["--data", DATA, "--rounds", str(ROUNDS), "--prompts_per_round", str(PER_ROUND), "--samples", "4",
-          "--eval_prompts", "200", "--eval_samples", "4", "--keep_rounds", "2"]
+          "--eval_prompts", str(EVAL_PROMPTS), "--eval_samples", "4", "--keep_rounds", "2"]
 
 
 def split(n):
