@@ -10,6 +10,10 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # under `pytest -n 2` each worker (and every process it starts) uses one torch thread: two workers with a
+    # thread per core each oversubscribe a 2-core machine (measured: twice the CPU time, slower than one process)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 _CACHE = tempfile.mkdtemp(prefix="drdo-test-cache-")
 os.environ["DRDO_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
