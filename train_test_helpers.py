@@ -1,5 +1,5 @@
-"""Helpers shared by the tests that train (test_train.py, test_train_options.py, test_checkpoint.py, test_memory.py, ...): a run of
-train.py's real command line on the embedded-tiny task, its logged rows and final weights, a spy on a
+"""Helpers shared by the tests that train (test_train.py, test_train_options.py, test_checkpoint.py, test_memory.py,
+...): a run of train.py's real command line on the embedded-tiny task, its logged rows and final weights, a spy on a
 registered loss, and train.py as a subprocess. Not a test file."""
 import json
 import os
