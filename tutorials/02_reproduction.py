@@ -88,7 +88,8 @@ DATA = os.environ.get("REPRO_DATA", "embedded")                 # tests use embe
 # beta_r * log(pi / pi_ref) for larger log-ratio gaps to match the Oracle's reward gaps.
 METHODS = {
     "dpo": ("dpo", "--beta", [0.0002, 0.001, 0.005, 0.02, 0.1, 0.5, 2.5], []),
-    "drdo": ("drdo", "--beta_r", [0.00004, 0.0002, 0.001, 0.005, 0.02, 0.1, 0.5], ["--student_reward", "implicit-sum"]),
+    "drdo": ("drdo", "--beta_r", [0.00004, 0.0002, 0.001, 0.005, 0.02, 0.1, 0.5],
+             ["--student_reward", "implicit-sum"]),
 }
 LRS = [5e-5, 1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3, 6.4e-3, 1.28e-2, 2.56e-2]
 # NOTE: the grid began as 3 x 3 (beta / beta_r 0.001-0.02, lr 5e-5-2e-4); DPO's optimum sat at its corner (beta 0.02,
